@@ -1,0 +1,75 @@
+# erlpy — thin wrapper over apt (first run only), rebar3, pip/pytest and mix.
+#   make test    install what is missing, build, run every suite
+#   make demo    the token-streaming demo
+#   make bench   the benchmarks of docs/performance.md
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export ERLPY_PYTHON ?= $(PY)
+DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper \
+        erlang-tools rebar3 elixir
+
+.PHONY: all deps venv compile test test-erlang test-ct test-eunit test-python test-elixir \
+        lint demo bench clean
+
+all: compile
+
+# Debian packages, installed only when something is missing (CI machines start bare).
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The project virtualenv, from pyproject.toml; rebuilt when pyproject.toml changes.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV)"
+	@python3 -m venv $(VENV) 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
+	@$(VENV)/bin/pip install -q --upgrade pip >/dev/null
+	@$(VENV)/bin/pip install -q -e '.[test,dev]'
+	@touch $@
+
+compile: deps
+	@rebar3 compile
+
+test: deps venv compile
+	@status=0; \
+	$(MAKE) --no-print-directory test-eunit  || status=1; \
+	$(MAKE) --no-print-directory test-ct     || status=1; \
+	$(MAKE) --no-print-directory test-python || status=1; \
+	$(MAKE) --no-print-directory lint        || status=1; \
+	if [ $$status = 0 ]; then echo "==> all suites passed"; else echo "==> SOME SUITES FAILED"; fi; \
+	exit $$status
+
+test-eunit:
+	@echo "==> EUnit + PropEr"
+	@rebar3 eunit --dir test/erlang 2>&1 | tee _build/eunit.log | tail -n 25; \
+	  test $${PIPESTATUS[0]} = 0
+
+test-ct:
+	@echo "==> Common Test"
+	@rebar3 ct 2>&1 | tee _build/ct.log | grep -E "^(%%%|Failed|Skipped|All|TEST COMPLETE|\s*=|Testing)" | tail -n 40; \
+	  test $${PIPESTATUS[0]} = 0
+
+test-python:
+	@echo "==> pytest"
+	@$(VENV)/bin/pytest -q test/python 2>&1 | tail -n 15; test $${PIPESTATUS[0]} = 0
+
+lint:
+	@echo "==> mypy --strict, ruff, xref, dialyzer"
+	@$(VENV)/bin/mypy --strict python/erlpy && \
+	 $(VENV)/bin/ruff check python/erlpy test/python && \
+	 rebar3 xref && rebar3 dialyzer 2>&1 | tail -n 5
+
+demo: deps venv compile
+	@escript examples/demo.escript
+
+bench: deps venv compile
+	@escript bench/bench.escript $(BENCH_ARGS)
+
+clean:
+	rm -rf _build $(VENV)

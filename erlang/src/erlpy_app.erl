@@ -1,0 +1,37 @@
+%% @private
+-module(erlpy_app).
+-behaviour(application).
+
+-export([start/2, stop/1]).
+
+-spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
+start(_Type, _Args) ->
+    {ok, Sup} = erlpy_sup:start_link(),
+    case start_pools(configured_pools()) of
+        ok -> {ok, Sup};
+        {error, _} = Error -> Error
+    end.
+
+-spec stop(term()) -> ok.
+stop(_State) ->
+    ok.
+
+%% The `default' pool plus whatever `{pools, #{Name => Opts}}' asks for.
+-spec configured_pools() -> [{atom(), map() | list()}].
+configured_pools() ->
+    Pools =
+        case application:get_env(erlpy, pools, #{}) of
+            M when is_map(M) -> M;
+            L when is_list(L) -> maps:from_list(L)
+        end,
+    [{Name, Opts} || {Name, Opts} <- maps:to_list(maps:merge(#{default => #{}}, Pools)),
+                     Opts =/= disabled].
+
+-spec start_pools([{atom(), map() | list()}]) -> ok | {error, term()}.
+start_pools([]) ->
+    ok;
+start_pools([{Name, Opts} | Rest]) ->
+    case py:start_pool(Name, Opts) of
+        {ok, _} -> start_pools(Rest);
+        {error, Reason} -> {error, {pool, Name, Reason}}
+    end.

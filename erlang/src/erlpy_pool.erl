@@ -1,0 +1,265 @@
+%% @private
+%% @doc A pool's shared state and its routing.
+%%
+%% The gen_server owns the pool's ETS table (worker pids and the `exec' log) and publishes
+%% the pool's configuration in `persistent_term'. Callers do not go through it: they pick
+%% the least busy worker themselves from per-worker in-flight counters (`atomics') and
+%% talk to that worker directly, so routing costs no process hop.
+-module(erlpy_pool).
+-behaviour(gen_server).
+
+-export([start_link/2, meta/1, validate/1]).
+-export([register_worker/3, checkout/1, done/2, workers/1, new_atom_fun/1, exec_log/1]).
+-export([exec/3, info/1]).
+-export([init/1, handle_call/3, handle_cast/2, terminate/2]).
+-export_type([meta/0, name/0]).
+
+-type name() :: atom().
+-type meta() :: #{
+    name := name(),
+    pool := pid(),
+    tab := ets:tid(),
+    counters := atomics:atomics_ref(),
+    size := pos_integer(),
+    python := string(),
+    path := [string()],
+    env := [{string(), string() | false}],
+    cd := string() | undefined,
+    init := [binary()],
+    max_queue := non_neg_integer(),
+    none_atom := atom(),
+    max_atoms := non_neg_integer(),
+    cancel_grace := pos_integer(),
+    start_timeout := pos_integer()
+}.
+
+-include("erlpy_protocol.hrl").
+
+-define(KEY(Name), {?MODULE, Name}).
+
+%%====================================================================
+%% API
+%%====================================================================
+
+-spec start_link(name(), map()) -> {ok, pid()} | {error, term()}.
+start_link(Name, Config) ->
+    gen_server:start_link(?MODULE, {Name, Config}, []).
+
+-spec meta(term()) -> meta() | undefined.
+meta(Name) ->
+    persistent_term:get(?KEY(Name), undefined).
+
+%% @doc Check pool options; returns the configuration with defaults filled in.
+-spec validate(map() | list()) -> {ok, map()} | {error, {bad_option, term()} | term()}.
+validate(Opts) when is_list(Opts) ->
+    validate(maps:from_list([proplists:unfold(O) || O <- Opts]));
+validate(Opts) when is_map(Opts) ->
+    Defaults = #{
+        size => erlang:system_info(schedulers_online),
+        python => undefined,
+        path => [],
+        env => [],
+        cd => undefined,
+        init => [],
+        max_queue => 50000,
+        none_atom => none,
+        max_atoms => 10000,
+        cancel_grace => 2000,
+        start_timeout => 30000
+    },
+    try
+        Config = maps:fold(fun check/3, Defaults, maps:without([name], Opts)),
+        case erlpy_python:find(maps:get(python, Config)) of
+            {ok, Python} -> {ok, Config#{python := Python}};
+            {error, Reason} -> {error, {python_start_failed, Reason}}
+        end
+    catch
+        throw:{bad_option, _} = Bad -> {error, Bad}
+    end;
+validate(_) ->
+    {error, {bad_option, options}}.
+
+-spec check(term(), term(), map()) -> map().
+check(size, N, C) when is_integer(N), N > 0 -> C#{size := N};
+check(python, P, C) when is_list(P); is_binary(P) -> C#{python := P};
+check(path, Ps, C) when is_list(Ps) -> C#{path := [string(P, path) || P <- Ps]};
+check(env, Env, C) when is_map(Env) -> check(env, maps:to_list(Env), C);
+check(env, Env, C) when is_list(Env) -> C#{env := [env_pair(KV) || KV <- Env]};
+check(cd, Dir, C) -> C#{cd := string(Dir, cd)};
+check(init, Code, C) when is_binary(Code) -> C#{init := [Code]};
+check(init, [Code | _] = Codes, C) when is_binary(Code) -> C#{init := [code(X) || X <- Codes]};
+check(init, Code, C) when is_list(Code) -> C#{init := [code(Code)]};
+check(max_queue, N, C) when is_integer(N), N >= 0 -> C#{max_queue := N};
+check(none_atom, A, C) when is_atom(A), A =/= true, A =/= false -> C#{none_atom := A};
+check(max_atoms, N, C) when is_integer(N), N >= 0 -> C#{max_atoms := N};
+check(cancel_grace, N, C) when is_integer(N), N > 0 -> C#{cancel_grace := N};
+check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
+check(Key, _, _) -> throw({bad_option, Key}).
+
+-spec string(term(), atom()) -> string().
+string(S, Key) ->
+    case unicode:characters_to_list(S) of
+        L when is_list(L) -> L;
+        _ -> throw({bad_option, Key})
+    end.
+
+-spec code(term()) -> binary().
+code(Code) ->
+    case unicode:characters_to_binary(Code) of
+        B when is_binary(B) -> B;
+        _ -> throw({bad_option, init})
+    end.
+
+-spec env_pair(term()) -> {string(), string() | false}.
+env_pair({K, false}) -> {string(K, env), false};
+env_pair({K, V}) -> {string(K, env), string(V, env)};
+env_pair(_) -> throw({bad_option, env}).
+
+%% @doc Called by a worker when it starts: callers can reach it from now on.
+-spec register_worker(meta(), pos_integer(), pid()) -> ok.
+register_worker(#{tab := Tab, counters := Counters}, Index, Pid) ->
+    atomics:put(Counters, Index, 0),
+    true = ets:update_element(Tab, workers, {Index + 1, Pid}),
+    ok.
+
+%% @doc Pick the least busy worker and count the request as in flight on it.
+-spec checkout(meta()) -> {ok, pid(), pos_integer()} | {error, overloaded | no_workers}.
+checkout(#{tab := Tab, counters := Counters, size := Size, max_queue := MaxQueue}) ->
+    [Workers] = ets:lookup(Tab, workers),
+    Start = erlang:phash2(self(), Size),
+    case least_busy(Counters, Workers, Size, Start, 0, none, 0) of
+        {_, none, _} ->
+            {error, no_workers};
+        {Min, Index, Total} when Min > 0, Total - Size >= MaxQueue ->
+            _ = Index,
+            {error, overloaded};
+        {_, Index, _} ->
+            atomics:add(Counters, Index, 1),
+            {ok, element(Index + 1, Workers), Index}
+    end.
+
+-spec least_busy(atomics:atomics_ref(), tuple(), pos_integer(), non_neg_integer(),
+                 non_neg_integer(), none | {integer(), pos_integer()}, integer()) ->
+    {integer(), none | pos_integer(), integer()}.
+least_busy(_, _, Size, _, Size, none, Total) ->
+    {0, none, Total};
+least_busy(_, _, Size, _, Size, {Min, Index}, Total) ->
+    {Min, Index, Total};
+least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
+    Index = (Start + Step) rem Size + 1,
+    N = atomics:get(Counters, Index),
+    Best1 =
+        case {is_pid(element(Index + 1, Workers)), Best} of
+            {false, _} -> Best;
+            {true, none} -> {N, Index};
+            {true, {Min, _}} when N < Min -> {N, Index};
+            {true, _} -> Best
+        end,
+    least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N, 0)).
+
+%% @doc A request on worker `Index' ended.
+-spec done(meta(), pos_integer()) -> ok.
+done(#{counters := Counters}, Index) ->
+    atomics:sub(Counters, Index, 1).
+
+-spec workers(meta()) -> [pid()].
+workers(Meta) ->
+    [W || {W, _} <- indexed_workers(Meta)].
+
+%% @doc The function the decoder calls for a name that is not an atom yet: creates it
+%% while the pool's `max_atoms' budget lasts.
+-spec new_atom_fun(meta()) -> erlpy_codec:new_atom_fun().
+new_atom_fun(#{counters := Counters, size := Size, max_atoms := Max}) ->
+    Slot = Size + 1,
+    fun(Name) ->
+        case atomics:add_get(Counters, Slot, 1) =< Max of
+            true ->
+                try
+                    binary_to_atom(Name, utf8)
+                catch
+                    error:_ -> throw({badarg, {bad_atom, Name}})
+                end;
+            false ->
+                atomics:sub(Counters, Slot, 1),
+                throw({badarg, {too_many_atoms, Max}})
+        end
+    end.
+
+-spec exec_log(meta()) -> [binary()].
+exec_log(#{tab := Tab}) ->
+    ets:lookup_element(Tab, exec_log, 2).
+
+%% @doc Run `Code' on every worker; remember it for workers started later if all succeed.
+-spec exec(meta(), binary(), timeout()) -> ok | {error, term()}.
+exec(#{pool := Pool}, Code, Timeout) ->
+    gen_server:call(Pool, {exec, Code, Timeout}, infinity_or(Timeout)).
+
+-spec infinity_or(timeout()) -> timeout().
+infinity_or(infinity) -> infinity;
+infinity_or(T) -> T + 5000.
+
+-spec info(meta()) -> map().
+info(#{counters := Counters, size := Size} = Meta) ->
+    Workers = [erlpy_worker:info(W) || W <- workers(Meta)],
+    InFlight = lists:sum([max(atomics:get(Counters, I), 0) || I <- lists:seq(1, Size)]),
+    Python = lists:usort([V || #{python := V} <- Workers, V =/= <<>>]),
+    #{
+        size => Size,
+        workers => Workers,
+        queued => max(0, InFlight - Size),
+        python => case Python of [V] -> V; _ -> Python end,
+        atoms_created => atomics:get(Counters, Size + 1)
+    }.
+
+%%====================================================================
+%% gen_server
+%%====================================================================
+
+-spec init({name(), map()}) -> {ok, meta()}.
+init({Name, Config}) ->
+    Size = maps:get(size, Config),
+    Tab = ets:new(erlpy_pool, [set, public, {read_concurrency, true}]),
+    true = ets:insert(Tab, [list_to_tuple([workers | lists:duplicate(Size, undefined)]),
+                            {exec_log, []}]),
+    Meta = Config#{
+        name => Name,
+        pool => self(),
+        tab => Tab,
+        counters => atomics:new(Size + 1, [{signed, true}])
+    },
+    persistent_term:put(?KEY(Name), Meta),
+    {ok, Meta}.
+
+-spec handle_call(term(), gen_server:from(), meta()) -> {reply, term(), meta()}.
+handle_call({exec, Code, Timeout}, _From, #{tab := Tab, counters := Counters} = Meta) ->
+    Id = erlang:unique_integer([positive]),
+    Request = erlpy_codec:encode([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
+    Targets = indexed_workers(Meta),
+    _ = [atomics:add(Counters, I, 1) || {_, I} <- Targets],
+    Results = erlpy_worker:multi_call([W || {W, _} <- Targets], Id, Request, Timeout),
+    Reply =
+        case [E || {error, _} = E <- Results] of
+            [] ->
+                true = ets:insert(Tab, {exec_log, exec_log(Meta) ++ [Code]}),
+                ok;
+            [Error | _] ->
+                Error
+        end,
+    {reply, Reply, Meta};
+handle_call(_, _, Meta) ->
+    {reply, {error, badarg}, Meta}.
+
+-spec handle_cast(term(), meta()) -> {noreply, meta()}.
+handle_cast(_, Meta) ->
+    {noreply, Meta}.
+
+-spec terminate(term(), meta()) -> ok.
+terminate(_, #{name := Name}) ->
+    _ = persistent_term:erase(?KEY(Name)),
+    ok.
+
+-spec indexed_workers(meta()) -> [{pid(), pos_integer()}].
+indexed_workers(#{tab := Tab}) ->
+    [Row] = ets:lookup(Tab, workers),
+    [_ | Ws] = tuple_to_list(Row),
+    [{W, I} || {W, I} <- lists:zip(Ws, lists:seq(1, length(Ws))), is_pid(W)].

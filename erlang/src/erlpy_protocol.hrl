@@ -1,0 +1,29 @@
+%% Message kinds of the wire protocol; python/erlpy/_protocol.py has the same numbers.
+
+%% Erlang -> Python
+-define(OP_CALL, 1).
+-define(OP_EVAL, 2).
+-define(OP_EXEC, 3).
+-define(OP_STREAM_CALL, 4).
+-define(OP_STREAM_EVAL, 5).
+-define(OP_CANCEL, 6).
+-define(OP_CREDIT, 7).
+-define(OP_INPUT, 8).
+-define(OP_INPUT_CLOSE, 9).
+-define(OP_REPLY, 10).
+-define(OP_SETUP, 11).
+
+%% Python -> Erlang
+-define(OP_READY, 0).
+-define(OP_RESULT, 1).
+-define(OP_ERROR, 2).
+-define(OP_DATA, 3).
+-define(OP_DONE, 4).
+-define(OP_LOG, 5).
+-define(OP_CALLBACK, 6).
+-define(OP_SEND, 7).
+-define(OP_FAIL, 8).
+-define(OP_FATAL, 99).
+
+%% Items Python may run ahead of the worker on a stream without a window.
+-define(STREAM_CREDIT, 4096).

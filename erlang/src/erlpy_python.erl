@@ -1,0 +1,70 @@
+%% @private
+%% @doc Finding a Python interpreter and starting a worker process on a port.
+-module(erlpy_python).
+
+-export([find/1, open/1]).
+
+%% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
+%% `python3' on `PATH'.
+-spec find(undefined | string() | binary()) -> {ok, string()} | {error, term()}.
+find(undefined) ->
+    case os:getenv("ERLPY_PYTHON") of
+        Env when Env =:= false; Env =:= "" -> find("python3");
+        Env -> find(Env)
+    end;
+find(Python) when is_binary(Python) ->
+    find(unicode:characters_to_list(Python));
+find(Python) ->
+    Found =
+        case {filename:pathtype(Python), lists:member($/, Python)} of
+            {absolute, _} -> Python;
+            {_, true} -> filename:absname(Python);
+            {_, false} -> os:find_executable(Python)
+        end,
+    case is_list(Found) andalso filelib:is_regular(Found) of
+        true ->
+            {ok, Found};
+        false ->
+            Name = unicode:characters_to_binary(Python),
+            {error, #{
+                reason => python_not_found,
+                python => Name,
+                message => <<"no Python interpreter found at ", Name/binary>>
+            }}
+    end.
+
+%% @doc Start one worker process. The protocol runs on fds 3/4 (`nouse_stdio'), so output
+%% of the Python process on fds 1/2 can never corrupt it.
+-spec open(erlpy_pool:meta()) -> {ok, port(), non_neg_integer()} | {error, term()}.
+open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
+    PyDir = filename:join(priv_dir(), "python"),
+    Boot = filename:join([PyDir, "erlpy", "_boot.py"]),
+    Options =
+        [
+            {args, [Boot, PyDir | Paths]},
+            {packet, 4},
+            binary,
+            nouse_stdio,
+            exit_status,
+            hide,
+            {env, Env}
+        ] ++ [{cd, Cd} || Cd =/= undefined],
+    try open_port({spawn_executable, Python}, Options) of
+        Port ->
+            {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+            {ok, Port, OsPid}
+    catch
+        error:Reason ->
+            {error, #{
+                reason => Reason,
+                python => unicode:characters_to_binary(Python),
+                message => iolist_to_binary(io_lib:format("cannot run ~ts: ~p", [Python, Reason]))
+            }}
+    end.
+
+-spec priv_dir() -> file:filename().
+priv_dir() ->
+    case code:priv_dir(erlpy) of
+        {error, bad_name} -> filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
+        Dir -> Dir
+    end.

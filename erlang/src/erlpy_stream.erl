@@ -1,0 +1,108 @@
+%% @private
+%% @doc The state of one stream inside its worker: delivery to the owner, the owner's
+%% window, and the credit that keeps Python a bounded number of items ahead.
+%%
+%% Pure functions; the worker owns the records and does the sending they ask for.
+-module(erlpy_stream).
+
+-export([new/4, deliver/2, ack/2, take_credit/1, finish/2, terminal/1, owner/1, ref/1]).
+-export_type([stream/0, owner/0]).
+
+-record(stream, {
+    ref :: reference(),
+    owner :: owner(),
+    %% Python-side credit: items Python may send before it hears from us again.
+    credit :: pos_integer(),
+    %% Items received from Python and not yet credited back.
+    owed = 0 :: non_neg_integer(),
+    %% Remaining owner grants (window mode), or infinity.
+    granted :: non_neg_integer() | infinity,
+    %% Items held back until the owner grants more (window mode only).
+    held = queue:new() :: queue:queue(term()),
+    %% The terminal message, once Python has ended the stream but items are still held.
+    final = undefined :: undefined | done | {error, term()}
+}).
+
+-opaque stream() :: #stream{}.
+-type owner() :: pid() | {collect, reference(), [term()]}.
+
+%% A local owner with more messages than this in its mailbox gets no more items until it
+%% catches up (streams without a window; with a window the owner sets the pace itself).
+-define(OWNER_BACKLOG, 10000).
+
+%% @doc A stream for `Owner'. `Window' is the owner's window (`infinity' when none).
+-spec new(reference(), owner(), pos_integer() | infinity, pos_integer()) -> stream().
+new(Ref, Owner, Window, Credit) ->
+    #stream{ref = Ref, owner = Owner, credit = Credit, granted = Window}.
+
+-spec ref(stream()) -> reference().
+ref(#stream{ref = Ref}) -> Ref.
+
+-spec owner(stream()) -> owner().
+owner(#stream{owner = Owner}) -> Owner.
+
+%% @doc Items arrived from Python: send what the window allows, hold the rest.
+-spec deliver([term()], stream()) -> stream().
+deliver(Items, #stream{owner = {collect, Alias, Acc}} = S) ->
+    S#stream{owner = {collect, Alias, lists:reverse(Items, Acc)}, owed = S#stream.owed + length(Items)};
+deliver(Items, #stream{granted = infinity, owner = Owner, ref = Ref} = S) ->
+    N = send_all(Owner, Ref, Items, 0),
+    S#stream{owed = S#stream.owed + N};
+deliver(Items, #stream{held = Held} = S) ->
+    release(S#stream{held = queue:join(Held, queue:from_list(Items))}).
+
+%% @doc The owner granted `N' more items.
+-spec ack(pos_integer(), stream()) -> stream().
+ack(_, #stream{granted = infinity} = S) -> S;
+ack(N, #stream{granted = G} = S) -> release(S#stream{granted = G + N}).
+
+-spec release(stream()) -> stream().
+release(#stream{granted = 0} = S) ->
+    S;
+release(#stream{held = Held, granted = G, owner = Owner, ref = Ref, owed = Owed} = S) ->
+    case queue:out(Held) of
+        {{value, Item}, Rest} ->
+            Owner ! {py_stream, Ref, {data, Item}},
+            release(S#stream{held = Rest, granted = G - 1, owed = Owed + 1});
+        {empty, _} ->
+            S
+    end.
+
+-spec send_all(pid(), reference(), [term()], non_neg_integer()) -> non_neg_integer().
+send_all(Owner, Ref, [Item | Items], N) ->
+    Owner ! {py_stream, Ref, {data, Item}},
+    send_all(Owner, Ref, Items, N + 1);
+send_all(_, _, [], N) ->
+    N.
+
+%% @doc Credit to give back to Python now: none until a good part of the credit is used;
+%% `wait' when a local owner without a window is behind with its mailbox, so a slow owner
+%% slows the generator down instead of growing its mailbox (the worker asks again later).
+-spec take_credit(stream()) -> {non_neg_integer() | wait, stream()}.
+take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, Owed < 512 ->
+    {0, S};
+take_credit(#stream{owed = Owed, granted = infinity, owner = Owner} = S) when is_pid(Owner) ->
+    case node(Owner) =:= node() andalso erlang:process_info(Owner, message_queue_len) of
+        {message_queue_len, Len} when Len > ?OWNER_BACKLOG -> {wait, S};
+        _ -> {Owed, S#stream{owed = 0}}
+    end;
+take_credit(#stream{owed = Owed} = S) ->
+    {Owed, S#stream{owed = 0}}.
+
+%% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
+%% held items must reach the owner first.
+-spec finish(done | {error, term()}, stream()) -> {send, done | {error, term()}} | {held, stream()}.
+finish(Final, #stream{held = Held} = S) ->
+    case queue:is_empty(Held) of
+        true -> {send, Final};
+        false -> {held, S#stream{final = Final}}
+    end.
+
+%% @doc The terminal message that became sendable after an ack released the held items.
+-spec terminal(stream()) -> undefined | done | {error, term()}.
+terminal(#stream{final = undefined}) -> undefined;
+terminal(#stream{final = Final, held = Held}) ->
+    case queue:is_empty(Held) of
+        true -> Final;
+        false -> undefined
+    end.

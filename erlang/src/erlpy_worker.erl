@@ -1,0 +1,710 @@
+%% @private
+%% @doc One Python worker: a gen_statem that owns exactly one port and the requests in
+%% flight on it.
+%%
+%% States: `starting' (Python is booting, or replaying the pool's `init' and `exec'
+%% code; requests wait), `ready', and `failed' (Python could not start; requests get the
+%% start error and a retry is scheduled). When Python dies, every request in flight gets
+%% exactly one answer, the port is reopened and the worker goes back to `starting': a
+%% Python crash is an expected event, not an Erlang failure, so it does not count against
+%% the supervisor's restart intensity.
+%%
+%% Callers talk to the worker with plain messages and a monitor alias (see request/4), so
+%% a late reply can never reach a caller that gave up. Streams are addressed through an
+%% alias of this process, which is the stream reference the owner sees.
+-module(erlpy_worker).
+-behaviour(gen_statem).
+
+-export([start_link/3, await_ready/2, info/1]).
+-export([call/4, multi_call/4, collect/4, stream_start/4, stream_command/2]).
+-export([init/1, callback_mode/0, handle_event/4, terminate/3]).
+
+-include("erlpy_protocol.hrl").
+-include_lib("kernel/include/logger.hrl").
+
+-type state() :: starting | ready | failed.
+-type id() :: pos_integer().
+
+-record(call, {
+    alias :: reference() | {internal, init | exec},
+    cancelled = false :: boolean()
+}).
+
+-record(entry, {
+    stream :: erlpy_stream:stream(),
+    monitor :: reference() | undefined,
+    idle :: timeout(),
+    idle_timer :: reference() | undefined,
+    %% Why the stream is being stopped, once we asked Python to stop it.
+    stopping = false :: false | cancelled | timeout | owner_down | {badarg, term()},
+    recheck = false :: boolean()
+}).
+
+-record(data, {
+    pool :: atom(),
+    index :: pos_integer(),
+    meta :: erlpy_pool:meta(),
+    new_atom :: erlpy_codec:new_atom_fun(),
+    port :: port() | undefined,
+    os_pid :: non_neg_integer() | undefined,
+    python = <<>> :: binary(),
+    booted = false :: boolean(),
+    pending_init = 0 :: non_neg_integer(),
+    start_error :: term(),
+    calls = #{} :: #{id() => #call{}},
+    streams = #{} :: #{id() => #entry{}},
+    aliases = #{} :: #{reference() => id()},
+    monitors = #{} :: #{reference() => id()},
+    grace = #{} :: #{id() => reference()},
+    out = [] :: [iodata()],
+    kill_reason :: term(),
+    restarts = 0 :: non_neg_integer(),
+    retry = 1000 :: pos_integer()
+}).
+
+-define(MAX_RETRY, 30000).
+
+%%====================================================================
+%% API (used by py and erlpy_pool)
+%%====================================================================
+
+-spec start_link(atom(), pos_integer(), erlpy_pool:meta()) -> gen_statem:start_ret().
+start_link(Pool, Index, Meta) ->
+    gen_statem:start_link(?MODULE, {Pool, Index, Meta}, []).
+
+%% @doc Wait until the worker's Python is up (or failed to start).
+-spec await_ready(pid(), timeout()) -> ok | {error, term()}.
+await_ready(Worker, Timeout) ->
+    try
+        gen_statem:call(Worker, await_ready, Timeout)
+    catch
+        exit:{timeout, _} -> {error, {python_start_failed, start_timeout}};
+        exit:{Reason, _} -> {error, {python_start_failed, Reason}}
+    end.
+
+-spec info(pid()) -> map().
+info(Worker) ->
+    gen_statem:call(Worker, info).
+
+%% @doc Run one request (call, eval or exec) and wait for its reply.
+-spec call(pid(), id(), iodata(), timeout()) -> {ok, term()} | {error, term()}.
+call(Worker, Id, Request, Timeout) ->
+    request(Worker, {'$erlpy_call', Id, Request}, Id, Timeout).
+
+%% @doc Run a stream and collect everything it yields.
+-spec collect(pid(), id(), iodata(), timeout()) -> {ok, [term()]} | {error, term()}.
+collect(Worker, Id, Request, Timeout) ->
+    request(Worker, {'$erlpy_collect', Id, Request}, Id, Timeout).
+
+%% @doc Start a stream whose events go to `Owner'; returns its reference at once.
+-spec stream_start(pid(), id(), map(), timeout()) -> {ok, reference()} | {error, term()}.
+stream_start(Worker, Id, #{owner := _, request := _} = Stream, Timeout) ->
+    request(Worker, {'$erlpy_stream', Id, Stream}, Id, Timeout).
+
+%% @doc Send a command to a stream's worker through the stream reference.
+-spec stream_command(reference(), cancel | close | {ack, pos_integer()} | {send, term()}) -> ok.
+stream_command(Ref, Command) ->
+    Ref ! {'$erlpy_stream_cmd', Ref, Command},
+    ok.
+
+%% @doc Run the same request on several workers at once (the pool's `exec').
+-spec multi_call([pid()], id(), iodata(), timeout()) -> [{ok, term()} | {error, term()}].
+multi_call(Workers, Id, Request, Timeout) ->
+    Sent = [{W, send_request(W, {'$erlpy_call', Id, Request})} || W <- Workers],
+    Deadline =
+        case Timeout of
+            infinity -> infinity;
+            _ -> erlang:monotonic_time(millisecond) + Timeout
+        end,
+    [
+        wait_reply(W, Alias, Id, case Deadline of
+            infinity -> infinity;
+            _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
+        end)
+     || {W, Alias} <- Sent
+    ].
+
+-spec request(pid(), tuple(), id(), timeout()) -> {ok, term()} | {error, term()}.
+request(Worker, Message, Id, Timeout) ->
+    wait_reply(Worker, send_request(Worker, Message), Id, Timeout).
+
+%% The reply comes through a monitor alias: after a timeout the alias is gone, so a late
+%% reply is dropped by the runtime instead of landing in the caller's mailbox.
+-spec send_request(pid(), tuple()) -> reference().
+send_request(Worker, Message) ->
+    Alias = erlang:monitor(process, Worker, [{alias, reply_demonitor}]),
+    Worker ! erlang:insert_element(2, Message, Alias),
+    Alias.
+
+-spec wait_reply(pid(), reference(), id(), timeout()) -> {ok, term()} | {error, term()}.
+wait_reply(Worker, Alias, Id, Timeout) ->
+    receive
+        {Alias, Reply} ->
+            Reply;
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Timeout ->
+        erlang:demonitor(Alias, [flush]),
+        Worker ! {'$erlpy_cancel', Id},
+        receive
+            {Alias, Reply} -> Reply
+        after 0 -> {error, timeout}
+        end
+    end.
+
+%%====================================================================
+%% gen_statem
+%%====================================================================
+
+-spec callback_mode() -> gen_statem:callback_mode_result().
+callback_mode() -> handle_event_function.
+
+-spec init({atom(), pos_integer(), erlpy_pool:meta()}) -> gen_statem:init_result(state()).
+init({Pool, Index, Meta}) ->
+    process_flag(trap_exit, true),
+    erlpy_pool:register_worker(Meta, Index, self()),
+    D = #data{pool = Pool, index = Index, meta = Meta, new_atom = erlpy_pool:new_atom_fun(Meta)},
+    {State, D1} = boot(D),
+    {ok, State, D1}.
+
+-spec handle_event(gen_statem:event_type(), term(), state(), #data{}) ->
+    gen_statem:event_handler_result(state()).
+%% --- port traffic, in every state
+handle_event(info, {Port, {data, Frame}}, State, #data{port = Port} = D) ->
+    after_frame(State, handle_frame(Frame, D));
+handle_event(info, {Port, {exit_status, Status}}, State, #data{port = Port} = D) ->
+    python_exited(State, {exit_status, Status}, D);
+handle_event(info, {'EXIT', Port, Reason}, State, #data{port = Port} = D) ->
+    python_exited(State, {port_closed, Reason}, D);
+handle_event(info, {'EXIT', _, _}, _, _) ->
+    keep_state_and_data;
+handle_event(info, {OldPort, _}, _, _) when is_port(OldPort) ->
+    keep_state_and_data;
+handle_event(info, '$erlpy_flush', _, D) ->
+    {keep_state, flush(D)};
+handle_event(info, {'$erlpy_out', Message}, _, D) ->
+    {keep_state, enqueue(Message, D)};
+%% --- queries
+handle_event({call, _From}, await_ready, starting, _) ->
+    {keep_state_and_data, postpone};
+handle_event({call, From}, await_ready, ready, _) ->
+    {keep_state_and_data, {reply, From, ok}};
+handle_event({call, From}, await_ready, failed, D) ->
+    {keep_state_and_data, {reply, From, {error, {python_start_failed, D#data.start_error}}}};
+handle_event({call, From}, info, State, D) ->
+    {keep_state_and_data, {reply, From, worker_info(State, D)}};
+%% --- requests wait while Python starts, and fail while it cannot start
+handle_event(info, {Tag, _, _, _}, starting, _) when
+    Tag =:= '$erlpy_call'; Tag =:= '$erlpy_collect'; Tag =:= '$erlpy_stream'
+->
+    {keep_state_and_data, postpone};
+handle_event(info, {Tag, Alias, _, _}, failed, D) when
+    Tag =:= '$erlpy_call'; Tag =:= '$erlpy_collect'; Tag =:= '$erlpy_stream'
+->
+    Alias ! {Alias, {error, {python_start_failed, D#data.start_error}}},
+    erlpy_pool:done(D#data.meta, D#data.index),
+    keep_state_and_data;
+handle_event(info, {'$erlpy_call', Alias, Id, Request}, ready, D) ->
+    Calls = (D#data.calls)#{Id => #call{alias = Alias}},
+    {keep_state, enqueue(Request, D#data{calls = Calls})};
+handle_event(info, {'$erlpy_collect', Alias, Id, Request}, ready, D) ->
+    Entry = #entry{stream = erlpy_stream:new(Alias, {collect, Alias, []}, infinity, ?STREAM_CREDIT), idle = infinity},
+    {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry}})};
+handle_event(info, {'$erlpy_stream', Alias, Id, Stream}, ready, D) ->
+    {keep_state, start_stream(Alias, Id, Stream, D)};
+%% --- cancellation, stream commands, owners, timers
+handle_event(info, {'$erlpy_cancel', Id}, _, D) ->
+    {keep_state, cancel(Id, timeout, D)};
+handle_event(info, {'$erlpy_stream_cmd', Ref, Command}, _, D) ->
+    case D#data.aliases of
+        #{Ref := Id} -> {keep_state, stream_command(Id, Command, D)};
+        #{} -> keep_state_and_data
+    end;
+handle_event(info, {'DOWN', Mon, process, _, _}, _, D) ->
+    case maps:take(Mon, D#data.monitors) of
+        {Id, Monitors} -> {keep_state, cancel(Id, owner_down, D#data{monitors = Monitors})};
+        error -> keep_state_and_data
+    end;
+handle_event(info, {timeout, TRef, {idle, Id}}, _, D) ->
+    case D#data.streams of
+        #{Id := #entry{idle_timer = TRef}} -> {keep_state, cancel(Id, timeout, D)};
+        #{} -> keep_state_and_data
+    end;
+handle_event(info, {timeout, TRef, {grace, Id}}, _, D) ->
+    case D#data.grace of
+        #{Id := TRef} ->
+            %% Python did not stop the request in time: it is stuck in C code.
+            Grace = maps:get(cancel_grace, D#data.meta),
+            {keep_state, kill_python({cancel_timeout, Grace}, D)};
+        #{} ->
+            keep_state_and_data
+    end;
+handle_event(info, {recheck, Id}, _, D) ->
+    case D#data.streams of
+        #{Id := Entry} -> {keep_state, give_credit(Id, Entry#entry{recheck = false}, D)};
+        #{} -> keep_state_and_data
+    end;
+handle_event(info, retry, failed, D) ->
+    {State, D1} = boot(D),
+    {next_state, State, D1};
+handle_event(info, retry, _, _) ->
+    keep_state_and_data;
+handle_event(EventType, Event, _, _) ->
+    ?LOG_WARNING(#{what => unexpected_event, type => EventType, event => Event}),
+    keep_state_and_data.
+
+-spec terminate(term(), state(), #data{}) -> ok.
+terminate(Reason, _, D) ->
+    Detail =
+        case Reason of
+            normal -> shutdown;
+            shutdown -> shutdown;
+            {shutdown, R} -> R;
+            R -> R
+        end,
+    _ = fail_all({worker_exited, Detail}, D),
+    stop_python(D),
+    ok.
+
+%%====================================================================
+%% Python process
+%%====================================================================
+
+-spec boot(#data{}) -> {state(), #data{}}.
+boot(#data{meta = Meta} = D) ->
+    case erlpy_python:open(Meta) of
+        {ok, Port, OsPid} ->
+            D1 = D#data{port = Port, os_pid = OsPid, booted = false, kill_reason = undefined,
+                        start_error = undefined},
+            {starting, setup(D1)};
+        {error, Reason} ->
+            start_failed(Reason, D)
+    end.
+
+%% Tell Python who we are, then run the pool's init code and replay its exec log; requests
+%% wait in `starting' until all of it has run.
+-spec setup(#data{}) -> #data{}.
+setup(#data{meta = Meta} = D) ->
+    D1 = enqueue(encode([?OP_SETUP, self()], D), D),
+    Init = [{init, Code} || Code <- maps:get(init, Meta)],
+    Execs = [{exec, Code} || Code <- erlpy_pool:exec_log(Meta)],
+    lists:foldl(
+        fun({Kind, Code}, Acc) ->
+            Id = erlang:unique_integer([positive]),
+            Calls = (Acc#data.calls)#{Id => #call{alias = {internal, Kind}}},
+            enqueue(
+                encode([?OP_EXEC, Id, Code], Acc),
+                Acc#data{calls = Calls, pending_init = Acc#data.pending_init + 1}
+            )
+        end,
+        D1#data{pending_init = 0},
+        Init ++ Execs
+    ).
+
+-spec after_frame(state(), #data{}) -> gen_statem:event_handler_result(state()).
+after_frame(starting, #data{start_error = Error} = D) when Error =/= undefined ->
+    D1 = fail_all({python_start_failed, Error}, kill_python(start_failed, D)),
+    {State, D2} = start_failed(Error, D1),
+    {next_state, State, D2};
+after_frame(starting, #data{booted = true, pending_init = 0} = D) ->
+    {next_state, ready, D#data{retry = 1000}};
+after_frame(_, D) ->
+    {keep_state, D}.
+
+-spec python_exited(state(), term(), #data{}) -> gen_statem:event_handler_result(state()).
+python_exited(State, Detail0, D0) ->
+    Detail =
+        case D0#data.kill_reason of
+            undefined -> Detail0;
+            Killed -> Killed
+        end,
+    D = D0#data{port = undefined},
+    case State of
+        starting ->
+            Error =
+                case D#data.start_error of
+                    undefined -> Detail;
+                    StartError -> StartError
+                end,
+            {failed, D1} = start_failed(Error, fail_all({python_start_failed, Error}, D)),
+            {next_state, failed, D1};
+        _ ->
+            ?LOG_WARNING(#{what => python_exited, pool => D#data.pool, worker => D#data.index,
+                           os_pid => D#data.os_pid, detail => Detail}),
+            D1 = fail_all({worker_exited, Detail}, D),
+            {NewState, D2} = boot(D1#data{restarts = D1#data.restarts + 1}),
+            {next_state, NewState, D2}
+    end.
+
+-spec start_failed(term(), #data{}) -> {failed, #data{}}.
+start_failed(Reason, #data{retry = Retry} = D) ->
+    ?LOG_ERROR(#{what => python_start_failed, pool => D#data.pool, worker => D#data.index,
+                 reason => Reason}),
+    erlang:send_after(Retry, self(), retry),
+    {failed, D#data{start_error = Reason, port = undefined, retry = min(Retry * 2, ?MAX_RETRY)}}.
+
+-spec kill_python(term(), #data{}) -> #data{}.
+kill_python(_, #data{port = undefined} = D) ->
+    D;
+kill_python(Reason, #data{os_pid = OsPid} = D) ->
+    _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    D#data{kill_reason = Reason}.
+
+-spec stop_python(#data{}) -> ok.
+stop_python(#data{port = undefined}) ->
+    ok;
+stop_python(#data{port = Port, os_pid = OsPid}) ->
+    %% Python exits on EOF, but user code may block its event loop: make sure.
+    catch port_close(Port),
+    _ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+    ok.
+
+%% Every request in flight gets exactly one answer.
+-spec fail_all(term(), #data{}) -> #data{}.
+fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
+    maps:foreach(
+        fun
+            (_, #call{alias = {internal, _}}) ->
+                ok;
+            (_, #call{alias = Alias, cancelled = Cancelled}) ->
+                Cancelled orelse (Alias ! {Alias, {error, Error}}),
+                erlpy_pool:done(D#data.meta, D#data.index)
+        end,
+        Calls
+    ),
+    D1 = maps:fold(
+        fun(Id, Entry, Acc) ->
+            Final =
+                case Entry#entry.stopping of
+                    false -> {error, Error};
+                    Reason -> {error, Reason}
+                end,
+            end_stream(Id, Entry, Final, Acc)
+        end,
+        D,
+        Streams
+    ),
+    maps:foreach(fun(_, TRef) -> erlang:cancel_timer(TRef) end, D1#data.grace),
+    D1#data{calls = #{}, grace = #{}, out = [], pending_init = 0}.
+
+%%====================================================================
+%% Output: messages are queued and written as one frame once the mailbox is drained
+%%====================================================================
+
+-spec enqueue(iodata(), #data{}) -> #data{}.
+enqueue(Message, #data{out = []} = D) ->
+    self() ! '$erlpy_flush',
+    D#data{out = [Message]};
+enqueue(Message, #data{out = Out} = D) ->
+    D#data{out = [Message | Out]}.
+
+-spec flush(#data{}) -> #data{}.
+flush(#data{out = []} = D) ->
+    D;
+flush(#data{port = undefined} = D) ->
+    D#data{out = []};
+flush(#data{port = Port, out = Out} = D) ->
+    true = erlang:port_command(Port, lists:reverse(Out)),
+    D#data{out = []}.
+
+-spec encode(term(), #data{}) -> iodata().
+encode(Term, #data{meta = #{none_atom := NoneAtom}}) ->
+    erlpy_codec:encode(Term, NoneAtom).
+
+%%====================================================================
+%% Input: frames from Python
+%%====================================================================
+
+-spec handle_frame(binary(), #data{}) -> #data{}.
+handle_frame(<<>>, D) ->
+    D;
+handle_frame(Frame, D) ->
+    case decode_message(Frame, D) of
+        {Message, Rest} ->
+            handle_frame(Rest, handle_message(Message, D));
+        malformed ->
+            ?LOG_ERROR(#{what => malformed_frame, pool => D#data.pool, worker => D#data.index}),
+            D
+    end.
+
+%% Messages are small arrays [Op, Id, ...]. A field that cannot be decoded (an atom over
+%% the pool's budget, say) fails that one message, not the frame.
+-spec decode_message(binary(), #data{}) -> {term(), binary()} | malformed.
+decode_message(<<2#1001:4, N:4, Rest/binary>>, D) when N > 0 ->
+    decode_fields(N, Rest, D, []);
+decode_message(_, _) ->
+    malformed.
+
+-spec decode_fields(non_neg_integer(), binary(), #data{}, list()) -> {term(), binary()} | malformed.
+decode_fields(0, Rest, _, Acc) ->
+    {lists:reverse(Acc), Rest};
+decode_fields(N, Bin, #data{meta = #{none_atom := NoneAtom}, new_atom = NewAtom} = D, Acc) ->
+    try erlpy_codec:decode(Bin, NoneAtom, NewAtom) of
+        {Value, Rest} -> decode_fields(N - 1, Rest, D, [Value | Acc])
+    catch
+        throw:{badarg, Reason} ->
+            try skip(N, Bin) of
+                Rest -> {{undecodable, lists:reverse(Acc), Reason}, Rest}
+            catch
+                throw:_ -> malformed
+            end
+    end.
+
+-spec skip(non_neg_integer(), binary()) -> binary().
+skip(0, Bin) -> Bin;
+skip(N, Bin) -> skip(N - 1, erlpy_codec:skip(Bin)).
+
+-spec handle_message(term(), #data{}) -> #data{}.
+handle_message([?OP_DATA, Id, Items], D) ->
+    stream_data(Id, Items, D);
+handle_message([?OP_RESULT, Id, Value], D) ->
+    finish(Id, {ok, Value}, D);
+handle_message([?OP_ERROR, Id, Type, Message, Traceback], D) ->
+    finish(Id, {error, {python, Type, Message, Traceback}}, D);
+handle_message([?OP_FAIL, Id, Reason], D) ->
+    finish(Id, {error, Reason}, D);
+handle_message([?OP_DONE, Id], D) ->
+    finish(Id, done, D);
+handle_message([?OP_LOG, Level, Text], D) ->
+    log(Level, Text, D),
+    D;
+handle_message([?OP_CALLBACK, CallbackId, Name, Args], D) ->
+    erlpy_functions:run_async(self(), CallbackId, Name, Args, maps:get(none_atom, D#data.meta)),
+    D;
+handle_message([?OP_SEND, Dest, Term], D) ->
+    try
+        erlang:send(Dest, Term)
+    catch
+        error:badarg -> ?LOG_WARNING(#{what => bad_send_destination, destination => Dest})
+    end,
+    D;
+handle_message([?OP_READY, Info], D) when is_map(Info) ->
+    D#data{booted = true, python = maps:get(<<"python">>, Info, <<>>)};
+handle_message([?OP_FATAL, Detail], D) ->
+    D#data{start_error = fatal_detail(Detail)};
+handle_message({undecodable, [Op, Id | _], Reason}, D) when
+    Op =:= ?OP_RESULT; Op =:= ?OP_DATA; Op =:= ?OP_ERROR; Op =:= ?OP_FAIL
+->
+    case D#data.streams of
+        #{Id := _} -> cancel(Id, {badarg, Reason}, D);
+        #{} -> finish(Id, {error, {badarg, Reason}}, D)
+    end;
+handle_message(Message, D) ->
+    ?LOG_ERROR(#{what => unexpected_message, pool => D#data.pool, message => Message}),
+    D.
+
+-spec fatal_detail(term()) -> map().
+fatal_detail(Detail) when is_map(Detail) ->
+    maps:fold(
+        fun
+            (<<"reason">>, V, Acc) -> Acc#{reason => binary_to_atom(V)};
+            (K, V, Acc) when is_binary(K) -> Acc#{binary_to_atom(K) => V}
+        end,
+        #{},
+        maps:with([<<"reason">>, <<"missing_module">>, <<"message">>, <<"python">>], Detail)
+    );
+fatal_detail(Detail) ->
+    #{reason => Detail}.
+
+-spec log(term(), term(), #data{}) -> ok.
+log(Level0, Text, D) ->
+    Level =
+        case lists:member(Level0, [debug, info, notice, warning, error, critical]) of
+            true -> Level0;
+            false -> info
+        end,
+    logger:log(Level, "~ts", [Text], #{
+        pool => D#data.pool,
+        worker => D#data.index,
+        os_pid => D#data.os_pid,
+        domain => [erlpy, python]
+    }).
+
+%% A request ended on the Python side.
+-spec finish(id(), term(), #data{}) -> #data{}.
+finish(Id, Result, #data{calls = Calls} = D) ->
+    case maps:take(Id, Calls) of
+        {Call, Calls1} ->
+            finish_call(Id, Call, Result, D#data{calls = Calls1});
+        error ->
+            case D#data.streams of
+                #{Id := Entry} -> finish_stream(Id, Entry, Result, D);
+                #{} -> D
+            end
+    end.
+
+-spec finish_call(id(), #call{}, term(), #data{}) -> #data{}.
+finish_call(_, #call{alias = {internal, Kind}}, Result, D) ->
+    D1 = D#data{pending_init = D#data.pending_init - 1},
+    case Result of
+        {ok, _} -> D1;
+        {error, Error} -> D1#data{start_error = {Kind, Error}}
+    end;
+finish_call(Id, #call{alias = Alias, cancelled = Cancelled}, Result, D) ->
+    Cancelled orelse (Alias ! {Alias, Result}),
+    erlpy_pool:done(D#data.meta, D#data.index),
+    stop_grace(Id, D).
+
+-spec finish_stream(id(), #entry{}, term(), #data{}) -> #data{}.
+finish_stream(Id, #entry{stopping = false, stream = S} = Entry, Result, D) ->
+    Final =
+        case Result of
+            done -> done;
+            {error, _} = Error -> Error;
+            {ok, _} -> done
+        end,
+    case erlpy_stream:finish(Final, S) of
+        {send, Final} -> end_stream(Id, Entry, Final, D);
+        {held, S1} -> put_entry(Id, Entry#entry{stream = S1}, D)
+    end;
+finish_stream(Id, #entry{stopping = Reason} = Entry, _, D) ->
+    end_stream(Id, Entry, {error, Reason}, stop_grace(Id, D)).
+
+%% Send the terminal message (owners that died get none) and forget the stream.
+-spec end_stream(id(), #entry{}, done | {error, term()}, #data{}) -> #data{}.
+end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = Stopping}, Final, D) ->
+    Ref = erlpy_stream:ref(S),
+    case erlpy_stream:owner(S) of
+        {collect, Alias, Items} when Final =:= done -> Alias ! {Alias, {ok, lists:reverse(Items)}};
+        {collect, Alias, _} -> Alias ! {Alias, Final};
+        _ when Stopping =:= owner_down -> ok;
+        Owner -> Owner ! {py_stream, Ref, Final}
+    end,
+    Mon =:= undefined orelse erlang:demonitor(Mon, [flush]),
+    Timer =:= undefined orelse erlang:cancel_timer(Timer),
+    unalias(Ref),
+    erlpy_pool:done(D#data.meta, D#data.index),
+    D#data{
+        streams = maps:remove(Id, D#data.streams),
+        aliases = maps:remove(Ref, D#data.aliases),
+        monitors = maps:remove(Mon, D#data.monitors)
+    }.
+
+%%====================================================================
+%% Streams
+%%====================================================================
+
+-spec start_stream(reference(), id(), map(), #data{}) -> #data{}.
+start_stream(Alias, Id, #{owner := Owner, request := Request} = Opts, D) ->
+    Window = maps:get(window, Opts, infinity),
+    Credit =
+        case Window of
+            infinity -> ?STREAM_CREDIT;
+            N -> N
+        end,
+    Ref = alias(),
+    Mon = erlang:monitor(process, Owner),
+    Idle = maps:get(idle_timeout, Opts, infinity),
+    Entry = #entry{
+        stream = erlpy_stream:new(Ref, Owner, Window, Credit),
+        monitor = Mon,
+        idle = Idle,
+        idle_timer = idle_timer(Id, Idle)
+    },
+    Alias ! {Alias, {ok, Ref}},
+    enqueue(Request, D#data{
+        streams = (D#data.streams)#{Id => Entry},
+        aliases = (D#data.aliases)#{Ref => Id},
+        monitors = (D#data.monitors)#{Mon => Id}
+    }).
+
+-spec idle_timer(id(), timeout()) -> reference() | undefined.
+idle_timer(_, infinity) -> undefined;
+idle_timer(Id, Ms) -> erlang:start_timer(Ms, self(), {idle, Id}).
+
+-spec stream_data(id(), [term()], #data{}) -> #data{}.
+stream_data(Id, Items, D) ->
+    case D#data.streams of
+        #{Id := #entry{stopping = false, stream = S, idle = Idle, idle_timer = Timer} = Entry} ->
+            Timer =:= undefined orelse erlang:cancel_timer(Timer),
+            Entry1 = Entry#entry{stream = erlpy_stream:deliver(Items, S), idle_timer = idle_timer(Id, Idle)},
+            give_credit(Id, Entry1, D);
+        #{} ->
+            D
+    end.
+
+-spec give_credit(id(), #entry{}, #data{}) -> #data{}.
+give_credit(Id, #entry{stream = S} = Entry, D) ->
+    case erlpy_stream:take_credit(S) of
+        {0, S1} ->
+            put_entry(Id, Entry#entry{stream = S1}, D);
+        {wait, S1} when Entry#entry.recheck ->
+            put_entry(Id, Entry#entry{stream = S1}, D);
+        {wait, S1} ->
+            erlang:send_after(5, self(), {recheck, Id}),
+            put_entry(Id, Entry#entry{stream = S1, recheck = true}, D);
+        {N, S1} ->
+            put_entry(Id, Entry#entry{stream = S1}, enqueue(encode([?OP_CREDIT, Id, N], D), D))
+    end.
+
+-spec put_entry(id(), #entry{}, #data{}) -> #data{}.
+put_entry(Id, Entry, D) ->
+    D#data{streams = (D#data.streams)#{Id => Entry}}.
+
+-spec stream_command(id(), term(), #data{}) -> #data{}.
+stream_command(Id, cancel, D) ->
+    cancel(Id, cancelled, D);
+stream_command(Id, {ack, N}, D) ->
+    case D#data.streams of
+        #{Id := #entry{stopping = false, stream = S} = Entry} ->
+            S1 = erlpy_stream:ack(N, S),
+            case erlpy_stream:terminal(S1) of
+                undefined -> give_credit(Id, Entry#entry{stream = S1}, D);
+                Final -> end_stream(Id, Entry, Final, D)
+            end;
+        #{} ->
+            D
+    end;
+stream_command(Id, {send, Value}, D) ->
+    try encode([?OP_INPUT, Id, [Value]], D) of
+        Message -> enqueue(Message, D)
+    catch
+        throw:{badarg, Reason} -> cancel(Id, {badarg, Reason}, D)
+    end;
+stream_command(Id, close, D) ->
+    enqueue(encode([?OP_INPUT_CLOSE, Id], D), D).
+
+%% Ask Python to stop a request. Its answer (or the grace timer) ends it; the reason is
+%% what the owner of a stream will see.
+-spec cancel(id(), cancelled | timeout | owner_down | {badarg, term()}, #data{}) -> #data{}.
+cancel(Id, Reason, D) ->
+    case {D#data.calls, D#data.streams} of
+        {#{Id := #call{cancelled = false} = Call}, _} ->
+            D1 = D#data{calls = (D#data.calls)#{Id => Call#call{cancelled = true}}},
+            start_grace(Id, enqueue(encode([?OP_CANCEL, Id], D1), D1));
+        {_, #{Id := #entry{stopping = false} = Entry}} ->
+            D1 = put_entry(Id, Entry#entry{stopping = Reason}, D),
+            start_grace(Id, enqueue(encode([?OP_CANCEL, Id], D1), D1));
+        _ ->
+            D
+    end.
+
+-spec start_grace(id(), #data{}) -> #data{}.
+start_grace(Id, #data{meta = #{cancel_grace := Grace}} = D) ->
+    D#data{grace = (D#data.grace)#{Id => erlang:start_timer(Grace, self(), {grace, Id})}}.
+
+-spec stop_grace(id(), #data{}) -> #data{}.
+stop_grace(Id, D) ->
+    case maps:take(Id, D#data.grace) of
+        {TRef, Grace} ->
+            erlang:cancel_timer(TRef),
+            D#data{grace = Grace};
+        error ->
+            D
+    end.
+
+%%====================================================================
+%% Info
+%%====================================================================
+
+-spec worker_info(state(), #data{}) -> map().
+worker_info(State, D) ->
+    #{
+        index => D#data.index,
+        pid => self(),
+        os_pid => D#data.os_pid,
+        state => State,
+        in_flight => map_size(D#data.calls) + map_size(D#data.streams) - D#data.pending_init,
+        restarts => D#data.restarts,
+        python => D#data.python
+    }.

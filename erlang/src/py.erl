@@ -1,0 +1,439 @@
+%% @doc Run Python from Erlang: call, evaluate, and stream from a pool of Python workers.
+%%
+%% ```
+%% {ok, 4.0} = py:call(math, sqrt, [16]),
+%% {ok, 100} = py:eval(<<"x * y">>, #{x => 10, y => 10}),
+%% {ok, Ref} = py:stream_start(builtins, iter, [[1, 2, 3]]),
+%% receive {py_stream, Ref, {data, 1}} -> ok end.
+%% '''
+%%
+%% Every function takes an options map (or a timeout in milliseconds, where shown) with
+%% `pool => Name | {Name, Node}' (default `default') and `timeout => Ms | infinity'
+%% (default 30000). See docs/ for the guides.
+-module(py).
+
+%% Calls
+-export([call/3, call/4, call/5]).
+-export([eval/1, eval/2, eval/3]).
+-export([exec/1, exec/2]).
+%% Streams
+-export([stream/3, stream/4, stream/5]).
+-export([stream_eval/1, stream_eval/2, stream_eval/3]).
+-export([stream_start/3, stream_start/4]).
+-export([stream_cancel/1, stream_send/2, stream_close/1, stream_ack/2]).
+%% Erlang functions callable from Python
+-export([register_function/2, unregister_function/1]).
+%% Pools
+-export([start_pool/2, stop_pool/1, child_spec/1, info/0, info/1]).
+
+-export_type([pool/0, opts/0, error/0, name/0, code/0]).
+
+-include("erlpy_protocol.hrl").
+
+-type name() :: atom() | binary().
+-type code() :: unicode:chardata().
+-type pool() :: atom() | {atom(), node()}.
+-type opts() :: #{pool => pool(), timeout => timeout(), atom() => term()} | [{atom(), term()}].
+-type error() ::
+    timeout
+    | overloaded
+    | cancelled
+    | {python, Type :: binary(), Message :: binary(), Traceback :: binary()}
+    | {worker_exited, term()}
+    | {badarg, term()}
+    | {bad_option, term()}
+    | {no_pool, term()}
+    | {python_start_failed, term()}
+    | {nodedown, node()}.
+
+-define(DEFAULT_TIMEOUT, 30000).
+
+%%====================================================================
+%% Calls
+%%====================================================================
+
+%% @doc Call `Module.Function(*Args)'.
+%%
+%% `{ok, 4.0} = py:call(math, sqrt, [16])'
+-spec call(Module :: name(), Function :: name(), Args :: list()) -> {ok, term()} | {error, error()}.
+call(Module, Function, Args) ->
+    call(Module, Function, Args, #{}, #{}).
+
+%% @doc Call `Module.Function(*Args, **Kwargs)'.
+%%
+%% `{ok, Json} = py:call(json, dumps, [#{a => 1}], #{indent => 2})'
+-spec call(name(), name(), list(), Kwargs :: map()) -> {ok, term()} | {error, error()}.
+call(Module, Function, Args, Kwargs) ->
+    call(Module, Function, Args, Kwargs, #{}).
+
+%% @doc Call with options, or a timeout in milliseconds.
+-spec call(name(), name(), list(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+call(Module, Function, Args, Kwargs, Opts) ->
+    run(call, [Module, Function, Args, Kwargs], Opts, fun(O) ->
+        {call, ?OP_CALL, [name(Module), name(Function), list(Args), kwargs(Kwargs)], O}
+    end).
+
+%% @doc Evaluate a Python expression.
+%%
+%% `{ok, 2} = py:eval(<<"1 + 1">>)'
+-spec eval(code()) -> {ok, term()} | {error, error()}.
+eval(Code) ->
+    eval(Code, #{}, #{}).
+
+%% @doc Evaluate an expression with local variables (atom or binary keys).
+%%
+%% `{ok, 100} = py:eval(<<"x * y">>, #{x => 10, y => 10})'
+-spec eval(code(), Locals :: map()) -> {ok, term()} | {error, error()}.
+eval(Code, Locals) ->
+    eval(Code, Locals, #{}).
+
+-spec eval(code(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+eval(Code, Locals, Opts) ->
+    run(eval, [Code, Locals], Opts, fun(O) ->
+        {call, ?OP_EVAL, [code(Code), locals(Locals)], O}
+    end).
+
+%% @doc Run statements in `__main__' on every worker of the pool. The pool remembers them
+%% and replays them on every worker it starts later, so definitions survive restarts.
+%%
+%% `ok = py:exec(<<"def double(x): return 2 * x">>)'
+-spec exec(code()) -> ok | {error, error()}.
+exec(Code) ->
+    exec(Code, #{}).
+
+-spec exec(code(), opts() | timeout()) -> ok | {error, error()}.
+exec(Code, Opts0) ->
+    case options(Opts0, []) of
+        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
+            remote(Node, exec, [Code, Opts#{pool := Name}], Opts);
+        {ok, Opts} ->
+            with_pool(Opts, fun(Meta) ->
+                erlpy_pool:exec(Meta, code(Code), maps:get(timeout, Opts))
+            end);
+        {error, _} = Error ->
+            Error
+    end.
+
+%%====================================================================
+%% Streams
+%%====================================================================
+
+%% @doc Collect everything a generator, iterator or iterable (sync or async) yields.
+%%
+%% `{ok, [0, 1, 2]} = py:stream(builtins, range, [3])'
+-spec stream(name(), name(), list()) -> {ok, list()} | {error, error()}.
+stream(Module, Function, Args) ->
+    stream(Module, Function, Args, #{}, #{}).
+
+-spec stream(name(), name(), list(), map()) -> {ok, list()} | {error, error()}.
+stream(Module, Function, Args, Kwargs) ->
+    stream(Module, Function, Args, Kwargs, #{}).
+
+-spec stream(name(), name(), list(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
+stream(Module, Function, Args, Kwargs, Opts) ->
+    run(stream, [Module, Function, Args, Kwargs], Opts, fun(O) ->
+        Fields = [name(Module), name(Function), list(Args), kwargs(Kwargs), ?STREAM_CREDIT, false],
+        {collect, ?OP_STREAM_CALL, Fields, O}
+    end).
+
+%% @doc Evaluate an expression that gives an iterable, iterator or (async) generator, and
+%% collect what it yields.
+%%
+%% `{ok, [0, 1, 4]} = py:stream_eval(<<"(x**2 for x in range(3))">>)'
+-spec stream_eval(code()) -> {ok, list()} | {error, error()}.
+stream_eval(Code) ->
+    stream_eval(Code, #{}, #{}).
+
+-spec stream_eval(code(), map()) -> {ok, list()} | {error, error()}.
+stream_eval(Code, Locals) ->
+    stream_eval(Code, Locals, #{}).
+
+-spec stream_eval(code(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
+stream_eval(Code, Locals, Opts) ->
+    run(stream_eval, [Code, Locals], Opts, fun(O) ->
+        {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?STREAM_CREDIT], O}
+    end).
+
+%% @doc Start a stream and return its reference at once. The owner (default: the caller)
+%% receives `{py_stream, Ref, {data, Value}}' for each item, then exactly one of
+%% `{py_stream, Ref, done}' or `{py_stream, Ref, {error, Reason}}'.
+-spec stream_start(name(), name(), list()) -> {ok, reference()} | {error, error()}.
+stream_start(Module, Function, Args) ->
+    stream_start(Module, Function, Args, #{}).
+
+%% @doc Options: `owner => Pid', `kwargs => Map', `input => true', `window => N',
+%% `idle_timeout => Ms', `pool', `timeout' (for starting only).
+-spec stream_start(name(), name(), list(), opts()) -> {ok, reference()} | {error, error()}.
+stream_start(Module, Function, Args, Opts0) ->
+    Extra = [owner, kwargs, input, window, idle_timeout],
+    case options(Opts0, Extra) of
+        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
+            Remote = Opts#{pool := Name, owner => maps:get(owner, Opts, self())},
+            remote(Node, stream_start, [Module, Function, Args, Remote], Opts);
+        {ok, Opts} ->
+            start_stream(Module, Function, Args, Opts);
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Stop a stream: its owner receives `{py_stream, Ref, {error, cancelled}}' once the
+%% generator has been closed (its `finally' blocks have run). `ok' also for a stream that
+%% already ended.
+-spec stream_cancel(reference()) -> ok.
+stream_cancel(Ref) when is_reference(Ref) ->
+    erlpy_worker:stream_command(Ref, cancel).
+
+%% @doc Send a value to the input of a stream started with `input => true'.
+-spec stream_send(reference(), term()) -> ok.
+stream_send(Ref, Value) when is_reference(Ref) ->
+    erlpy_worker:stream_command(Ref, {send, Value}).
+
+%% @doc End the input of a stream started with `input => true'.
+-spec stream_close(reference()) -> ok.
+stream_close(Ref) when is_reference(Ref) ->
+    erlpy_worker:stream_command(Ref, close).
+
+%% @doc Grant `N' more items to a stream started with `window'.
+-spec stream_ack(reference(), pos_integer()) -> ok.
+stream_ack(Ref, N) when is_reference(Ref), is_integer(N), N > 0 ->
+    erlpy_worker:stream_command(Ref, {ack, N}).
+
+%%====================================================================
+%% Erlang functions callable from Python
+%%====================================================================
+
+%% @doc Let Python call `Fun' as `erlpy.erlang.call(Name, *Args)'. A fun of arity 1
+%% receives the argument list: `py:register_function(add, fun([A, B]) -> A + B end)'.
+-spec register_function(name(), fun() | {module(), atom()}) -> ok.
+register_function(Name, Fun) when is_atom(Name); is_binary(Name) ->
+    erlpy_functions:register(Name, Fun).
+
+-spec unregister_function(name()) -> ok.
+unregister_function(Name) when is_atom(Name); is_binary(Name) ->
+    erlpy_functions:unregister(Name).
+
+%%====================================================================
+%% Pools
+%%====================================================================
+
+%% @doc Start a named pool under erlpy's supervisor; returns once its workers are up.
+%%
+%% `{ok, _} = py:start_pool(ml, #{size => 2})'
+-spec start_pool(atom(), map() | list()) -> {ok, pid()} | {error, term()}.
+start_pool(Name, Opts) when is_atom(Name) ->
+    case supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
+        {error, already_present} ->
+            _ = supervisor:delete_child(erlpy_sup, {erlpy_pool, Name}),
+            start_pool(Name, Opts);
+        {error, {{already_started, _}, _}} ->
+            {error, {already_started, Name}};
+        {error, {already_started, _}} ->
+            {error, {already_started, Name}};
+        Other ->
+            Other
+    end.
+
+%% @doc Stop a pool started with start_pool/2 (or by the application). Its Python
+%% processes are stopped; requests in flight get `{error, {worker_exited, shutdown}}'.
+-spec stop_pool(atom()) -> ok | {error, {no_pool, atom()}}.
+stop_pool(Name) ->
+    case supervisor:terminate_child(erlpy_sup, {erlpy_pool, Name}) of
+        ok ->
+            _ = supervisor:delete_child(erlpy_sup, {erlpy_pool, Name}),
+            ok;
+        {error, not_found} ->
+            {error, {no_pool, Name}}
+    end.
+
+%% @doc A child spec for a pool in your own supervision tree: `name' plus pool options,
+%% as a map or a proplist. Elixir: `{:py, name: :ml, size: 4}'.
+-spec child_spec(map() | list()) -> supervisor:child_spec().
+child_spec(Opts) when is_list(Opts) ->
+    child_spec(maps:from_list([proplists:unfold(O) || O <- Opts]));
+child_spec(#{name := Name} = Opts) when is_atom(Name) ->
+    pool_spec(Name, maps:remove(name, Opts)).
+
+-spec pool_spec(atom(), map() | list()) -> supervisor:child_spec().
+pool_spec(Name, Opts) ->
+    #{
+        id => {erlpy_pool, Name},
+        start => {erlpy_pool_sup, start_link, [Name, Opts]},
+        type => supervisor,
+        shutdown => infinity
+    }.
+
+%% @doc A map from pool name to info/1 of that pool.
+-spec info() -> #{atom() => map()}.
+info() ->
+    maps:from_list([
+        {Name, erlpy_pool:info(Meta)}
+     || {{erlpy_pool, Name}, Meta} <- persistent_term:get(), is_map(Meta)
+    ]).
+
+%% @doc `size', `workers' (each with `os_pid', `in_flight', `restarts', ...), `queued'
+%% and `python' (the version).
+-spec info(pool()) -> map() | {error, {no_pool, term()}}.
+info({Name, Node}) when Node =/= node() ->
+    erpc:call(Node, py, info, [Name]);
+info({Name, _}) ->
+    info(Name);
+info(Name) ->
+    with_pool(#{pool => Name}, fun erlpy_pool:info/1).
+
+%%====================================================================
+%% Internal
+%%====================================================================
+
+-type request() :: {call | collect, Op :: integer(), Fields :: list(), map()}.
+
+%% Run one request: here, or on the node the `pool' option names.
+-spec run(atom(), list(), opts() | timeout(), fun((map()) -> request())) ->
+    {ok, term()} | {error, error()}.
+run(Function, Args, Opts0, Build) ->
+    case options(Opts0, []) of
+        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
+            remote(Node, Function, Args ++ [Opts#{pool := Name}], Opts);
+        {ok, Opts} ->
+            with_pool(Opts, fun(Meta) -> send(Build(Opts), Meta) end);
+        {error, _} = Error ->
+            Error
+    end.
+
+-spec send(request(), erlpy_pool:meta()) -> {ok, term()} | {error, error()}.
+send({Kind, Op, Fields, #{timeout := Timeout}}, #{none_atom := NoneAtom} = Meta) ->
+    Id = erlang:unique_integer([positive]),
+    try erlpy_codec:encode([Op, Id | Fields], NoneAtom) of
+        Request ->
+            case erlpy_pool:checkout(Meta) of
+                {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
+                {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout);
+                {error, no_workers} -> {error, {worker_exited, no_workers}};
+                {error, _} = Error -> Error
+            end
+    catch
+        throw:{badarg, Detail} -> {error, {badarg, Detail}}
+    end.
+
+-spec start_stream(name(), name(), list(), map()) -> {ok, reference()} | {error, error()}.
+start_stream(Module, Function, Args, Opts) ->
+    with_pool(Opts, fun(#{none_atom := NoneAtom} = Meta) ->
+        Window = maps:get(window, Opts, infinity),
+        Credit =
+            case Window of
+                infinity -> ?STREAM_CREDIT;
+                N -> N
+            end,
+        Id = erlang:unique_integer([positive]),
+        try
+            Fields = [
+                name(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
+                Credit, maps:get(input, Opts, false) =:= true
+            ],
+            erlpy_codec:encode([?OP_STREAM_CALL, Id | Fields], NoneAtom)
+        of
+            Request ->
+                Stream = #{
+                    owner => maps:get(owner, Opts, self()),
+                    request => Request,
+                    window => Window,
+                    idle_timeout => maps:get(idle_timeout, Opts, infinity)
+                },
+                case erlpy_pool:checkout(Meta) of
+                    {ok, Worker, _} ->
+                        erlpy_worker:stream_start(Worker, Id, Stream, maps:get(timeout, Opts));
+                    {error, no_workers} ->
+                        {error, {worker_exited, no_workers}};
+                    {error, _} = Error ->
+                        Error
+                end
+        catch
+            throw:{badarg, Detail} -> {error, {badarg, Detail}}
+        end
+    end).
+
+-spec with_pool(map(), fun((erlpy_pool:meta()) -> Result)) -> Result | {error, {no_pool, term()}}.
+with_pool(#{pool := Name}, Fun) ->
+    case erlpy_pool:meta(Name) of
+        undefined -> {error, {no_pool, Name}};
+        Meta -> Fun(Meta)
+    end.
+
+-spec remote(node(), atom(), list(), map()) -> term().
+remote(Node, Function, Args, Opts) ->
+    Timeout =
+        case maps:get(timeout, Opts) of
+            infinity -> infinity;
+            T -> T + 5000
+        end,
+    try
+        erpc:call(Node, py, Function, Args, Timeout)
+    catch
+        error:{erpc, noconnection} -> {error, {nodedown, Node}};
+        error:{erpc, timeout} -> {error, timeout};
+        error:{exception, undef, _} -> {error, {no_erlpy, Node}}
+    end.
+
+%% Options: a map, a proplist, or a timeout. Unknown keys are an error, not ignored.
+-spec options(term(), [atom()]) -> {ok, map()} | {error, {bad_option, term()}}.
+options(Timeout, Extra) when is_integer(Timeout); Timeout =:= infinity ->
+    options(#{timeout => Timeout}, Extra);
+options(List, Extra) when is_list(List) ->
+    try maps:from_list([proplists:unfold(O) || O <- List]) of
+        Map -> options(Map, Extra)
+    catch
+        error:_ -> {error, {bad_option, List}}
+    end;
+options(Opts, Extra) when is_map(Opts) ->
+    Defaults = #{pool => default, timeout => ?DEFAULT_TIMEOUT},
+    case [K || K <- maps:keys(Opts), not valid_option(K, maps:get(K, Opts), Extra)] of
+        [] -> {ok, maps:merge(Defaults, Opts)};
+        [Bad | _] -> {error, {bad_option, Bad}}
+    end;
+options(Other, _) ->
+    {error, {bad_option, Other}}.
+
+-spec valid_option(term(), term(), [atom()]) -> boolean().
+valid_option(pool, P, _) -> is_atom(P) orelse (is_tuple(P) andalso tuple_size(P) =:= 2);
+valid_option(timeout, T, _) -> T =:= infinity orelse (is_integer(T) andalso T >= 0);
+valid_option(K, V, Extra) ->
+    lists:member(K, Extra) andalso
+        case K of
+            owner -> is_pid(V);
+            kwargs -> is_map(V);
+            input -> is_boolean(V);
+            window -> is_integer(V) andalso V > 0;
+            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0)
+        end.
+
+-spec name(term()) -> binary().
+name(Name) when is_atom(Name) -> atom_to_binary(Name);
+name(Name) when is_binary(Name) -> Name;
+name(Name) -> throw({badarg, {bad_name, Name}}).
+
+-spec list(term()) -> list().
+list(Args) when is_list(Args) -> Args;
+list(Args) -> throw({badarg, {bad_args, Args}}).
+
+-spec kwargs(term()) -> map().
+kwargs(Map) when is_map(Map) -> Map;
+kwargs([]) -> #{};
+kwargs(List) when is_list(List) -> maps:from_list(List);
+kwargs(Other) -> throw({badarg, {bad_kwargs, Other}}).
+
+-spec locals(term()) -> map().
+locals(Map) when is_map(Map) ->
+    maps:foreach(
+        fun(K, _) -> is_atom(K) orelse is_binary(K) orelse throw({badarg, {bad_local, K}}) end,
+        Map
+    ),
+    Map;
+locals(Other) ->
+    throw({badarg, {bad_locals, Other}}).
+
+-spec code(term()) -> binary().
+code(Code) when is_binary(Code) -> Code;
+code(Code) ->
+    case unicode:characters_to_binary(Code) of
+        B when is_binary(B) -> B;
+        _ -> throw({badarg, {bad_code, Code}})
+    end.

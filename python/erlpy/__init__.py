@@ -1,0 +1,27 @@
+"""erlpy: the Python side of the erlpy bridge between Erlang/Elixir and Python.
+
+User code never has to import erlpy unless it calls back into Erlang
+(:mod:`erlpy.erlang`) or composes async streams (:mod:`erlpy.streams`).
+"""
+
+from ._codec import Atom as Atom
+from ._codec import EncodeError as EncodeError
+from ._codec import Fun as Fun
+from ._codec import OpaqueTerm as OpaqueTerm
+from ._codec import Pid as Pid
+from ._codec import Port as Port
+from ._codec import Reference as Reference
+from ._codec import register_encoder as register_encoder
+from ._runtime import Interrupted as Interrupted
+
+__all__ = [
+    "Atom",
+    "EncodeError",
+    "Fun",
+    "Interrupted",
+    "OpaqueTerm",
+    "Pid",
+    "Port",
+    "Reference",
+    "register_encoder",
+]

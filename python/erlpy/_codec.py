@@ -1,0 +1,206 @@
+"""msgpack encoding of Erlang terms, the Python half of ``erlpy_codec.erl``.
+
+Extension types (see docs/internals.md):
+
+1. atom: UTF-8 name, decoded to :class:`Atom`
+2. tuple: payload is a msgpack array
+3. integer beyond 64 bits: sign byte + big-endian magnitude
+4. opaque Erlang term (pid, reference, port, fun, unhashable map key): external term
+   format, kept as bytes and sent back unchanged
+5. binary that Erlang did not classify: ``str`` when valid UTF-8, else ``bytes``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgpack
+
+EXT_ATOM: Final = 1
+EXT_TUPLE: Final = 2
+EXT_BIGINT: Final = 3
+EXT_TERM: Final = 4
+EXT_BINARY: Final = 5
+
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+# Protocol frames may carry large binaries; the limit is the frame size Erlang accepts.
+MAX_MESSAGE: Final = 2**31 - 1
+
+
+class EncodeError(TypeError):
+    """A Python value has no Erlang representation (and no registered encoder)."""
+
+
+class Atom(str):
+    """An Erlang atom. A ``str`` subclass, so Python code can treat it as text."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Atom({str.__repr__(self)})"
+
+
+class OpaqueTerm:
+    """An Erlang term Python cannot look inside; it goes back to Erlang unchanged."""
+
+    __slots__ = ("_ext",)
+
+    def __init__(self, ext: bytes) -> None:
+        self._ext = ext
+
+    @property
+    def external_format(self) -> bytes:
+        """The term in Erlang's external term format (``term_to_binary``)."""
+        return self._ext
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._ext == self._ext  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._ext)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<{len(self._ext)} bytes>)"
+
+
+class Pid(OpaqueTerm):
+    """An Erlang process identifier; usable with :func:`erlpy.erlang.send`."""
+
+    __slots__ = ()
+
+
+class Reference(OpaqueTerm):
+    """An Erlang reference."""
+
+    __slots__ = ()
+
+
+class Port(OpaqueTerm):
+    """An Erlang port."""
+
+    __slots__ = ()
+
+
+class Fun(OpaqueTerm):
+    """An Erlang fun."""
+
+    __slots__ = ()
+
+
+# Tag bytes of the external term format, after the version byte 131.
+_OPAQUE_KINDS: Final[dict[int, type[OpaqueTerm]]] = {
+    103: Pid, 88: Pid,
+    101: Reference, 114: Reference, 90: Reference,
+    102: Port, 89: Port, 120: Port,
+    117: Fun, 112: Fun, 113: Fun,
+}  # fmt: skip
+
+_encoders: dict[type, Callable[[Any], Any]] = {}
+_atoms: dict[bytes, Atom] = {}
+
+
+def register_encoder(cls: type, fn: Callable[[Any], Any]) -> None:
+    """Teach erlpy to send instances of ``cls`` (and subclasses) to Erlang.
+
+    ``fn`` turns an instance into a value erlpy can already send (a dict, a tuple, ...).
+    """
+    _encoders[cls] = fn
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_ATOM:
+        atom = _atoms.get(data)
+        if atom is None:
+            atom = _atoms.setdefault(data, Atom(data.decode()))
+        return atom
+    if code == EXT_TUPLE:
+        return tuple(unpackb(data))
+    if code == EXT_BIGINT:
+        magnitude = int.from_bytes(data[1:], "big")
+        return -magnitude if data[0] else magnitude
+    if code == EXT_TERM:
+        kind = _OPAQUE_KINDS.get(data[1], OpaqueTerm) if len(data) > 1 else OpaqueTerm
+        return kind(data)
+    if code == EXT_BINARY:
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return data
+    raise ValueError(f"unknown msgpack extension type {code}")
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _default(obj: Any) -> Any:
+    """Called by the packer for everything msgpack does not handle natively (strict types)."""
+    cls = type(obj)
+    if cls is Atom:
+        return msgpack.ExtType(EXT_ATOM, obj.encode())
+    if cls is tuple:
+        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+    if isinstance(obj, OpaqueTerm):
+        return msgpack.ExtType(EXT_TERM, obj.external_format)
+    if isinstance(obj, int):
+        if _INT_MIN <= obj <= _INT_MAX:
+            return int(obj)  # an int subclass such as IntEnum
+        data = abs(obj).to_bytes((abs(obj).bit_length() + 7) // 8, "big")
+        return msgpack.ExtType(EXT_BIGINT, (b"\x01" if obj < 0 else b"\x00") + data)
+    for base in cls.__mro__:
+        encoder = _encoders.get(base)
+        if encoder is not None:
+            return encoder(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if isinstance(obj, (bytearray, memoryview)):
+        return bytes(obj)
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise EncodeError(
+        f"cannot send a value of type {_type_name(obj)} to Erlang "
+        f"(register a converter with erlpy.register_encoder)"
+    )
+
+
+def new_packer() -> msgpack.Packer:
+    """A packer with erlpy's mapping. Packers are not thread-safe: one per thread."""
+    return msgpack.Packer(
+        default=_default, strict_types=True, use_bin_type=True, unicode_errors="surrogateescape"
+    )
+
+
+def packb(obj: Any) -> bytes:
+    """Encode one value (creates a packer; use :func:`new_packer` on hot paths)."""
+    try:
+        return new_packer().pack(obj)  # type: ignore[no-any-return]
+    except ValueError as exc:
+        # msgpack reports too deep nesting as a ValueError; keep one error type for users
+        raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+
+
+def new_unpacker() -> msgpack.Unpacker:
+    """A streaming unpacker with erlpy's mapping."""
+    return msgpack.Unpacker(
+        None,
+        raw=False,
+        strict_map_key=False,
+        ext_hook=_ext_hook,
+        max_buffer_size=MAX_MESSAGE,
+    )
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode one complete value."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)

@@ -1,0 +1,77 @@
+"""Route ``sys.stdout``, ``sys.stderr`` and ``logging`` to Erlang's ``logger``.
+
+The protocol runs on fds 3/4, so nothing written to fds 1/2 can corrupt it; this module
+makes Python-level output useful too, by sending each line as a LOG message."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+
+from ._codec import Atom
+
+Emit = Callable[[Atom, str], None]
+
+_LEVELS = {
+    logging.CRITICAL: Atom("critical"),
+    logging.ERROR: Atom("error"),
+    logging.WARNING: Atom("warning"),
+    logging.INFO: Atom("info"),
+    logging.DEBUG: Atom("debug"),
+}
+
+
+class LogStream(io.TextIOBase):
+    """A text stream that sends complete lines to Erlang at one logger level."""
+
+    def __init__(self, emit: Emit, level: str, name: str) -> None:
+        super().__init__()
+        self._emit = emit
+        self._level = Atom(level)
+        self._name = name
+        self._partial = ""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(self._level, line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._emit(self._level, line)
+
+
+class LogHandler(logging.Handler):
+    """A ``logging`` handler whose records become Erlang logger events."""
+
+    def __init__(self, emit: Emit) -> None:
+        super().__init__()
+        self._emit = emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = _LEVELS.get(record.levelno) or _LEVELS[
+                max(lvl for lvl in _LEVELS if lvl <= max(record.levelno, logging.DEBUG))
+            ]
+            self._emit(level, f"{record.name}: {self.format(record)}")
+        except Exception:
+            self.handleError(record)

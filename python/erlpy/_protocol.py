@@ -1,0 +1,29 @@
+"""Message kinds of the wire protocol (docs/internals.md). Each message is a msgpack array
+whose first element is one of these numbers; a frame holds one or more messages."""
+
+from typing import Final
+
+# Erlang -> Python
+CALL: Final = 1  # [CALL, Id, Module, Function, Args, Kwargs]
+EVAL: Final = 2  # [EVAL, Id, Code, Locals]
+EXEC: Final = 3  # [EXEC, Id, Code]
+STREAM_CALL: Final = 4  # [STREAM_CALL, Id, Module, Function, Args, Kwargs, Credit, Input]
+STREAM_EVAL: Final = 5  # [STREAM_EVAL, Id, Code, Locals, Credit]
+CANCEL: Final = 6  # [CANCEL, Id]
+CREDIT: Final = 7  # [CREDIT, Id, N]
+INPUT: Final = 8  # [INPUT, Id, Values]
+INPUT_CLOSE: Final = 9  # [INPUT_CLOSE, Id]
+REPLY: Final = 10  # [REPLY, CallbackId, Ok, ValueOrReason]
+SETUP: Final = 11  # [SETUP, WorkerPid]: first message, tells Python who owns it
+
+# Python -> Erlang
+READY: Final = 0  # [READY, Info]
+RESULT: Final = 1  # [RESULT, Id, Value]
+ERROR: Final = 2  # [ERROR, Id, Type, Message, Traceback]: a Python exception
+DATA: Final = 3  # [DATA, Id, Items]
+DONE: Final = 4  # [DONE, Id]
+LOG: Final = 5  # [LOG, Level, Text]
+CALLBACK: Final = 6  # [CALLBACK, CallbackId, Name, Args]
+SEND: Final = 7  # [SEND, Pid, Term]
+FAIL: Final = 8  # [FAIL, Id, Reason]: an erlpy error given as an Erlang term
+FATAL: Final = 99  # [FATAL, Detail]: the worker cannot run
