@@ -250,8 +250,11 @@ stop_pool(Name) ->
 -spec child_spec(map() | list()) -> supervisor:child_spec().
 child_spec(Opts) when is_list(Opts) ->
     child_spec(maps:from_list([proplists:unfold(O) || O <- Opts]));
-child_spec(#{name := Name} = Opts) when is_atom(Name) ->
-    pool_spec(Name, maps:remove(name, Opts)).
+child_spec(Opts) when is_map(Opts) ->
+    case maps:take(name, Opts) of
+        {Name, PoolOpts} when is_atom(Name) -> pool_spec(Name, PoolOpts);
+        _ -> error({badarg, {missing_name, Opts}})
+    end.
 
 -spec pool_spec(atom(), map() | list()) -> supervisor:child_spec().
 pool_spec(Name, Opts) ->

@@ -8,7 +8,7 @@ import os
 import sys
 
 
-def _fatal(detail: dict) -> None:
+def _fatal(detail: dict[str, str]) -> None:
     # Hand-encoded msgpack [99, {str: str}]: msgpack itself may be what is missing.
     def s(text: str) -> bytes:
         data = text.encode("utf-8", "replace")
@@ -24,11 +24,11 @@ def main() -> None:
     # Running this file put its own directory first on sys.path; replace it with the
     # package's parent and the pool's `path` entries.
     sys.path[0:1] = sys.argv[1:]
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs on any Python
         _fatal(
             {
                 "reason": "python_too_old",
-                "message": f"erlpy needs Python 3.11 or newer, {sys.executable} is {sys.version.split()[0]}",
+                "message": f"erlpy needs Python 3.11+, not {sys.version.split()[0]}",
                 "python": sys.executable,
             }
         )

@@ -56,7 +56,9 @@ class OpaqueTerm:
         return self._ext
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._ext == self._ext  # type: ignore[attr-defined]
+        if not isinstance(other, OpaqueTerm) or type(other) is not type(self):
+            return False
+        return other._ext == self._ext
 
     def __hash__(self) -> int:
         return hash(self._ext)
@@ -133,7 +135,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def _type_name(obj: object) -> str:
     cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _default(obj: Any) -> Any:

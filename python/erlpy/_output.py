@@ -29,16 +29,10 @@ class LogStream(io.TextIOBase):
         super().__init__()
         self._emit = emit
         self._level = Atom(level)
-        self._name = name
+        self.name = name
         self._partial = ""
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def encoding(self) -> str:
-        return "utf-8"
+    encoding = "utf-8"
 
     def writable(self) -> bool:
         return True
@@ -69,9 +63,10 @@ class LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = _LEVELS.get(record.levelno) or _LEVELS[
-                max(lvl for lvl in _LEVELS if lvl <= max(record.levelno, logging.DEBUG))
-            ]
+            level = (
+                _LEVELS.get(record.levelno)
+                or _LEVELS[max(lvl for lvl in _LEVELS if lvl <= max(record.levelno, logging.DEBUG))]
+            )
             self._emit(level, f"{record.name}: {self.format(record)}")
         except Exception:
             self.handleError(record)

@@ -94,7 +94,9 @@ def _array_header(n: int) -> bytes:
 
 
 def _type_name(cls: type) -> str:
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -176,7 +178,8 @@ class Stream:
                 return
             self._items = []
             self._bytes = 0
-            drain = self._rt.writer.enqueue(self._prefix + _array_header(len(items)) + b"".join(items))
+            message = self._prefix + _array_header(len(items)) + b"".join(items)
+            drain = self._rt.writer.enqueue(message)
         if drain:
             self._rt.writer.drain()
 
@@ -524,10 +527,14 @@ class Runtime:
                 self.reply(job, None)
             elif op == P.STREAM_CALL:
                 fn = self._resolve(msg[2], msg[3])
-                args = msg[4] if job.stream is None or job.stream.input is None else [
-                    job.stream.input,
-                    *msg[4],
-                ]
+                args = (
+                    msg[4]
+                    if job.stream is None or job.stream.input is None
+                    else [
+                        job.stream.input,
+                        *msg[4],
+                    ]
+                )
                 self._stream_value(job, self._user(job, fn, *args, **_kwargs(msg[5])))
             elif op == P.STREAM_EVAL:
                 code = _compile(msg[2], "eval")
@@ -654,7 +661,7 @@ class Runtime:
             if aclose is not None:
                 try:
                     await aclose()
-                except BaseException as exc:  # noqa: BLE001 - report, the stream is over
+                except BaseException as exc:  # the stream is over: report and move on
                     logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
             close = getattr(iterator, "close", None)
             if close is not None and aclose is None:
