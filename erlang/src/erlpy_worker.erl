@@ -513,11 +513,12 @@ log(Level0, Text, D) ->
             true -> Level0;
             false -> info
         end,
+    %% No `domain': OTP's default handler drops events of domains other than otp/sasl,
+    %% and a print() in Python should show up where Erlang's own logs do.
     logger:log(Level, "~ts", [Text], #{
         pool => D#data.pool,
         worker => D#data.index,
-        os_pid => D#data.os_pid,
-        domain => [erlpy, python]
+        os_pid => D#data.os_pid
     }).
 
 %% A request ended on the Python side.
