@@ -13,7 +13,8 @@ groups() ->
     [
         {calls, [], [
             call_sqrt, call_kwargs_json, call_kwargs_proplist, eval_locals,
-            eval_binary_locals, call_main_after_exec, dotted_module, dotted_function,
+            eval_binary_locals, main_has_asyncio, call_main_after_exec, dotted_module,
+            dotted_function,
             exec_syntax_error, exec_runtime_error_reported
         ]},
         {errors, [], [
@@ -31,7 +32,8 @@ groups() ->
         {info, [], [info_shape, default_pool_from_app_env]},
         %% Not run by all/0: each fails because of a product bug (see the report).
         {known_bugs, [], [
-            badarg_non_list_args, badarg_name_not_binary, badarg_bad_code, badarg_bad_kwargs, badarg_bad_locals
+            call_options_proplist, badarg_non_list_args, badarg_name_not_binary,
+            badarg_bad_code, badarg_bad_kwargs, badarg_bad_locals
         ]}
     ].
 
@@ -59,8 +61,9 @@ end_per_testcase(Case, _Config) when
 end_per_testcase(_Case, _Config) ->
     ok.
 
-%% logger handler callback: forwards Python's log events to the test process.
-log(#{meta := #{domain := [erlpy, python]}} = Event, #{config := #{pid := Pid}}) ->
+%% logger handler callback: forwards Python's log events (they carry pool and os_pid
+%% metadata) to the test process.
+log(#{meta := #{pool := _, os_pid := _}} = Event, #{config := #{pid := Pid}}) ->
     Pid ! {?MODULE, log, Event};
 log(_, _) ->
     ok.
@@ -93,6 +96,11 @@ eval_locals(_) ->
 eval_binary_locals(_) ->
     erlpy_test:doc("locals with binary keys, visible inside comprehensions"),
     ?assertEqual({ok, [3, 4]}, py:eval(<<"[n + k for n in xs]">>, #{<<"xs">> => [1, 2], k => 2})).
+
+main_has_asyncio(_) ->
+    erlpy_test:doc("__main__ has asyncio imported"),
+    ?assertEqual({ok, <<"asyncio">>}, py:eval(<<"asyncio.__name__">>)),
+    ?assertEqual({ok, <<"asyncio">>}, py:eval(<<"__import__('__main__').asyncio.__name__">>)).
 
 call_main_after_exec(_) ->
     erlpy_test:doc("a function defined with exec is callable as '__main__' on the default pool"),
@@ -246,6 +254,13 @@ error_eval_syntax(_) ->
 %%====================================================================
 %% known bugs: bad input must give {error, {badarg, _}}, not crash the caller
 %%====================================================================
+
+call_options_proplist(_) ->
+    erlpy_test:doc("options as a proplist (BUG: any proplist is {error, {bad_option, List}})"),
+    ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, [{timeout, 5000}])),
+    ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, [{pool, default}, {timeout, 5000}])),
+    ?assertEqual(ok, py:exec(<<"api_proplist = 1">>, [{pool, default}])),
+    ?assertMatch({ok, [0, 1, 2]}, py:stream(builtins, range, [3], #{}, [{timeout, 5000}])).
 
 badarg_non_list_args(_) ->
     erlpy_test:doc("a non-list Args is {error, {badarg, _}} (BUG: thrown at the caller)"),
@@ -451,7 +466,7 @@ msg_text({Format, Args}) -> unicode:characters_to_binary(io_lib:format(Format, A
 
 check_meta(Meta) ->
     ct:log("meta: ~p", [Meta]),
-    ?assertMatch(#{pool := default, worker := W, os_pid := P, domain := [erlpy, python]}
+    ?assertMatch(#{pool := default, worker := W, os_pid := P}
                    when is_integer(W) andalso is_integer(P), Meta),
     #{workers := Workers} = py:info(default),
     ?assert(lists:member(maps:get(os_pid, Meta), [P || #{os_pid := P} <- Workers])),
