@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export ERLPY_PYTHON ?= $(PY)
-DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper \
+DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper erlang-proper-dev \
         erlang-tools rebar3 elixir
 
 .PHONY: all deps venv compile test test-erlang test-ct test-eunit test-python test-elixir \
@@ -45,14 +45,19 @@ test: deps venv compile
 	if [ $$status = 0 ]; then echo "==> all suites passed"; else echo "==> SOME SUITES FAILED"; fi; \
 	exit $$status
 
+# Colour codes out, one summary line per suite in; full logs in _build/*.log.
+PLAIN := sed -u 's/\x1b\[[0-9;]*m//g'
+
 test-eunit:
 	@echo "==> EUnit + PropEr"
-	@rebar3 eunit --dir test/erlang 2>&1 | tee _build/eunit.log | tail -n 25; \
+	@mkdir -p _build; rebar3 eunit --dir test/erlang 2>&1 | $(PLAIN) | tee _build/eunit.log \
+	  | grep -aE "^[0-9]+ tests, |Failed:|\*failed\*" | tail -n 20; \
 	  test $${PIPESTATUS[0]} = 0
 
 test-ct:
 	@echo "==> Common Test"
-	@rebar3 ct 2>&1 | tee _build/ct.log | grep -E "^(%%%|Failed|Skipped|All|TEST COMPLETE|\s*=|Testing)" | tail -n 40; \
+	@mkdir -p _build; rebar3 ct 2>&1 | $(PLAIN) | tee _build/ct.log \
+	  | grep -aE "^%%%|^(Failed|All|Skipped) .*tests?|TEST COMPLETE" | cut -c1-200 | tail -n 60; \
 	  test $${PIPESTATUS[0]} = 0
 
 test-python:

@@ -9,7 +9,8 @@
 %%   {bytes, Bin} -> bin
 %%   true/false -> bool, the pool's none atom -> nil, other atoms -> ext 1 (UTF-8 name)
 %%   list -> array, tuple -> ext 2 (payload: a msgpack array), map -> map
-%%   pid/ref/port/fun, and map keys Python could not hash -> ext 4 (external term format)
+%%   pid/ref/port/fun, and map keys Python could not hash or would merge (1 and 1.0, a and
+%%     <<"a">>) -> ext 4 (external term format)
 %%
 %% Decoding never creates atoms on its own: names that are not atoms yet are handed to the
 %% caller's `NewAtom' fun, which enforces the pool's `max_atoms' budget.
@@ -111,17 +112,59 @@ enc_elems(Tail, _, _, _, _) -> throw({badarg, {improper_list, Tail}}).
 
 -spec enc_map(map(), atom(), non_neg_integer()) -> iodata().
 enc_map(M, N, D) ->
-    Body = maps:fold(fun(K, V, Acc) -> [enc_key(K, N, D), enc(V, N, D) | Acc] end, [], M),
+    Clashes = python_equal_keys(M, N),
+    Body = maps:fold(fun(K, V, Acc) -> [enc_key(K, N, D, Clashes), enc(V, N, D) | Acc] end, [], M),
     [map_header(map_size(M)) | Body].
 
 %% Python dict keys must be hashable: lists and maps (also inside tuples) travel as opaque
-%% terms, which Python hashes by their bytes and sends back unchanged.
--spec enc_key(term(), atom(), non_neg_integer()) -> iodata().
-enc_key(K, N, D) ->
-    case hashable(K) of
+%% terms, which Python hashes by their bytes and sends back unchanged. So do keys that
+%% would be equal in Python although they differ here (see python_equal_keys/2).
+-spec enc_key(term(), atom(), non_neg_integer(), #{term() => []}) -> iodata().
+enc_key(K, N, D, Clashes) ->
+    case hashable(K) andalso not is_map_key(K, Clashes) of
         true -> enc(K, N, D);
         false -> enc_ext(?EXT_TERM, term_to_binary(K))
     end.
+
+%% Python has 1 == 1.0 == True and Atom('a') == 'a': keys of one map that would become
+%% the same Python dict key (and lose entries on the way) are returned here.
+-spec python_equal_keys(map(), atom()) -> #{term() => []}.
+python_equal_keys(M, _) when map_size(M) < 2 ->
+    #{};
+python_equal_keys(M, N) ->
+    Groups = maps:fold(
+        fun(K, _, Acc) ->
+            P = py_key(K, N),
+            Acc#{P => [K | maps:get(P, Acc, [])]}
+        end,
+        #{},
+        M
+    ),
+    case map_size(Groups) =:= map_size(M) of
+        true -> #{};
+        false -> maps:from_list([{K, []} || [_, _ | _] = Ks <- maps:values(Groups), K <- Ks])
+    end.
+
+%% What a hashable key is equal to once it is a Python value.
+-spec py_key(term(), atom()) -> term().
+py_key(I, _) when is_integer(I) -> I;
+py_key(F, _) when is_float(F) ->
+    case trunc(F) of
+        I when I == F -> I;
+        _ -> F
+    end;
+py_key(true, _) -> 1;
+py_key(false, _) -> 0;
+py_key(N, N) -> {none};
+py_key(A, _) when is_atom(A) -> {str, atom_to_binary(A, utf8)};
+py_key(B, _) when is_binary(B) ->
+    case unicode:characters_to_binary(B) of
+        B -> {str, B};
+        _ -> {bytes, B}
+    end;
+py_key({bytes, B}, _) when is_binary(B) -> {bytes, B};
+py_key(T, N) when is_tuple(T) -> {tuple, [py_key(E, N) || E <- tuple_to_list(T)]};
+py_key(K, _) -> {opaque, K}.
 
 -spec hashable(term()) -> boolean().
 hashable(K) when is_list(K); is_map(K) -> false;
@@ -257,12 +300,12 @@ dec_ext(?EXT_TUPLE, Body, N, A) ->
         {L, <<>>} when is_list(L) -> list_to_tuple(L);
         _ -> throw({badarg, bad_tuple})
     end;
-dec_ext(?EXT_BIGINT, <<Sign, Magnitude/binary>>, _, _) ->
-    I = binary:decode_unsigned(Magnitude),
-    case Sign of
-        0 -> I;
-        1 -> -I
-    end;
+dec_ext(?EXT_BIGINT, <<0, Magnitude/binary>>, _, _) ->
+    binary:decode_unsigned(Magnitude);
+dec_ext(?EXT_BIGINT, <<1, Magnitude/binary>>, _, _) ->
+    -binary:decode_unsigned(Magnitude);
+dec_ext(?EXT_BIGINT, _, _, _) ->
+    throw({badarg, bad_bigint});
 dec_ext(?EXT_TERM, Ext, _, _) ->
     binary_to_term(Ext, [safe]);
 dec_ext(?EXT_BINARY, B, _, _) ->

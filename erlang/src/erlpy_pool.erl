@@ -52,7 +52,11 @@ meta(Name) ->
 %% @doc Check pool options; returns the configuration with defaults filled in.
 -spec validate(map() | list()) -> {ok, map()} | {error, {bad_option, term()} | term()}.
 validate(Opts) when is_list(Opts) ->
-    validate(maps:from_list([proplists:unfold(O) || O <- Opts]));
+    try proplists:to_map(Opts) of
+        Map -> validate(Map)
+    catch
+        error:_ -> {error, {bad_option, Opts}}
+    end;
 validate(Opts) when is_map(Opts) ->
     Defaults = #{
         size => erlang:system_info(schedulers_online),
@@ -82,13 +86,20 @@ validate(_) ->
 -spec check(term(), term(), map()) -> map().
 check(size, N, C) when is_integer(N), N > 0 -> C#{size := N};
 check(python, P, C) when is_list(P); is_binary(P) -> C#{python := P};
-check(path, Ps, C) when is_list(Ps) -> C#{path := [string(P, path) || P <- Ps]};
+check(path, Ps, C) when is_list(Ps) ->
+    %% A list of directories; a single directory as a string is a common slip.
+    io_lib:printable_unicode_list(Ps) andalso Ps =/= [] andalso throw({bad_option, path}),
+    C#{path := [string(P, path) || P <- Ps]};
 check(env, Env, C) when is_map(Env) -> check(env, maps:to_list(Env), C);
 check(env, Env, C) when is_list(Env) -> C#{env := [env_pair(KV) || KV <- Env]};
 check(cd, Dir, C) -> C#{cd := string(Dir, cd)};
 check(init, Code, C) when is_binary(Code) -> C#{init := [Code]};
-check(init, [Code | _] = Codes, C) when is_binary(Code) -> C#{init := [code(X) || X <- Codes]};
-check(init, Code, C) when is_list(Code) -> C#{init := [code(Code)]};
+check(init, Code, C) when is_list(Code) ->
+    %% One piece of code as a string, or a list of pieces.
+    case io_lib:printable_unicode_list(Code) of
+        true -> C#{init := [code(Code)]};
+        false -> C#{init := [code(X) || X <- Code]}
+    end;
 check(max_queue, N, C) when is_integer(N), N >= 0 -> C#{max_queue := N};
 check(none_atom, A, C) when is_atom(A), A =/= true, A =/= false -> C#{none_atom := A};
 check(max_atoms, N, C) when is_integer(N), N >= 0 -> C#{max_atoms := N};
@@ -97,17 +108,23 @@ check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(Key, _, _) -> throw({bad_option, Key}).
 
 -spec string(term(), atom()) -> string().
-string(S, Key) ->
-    case unicode:characters_to_list(S) of
+string(S, Key) when is_list(S); is_binary(S) ->
+    try unicode:characters_to_list(S) of
         L when is_list(L) -> L;
         _ -> throw({bad_option, Key})
-    end.
+    catch
+        error:_ -> throw({bad_option, Key})
+    end;
+string(_, Key) ->
+    throw({bad_option, Key}).
 
 -spec code(term()) -> binary().
 code(Code) ->
-    case unicode:characters_to_binary(Code) of
+    try unicode:characters_to_binary(Code) of
         B when is_binary(B) -> B;
         _ -> throw({bad_option, init})
+    catch
+        error:_ -> throw({bad_option, init})
     end.
 
 -spec env_pair(term()) -> {string(), string() | false}.
@@ -217,6 +234,9 @@ info(#{counters := Counters, size := Size} = Meta) ->
 
 -spec init({name(), map()}) -> {ok, meta()}.
 init({Name, Config}) ->
+    %% Trap exits so terminate/2 runs on shutdown and the pool disappears from
+    %% persistent_term with it.
+    process_flag(trap_exit, true),
     Size = maps:get(size, Config),
     Tab = ets:new(erlpy_pool, [set, public, {read_concurrency, true}]),
     true = ets:insert(Tab, [list_to_tuple([workers | lists:duplicate(Size, undefined)]),

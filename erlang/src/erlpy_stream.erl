@@ -81,16 +81,42 @@ send_all(_, _, [], N) ->
 -spec take_credit(stream()) -> {non_neg_integer() | wait, stream()}.
 take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, Owed < 512 ->
     {0, S};
-take_credit(#stream{owed = Owed, granted = infinity, owner = Owner} = S) when is_pid(Owner) ->
-    case node(Owner) =:= node() andalso erlang:process_info(Owner, message_queue_len) of
-        {message_queue_len, Len} when Len > ?OWNER_BACKLOG -> {wait, S};
-        _ -> {Owed, S#stream{owed = 0}}
+take_credit(#stream{owed = Owed, granted = infinity, owner = Owner, ref = Ref} = S) when
+    is_pid(Owner)
+->
+    Info = node(Owner) =:= node() andalso erlang:process_info(Owner, [message_queue_len, status]),
+    case Info of
+        [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
+            %% Blocked in a receive that none of its messages match: it may be waiting for
+            %% this very stream (one owner reading several streams one after the other).
+            %% Holding back would deadlock it, unless this stream's items are among them.
+            case has_items(Owner, Ref) of
+                true -> {wait, S};
+                false -> {Owed, S#stream{owed = 0}}
+            end;
+        [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
+            {wait, S};
+        _ ->
+            {Owed, S#stream{owed = 0}}
     end;
 take_credit(#stream{owed = Owed} = S) ->
     {Owed, S#stream{owed = 0}}.
 
 %% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
 %% held items must reach the owner first.
+%% Copies the owner's mailbox: only used when the owner is stalled with a backlog, and the
+%% worker backs off between checks.
+-spec has_items(pid(), reference()) -> boolean().
+has_items(Owner, Ref) ->
+    case erlang:process_info(Owner, messages) of
+        {messages, Messages} -> lists:any(fun(M) -> is_item(M, Ref) end, Messages);
+        undefined -> true
+    end.
+
+-spec is_item(term(), reference()) -> boolean().
+is_item({py_stream, Ref, {data, _}}, Ref) -> true;
+is_item(_, _) -> false.
+
 -spec finish(done | {error, term()}, stream()) -> {send, done | {error, term()}} | {held, stream()}.
 finish(Final, #stream{held = Held} = S) ->
     case queue:is_empty(Held) of

@@ -37,7 +37,9 @@
     idle_timer :: reference() | undefined,
     %% Why the stream is being stopped, once we asked Python to stop it.
     stopping = false :: false | cancelled | timeout | owner_down | {badarg, term()},
-    recheck = false :: boolean()
+    recheck = false :: boolean(),
+    %% Milliseconds until the next look at a backlogged owner; doubles while it stays so.
+    backoff = 5 :: pos_integer()
 }).
 
 -record(data, {
@@ -632,10 +634,13 @@ give_credit(Id, #entry{stream = S} = Entry, D) ->
         {wait, S1} when Entry#entry.recheck ->
             put_entry(Id, Entry#entry{stream = S1}, D);
         {wait, S1} ->
-            erlang:send_after(5, self(), {recheck, Id}),
-            put_entry(Id, Entry#entry{stream = S1, recheck = true}, D);
+            Backoff = Entry#entry.backoff,
+            erlang:send_after(Backoff, self(), {recheck, Id}),
+            Entry1 = Entry#entry{stream = S1, recheck = true, backoff = min(2 * Backoff, 200)},
+            put_entry(Id, Entry1, D);
         {N, S1} ->
-            put_entry(Id, Entry#entry{stream = S1}, enqueue(encode([?OP_CREDIT, Id, N], D), D))
+            Entry1 = Entry#entry{stream = S1, backoff = 5},
+            put_entry(Id, Entry1, enqueue(encode([?OP_CREDIT, Id, N], D), D))
     end.
 
 -spec put_entry(id(), #entry{}, #data{}) -> #data{}.

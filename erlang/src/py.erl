@@ -108,7 +108,11 @@ exec(Code, Opts0) ->
             remote(Node, exec, [Code, Opts#{pool := Name}], Opts);
         {ok, Opts} ->
             with_pool(Opts, fun(Meta) ->
-                erlpy_pool:exec(Meta, code(Code), maps:get(timeout, Opts))
+                try code(Code) of
+                    Bin -> erlpy_pool:exec(Meta, Bin, maps:get(timeout, Opts))
+                catch
+                    throw:{badarg, Detail} -> {error, {badarg, Detail}}
+                end
             end);
         {error, _} = Error ->
             Error
@@ -229,6 +233,8 @@ start_pool(Name, Opts) when is_atom(Name) ->
             {error, {already_started, Name}};
         {error, {already_started, _}} ->
             {error, {already_started, Name}};
+        {error, {Reason, Child}} when element(1, Child) =:= child ->
+            {error, Reason};
         Other ->
             Other
     end.
@@ -249,7 +255,7 @@ stop_pool(Name) ->
 %% as a map or a proplist. Elixir: `{:py, name: :ml, size: 4}'.
 -spec child_spec(map() | list()) -> supervisor:child_spec().
 child_spec(Opts) when is_list(Opts) ->
-    child_spec(maps:from_list([proplists:unfold(O) || O <- Opts]));
+    child_spec(proplists:to_map(Opts));
 child_spec(Opts) when is_map(Opts) ->
     case maps:take(name, Opts) of
         {Name, PoolOpts} when is_atom(Name) -> pool_spec(Name, PoolOpts);
@@ -297,16 +303,20 @@ run(Function, Args, Opts0, Build) ->
         {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
             remote(Node, Function, Args ++ [Opts#{pool := Name}], Opts);
         {ok, Opts} ->
-            with_pool(Opts, fun(Meta) -> send(Build(Opts), Meta) end);
+            with_pool(Opts, fun(Meta) -> send(Build, Opts, Meta) end);
         {error, _} = Error ->
             Error
     end.
 
--spec send(request(), erlpy_pool:meta()) -> {ok, term()} | {error, error()}.
-send({Kind, Op, Fields, #{timeout := Timeout}}, #{none_atom := NoneAtom} = Meta) ->
+-spec send(fun((map()) -> request()), map(), erlpy_pool:meta()) ->
+    {ok, term()} | {error, error()}.
+send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
     Id = erlang:unique_integer([positive]),
-    try erlpy_codec:encode([Op, Id | Fields], NoneAtom) of
-        Request ->
+    try
+        {Kind, Op, Fields, #{timeout := Timeout}} = Build(Opts),
+        {Kind, Timeout, erlpy_codec:encode([Op, Id | Fields], NoneAtom)}
+    of
+        {Kind, Timeout, Request} ->
             case erlpy_pool:checkout(Meta) of
                 {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
                 {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout);
@@ -354,11 +364,22 @@ start_stream(Module, Function, Args, Opts) ->
         end
     end).
 
+%% A pool being stopped may vanish between the lookup and its use: that is no_pool too.
 -spec with_pool(map(), fun((erlpy_pool:meta()) -> Result)) -> Result | {error, {no_pool, term()}}.
 with_pool(#{pool := Name}, Fun) ->
     case erlpy_pool:meta(Name) of
-        undefined -> {error, {no_pool, Name}};
-        Meta -> Fun(Meta)
+        undefined ->
+            {error, {no_pool, Name}};
+        Meta ->
+            try
+                Fun(Meta)
+            catch
+                error:badarg:Stack ->
+                    case erlpy_pool:meta(Name) of
+                        undefined -> {error, {no_pool, Name}};
+                        _ -> erlang:raise(error, badarg, Stack)
+                    end
+            end
     end.
 
 -spec remote(node(), atom(), list(), map()) -> term().
@@ -381,7 +402,7 @@ remote(Node, Function, Args, Opts) ->
 options(Timeout, Extra) when is_integer(Timeout); Timeout =:= infinity ->
     options(#{timeout => Timeout}, Extra);
 options(List, Extra) when is_list(List) ->
-    try maps:from_list([proplists:unfold(O) || O <- List]) of
+    try proplists:to_map(List) of
         Map -> options(Map, Extra)
     catch
         error:_ -> {error, {bad_option, List}}
@@ -419,8 +440,12 @@ list(Args) -> throw({badarg, {bad_args, Args}}).
 
 -spec kwargs(term()) -> map().
 kwargs(Map) when is_map(Map) -> Map;
-kwargs([]) -> #{};
-kwargs(List) when is_list(List) -> maps:from_list(List);
+kwargs(List) when is_list(List) ->
+    try proplists:to_map(List) of
+        Map -> Map
+    catch
+        error:_ -> throw({badarg, {bad_kwargs, List}})
+    end;
 kwargs(Other) -> throw({badarg, {bad_kwargs, Other}}).
 
 -spec locals(term()) -> map().
@@ -436,7 +461,9 @@ locals(Other) ->
 -spec code(term()) -> binary().
 code(Code) when is_binary(Code) -> Code;
 code(Code) ->
-    case unicode:characters_to_binary(Code) of
+    try unicode:characters_to_binary(Code) of
         B when is_binary(B) -> B;
         _ -> throw({badarg, {bad_code, Code}})
+    catch
+        error:_ -> throw({badarg, {bad_code, Code}})
     end.

@@ -14,6 +14,11 @@ from ._codec import Reference as Reference
 from ._codec import register_encoder as register_encoder
 from ._runtime import Interrupted as Interrupted
 
+# Public classes show (and report errors) under their public name, erlpy.X.
+for _cls in (Atom, EncodeError, Fun, Interrupted, OpaqueTerm, Pid, Port, Reference):
+    _cls.__module__ = __name__
+del _cls
+
 __all__ = [
     "Atom",
     "EncodeError",

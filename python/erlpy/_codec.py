@@ -12,6 +12,7 @@ Extension types (see docs/internals.md):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -102,6 +103,16 @@ _OPAQUE_KINDS: Final[dict[int, type[OpaqueTerm]]] = {
 _encoders: dict[type, Callable[[Any], Any]] = {}
 _atoms: dict[bytes, Atom] = {}
 
+# Types the packer writes itself (strict_types): anything else goes through _default.
+_NATIVE: Final = frozenset({type(None), bool, float, str, bytes, list, dict, msgpack.ExtType})
+# Tuples are packed by a nested packer, so msgpack's own nesting limit does not see them;
+# this limit keeps deep tuples an EncodeError instead of a C stack overflow.
+MAX_TUPLE_DEPTH: Final = 512
+# unpackb() keeps its parser stack (~32 KiB) on the C stack, once per nested tuple: deeper
+# than this, tuples are unpacked by an Unpacker, whose parser stack is on the heap.
+_C_STACK_TUPLES: Final = 8
+_depth = threading.local()
+
 
 def register_encoder(cls: type, fn: Callable[[Any], Any]) -> None:
     """Teach erlpy to send instances of ``cls`` (and subclasses) to Erlang.
@@ -118,7 +129,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
             atom = _atoms.setdefault(data, Atom(data.decode()))
         return atom
     if code == EXT_TUPLE:
-        return tuple(unpackb(data))
+        return tuple(_unpack_nested(data))
     if code == EXT_BIGINT:
         magnitude = int.from_bytes(data[1:], "big")
         return -magnitude if data[0] else magnitude
@@ -131,6 +142,28 @@ def _ext_hook(code: int, data: bytes) -> Any:
         except UnicodeDecodeError:
             return data
     raise ValueError(f"unknown msgpack extension type {code}")
+
+
+def _unpack_nested(data: bytes) -> Any:
+    depth = getattr(_depth, "unpack", 0)
+    _depth.unpack = depth + 1
+    try:
+        if depth < _C_STACK_TUPLES:
+            return unpackb(data)
+        unpacker = msgpack.Unpacker(
+            None,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=_ext_hook,
+            max_buffer_size=max(len(data), 1),
+        )
+        unpacker.feed(data)
+        value = unpacker.unpack()
+        if unpacker.tell() != len(data):
+            raise ValueError("extra data after the tuple's array")
+        return value
+    finally:
+        _depth.unpack = depth
 
 
 def _type_name(obj: object) -> str:
@@ -146,7 +179,7 @@ def _default(obj: Any) -> Any:
     if cls is Atom:
         return msgpack.ExtType(EXT_ATOM, obj.encode())
     if cls is tuple:
-        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+        return _pack_tuple(obj)
     if isinstance(obj, OpaqueTerm):
         return msgpack.ExtType(EXT_TERM, obj.external_format)
     if isinstance(obj, int):
@@ -157,13 +190,16 @@ def _default(obj: Any) -> Any:
     for base in cls.__mro__:
         encoder = _encoders.get(base)
         if encoder is not None:
-            return encoder(obj)
+            # The packer calls default once per value: convert what the encoder returned
+            # (a tuple, an Atom, a set, a big int, ...) here.
+            value = encoder(obj)
+            return value if type(value) in _NATIVE else _default(value)
     if isinstance(obj, str):
         return str(obj)
     if isinstance(obj, float):
         return float(obj)
     if isinstance(obj, tuple):
-        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+        return _pack_tuple(obj)
     if isinstance(obj, dict):
         return dict(obj)
     if isinstance(obj, list):
@@ -176,6 +212,19 @@ def _default(obj: Any) -> Any:
         f"cannot send a value of type {_type_name(obj)} to Erlang "
         f"(register a converter with erlpy.register_encoder)"
     )
+
+
+def _pack_tuple(obj: tuple[Any, ...]) -> msgpack.ExtType:
+    depth = getattr(_depth, "n", 0)
+    if depth >= MAX_TUPLE_DEPTH:
+        raise EncodeError(
+            f"cannot send value to Erlang: tuples nested deeper than {MAX_TUPLE_DEPTH}"
+        )
+    _depth.n = depth + 1
+    try:
+        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+    finally:
+        _depth.n = depth
 
 
 def new_packer() -> msgpack.Packer:

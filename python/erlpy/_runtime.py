@@ -7,7 +7,9 @@ Threads:
   and it runs async functions and async generators, interleaved.
 * the **main thread** runs sync code, one request at a time, in arrival order: plain
   calls, ``eval``/``exec``, imports and sync generators. It is the main thread so that
-  ``signal`` and libraries that insist on the main thread keep working.
+  ``signal`` and libraries that insist on the main thread keep working. A sync generator
+  that runs out of credit is *parked* (it is a suspended frame, nothing blocks) and the
+  main thread goes on with other requests until Erlang grants more.
 
 Anyone may write: :class:`~erlpy._wire.FrameWriter` coalesces messages into frames.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import functools
 import importlib
 import inspect
@@ -29,7 +32,7 @@ import traceback
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
@@ -43,6 +46,9 @@ from ._wire import FrameReader, FrameWriter
 # sooner, whenever the event loop gets control (see Stream.push).
 BATCH_ITEMS: Final = 1024
 BATCH_BYTES: Final = 1 << 16
+# Pipes this large let a big frame cross in a few system calls (Linux caps unprivileged
+# processes at /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE: Final = 1 << 20
 
 _CANCELLED: Final = Atom("cancelled")
 
@@ -112,6 +118,24 @@ class BadName(Exception):
     """A module or function name that is not a dotted Python identifier."""
 
 
+class _Pending:
+    """A callback into Erlang awaited by the main thread."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def finish(self, value: Any, error: BaseException | None) -> None:
+        self.value, self.error, self.done = value, error, True
+
+
+# Put on the main thread's queue to wake a waiter; otherwise ignored.
+_WAKE: Final = object()
+
+
 @dataclass(eq=False, slots=True)
 class Job:
     """One request from Erlang, alive until its terminal reply is sent."""
@@ -119,8 +143,11 @@ class Job:
     id: int
     msg: list[Any]
     cancelled: bool = False
+    started: bool = False
     task: asyncio.Task[None] | None = None
     stream: Stream | None = None
+    iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
+    waiting: _Pending | None = None  # a callback into Erlang the job waits for
 
 
 class Stream:
@@ -130,22 +157,23 @@ class Stream:
     grants more with CREDIT messages as it forwards items to the owner.
     """
 
-    def __init__(self, rt: Runtime, job_id: int, credit: int) -> None:
+    def __init__(self, rt: Runtime, job: Job, credit: int) -> None:
         self._rt = rt
-        self._prefix = b"\x93" + pack(P.DATA) + pack(job_id)
+        self._job = job
+        self._prefix = b"\x93" + pack(P.DATA) + pack(job.id)
         self.lock = threading.Lock()
-        self._cond = threading.Condition(self.lock)
         self._event: asyncio.Event | None = None
         self.credit = credit
         self.cancelled = False
+        self.parked = False
         self._items: list[bytes] = []
         self._bytes = 0
         self._started = False
         self._flush_scheduled = False
         self.input: InputStream | None = None
 
-    def push(self, data: bytes, on_loop: bool) -> bool:
-        """Queue one packed item. Returns True when the producer must wait for credit."""
+    def push(self, data: bytes, on_loop: bool) -> None:
+        """Queue one packed item; flush now when it is urgent, else soon."""
         with self.lock:
             self._items.append(data)
             self._bytes += len(data)
@@ -164,11 +192,9 @@ class Stream:
                     self._rt.loop.call_soon(self.flush)
                 else:
                     self._rt.loop.call_soon_threadsafe(self.flush)
-            blocked = self.credit <= 0
         if urgent:
             self._started = True
             self.flush()
-        return blocked
 
     def flush(self) -> None:
         with self.lock:
@@ -183,24 +209,29 @@ class Stream:
         if drain:
             self._rt.writer.drain()
 
+    def park(self) -> bool:
+        """A sync producer out of credit: park it unless credit came meanwhile."""
+        with self.lock:
+            self.parked = self.credit <= 0 and not self.cancelled
+            return self.parked
+
     def add_credit(self, n: int) -> None:
         with self.lock:
             self.credit += n
-            self._cond.notify_all()
+            resume, self.parked = self.parked, False
+        if resume:
+            self._rt.resume(self._job)
         if self._event is not None:
             self._event.set()
 
     def cancel(self) -> None:
         with self.lock:
             self.cancelled = True
-            self._cond.notify_all()
+            resume, self.parked = self.parked, False
+        if resume:
+            self._rt.resume(self._job)
         if self._event is not None:
             self._event.set()
-
-    def wait_credit_sync(self) -> None:
-        with self.lock:
-            while self.credit <= 0 and not self.cancelled:
-                self._cond.wait()
 
     async def wait_credit(self) -> None:
         if self._event is None:
@@ -236,30 +267,25 @@ class InputStream:
         return value
 
 
-@dataclass(eq=False)
 class Runtime:
-    fd_in: int = 3
-    fd_out: int = 4
-    writer: FrameWriter = field(init=False)
-    loop: asyncio.AbstractEventLoop = field(init=False)
-    main_module: types.ModuleType = field(init=False)
-    worker_pid: Any = None
-
-    def __post_init__(self) -> None:
-        self.writer = FrameWriter(self.fd_out)
+    def __init__(self, fd_in: int = 3, fd_out: int = 4) -> None:
+        self.fd_in = fd_in
+        self.writer = FrameWriter(fd_out)
         self.loop = asyncio.new_event_loop()
+        self.worker_pid: Any = None
+        self.main_module = types.ModuleType("__main__")
+        self.main_module.__dict__["__builtins__"] = __builtins__
         self._jobs: dict[int, Job] = {}
-        self._sync: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._sync: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
         self._resolved: dict[tuple[str, str], Callable[..., Any]] = {}
-        self._callbacks: dict[int, Future[Any] | asyncio.Future[Any]] = {}
+        self._callbacks: dict[int, Future[Any] | asyncio.Future[Any] | _Pending] = {}
         self._callback_ids = itertools.count(1)
         self._main_ident = threading.get_ident()
         self._loop_ident = 0
         self._interrupt_lock = threading.Lock()
         self._current: Job | None = None
+        self._interrupt_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.main_module = types.ModuleType("__main__")
-        self.main_module.__dict__["__builtins__"] = __builtins__
 
     # ------------------------------------------------------------------ start-up
 
@@ -274,6 +300,11 @@ class Runtime:
         self.main_module.__dict__.update(asyncio=asyncio, erlang=erlang)
         self._redirect_output()
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+        for fd in (self.fd_in, self.writer.fd):
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # not a pipe, or over the system's limit: smaller frames, same result
         os.set_blocking(self.fd_in, False)
         thread = threading.Thread(target=self._run_loop, name="erlpy-loop", daemon=True)
         thread.start()
@@ -288,7 +319,7 @@ class Runtime:
             ]
         )
         while True:
-            self._run_sync(self._sync.get())
+            self._run_item(self._sync.get())
 
     def _redirect_output(self) -> None:
         def emit(level: Atom, text: str) -> None:
@@ -308,20 +339,24 @@ class Runtime:
 
         def on_readable() -> None:
             nonlocal unpacker
-            try:
-                data = os.read(self.fd_in, reader.wanted())
-            except BlockingIOError:
-                return
-            if not data:
-                os._exit(0)  # Erlang is gone: never outlive the port
-            for frame in reader.feed(data):
-                unpacker.feed(frame)
+            # Drain the pipe: a large frame arrives in many reads, no need to go back to
+            # the selector between them.
+            while True:
                 try:
-                    for message in unpacker:
-                        self._dispatch(message)
-                except Exception as exc:
-                    unpacker = new_unpacker()
-                    self.send([P.LOG, Atom("error"), f"erlpy: dropped an undecodable frame: {exc}"])
+                    data = os.read(self.fd_in, reader.wanted())
+                except BlockingIOError:
+                    return
+                if not data:
+                    os._exit(0)  # Erlang is gone: never outlive the port
+                for frame in reader.feed(data):
+                    unpacker.feed(frame)
+                    try:
+                        for message in unpacker:
+                            self._dispatch(message)
+                    except Exception as exc:
+                        unpacker = new_unpacker()
+                        text = f"erlpy: dropped an undecodable frame: {exc!r}"
+                        self.send([P.LOG, Atom("error"), text])
 
         self.loop.add_reader(self.fd_in, on_readable)
         self.loop.run_forever()
@@ -361,7 +396,7 @@ class Runtime:
             job = Job(msg[1], msg)
             self._jobs[job.id] = job
             if op == P.STREAM_CALL:
-                job.stream = Stream(self, job.id, msg[6])
+                job.stream = Stream(self, job, msg[6])
                 if msg[7]:
                     job.stream.input = InputStream()
             fn = self._resolve_now(msg[2], msg[3])
@@ -374,7 +409,7 @@ class Runtime:
         elif op == P.EVAL or op == P.EXEC or op == P.STREAM_EVAL:
             job = Job(msg[1], msg)
             if op == P.STREAM_EVAL:
-                job.stream = Stream(self, job.id, msg[4])
+                job.stream = Stream(self, job, msg[4])
             self._jobs[job.id] = job
             self._sync.put(job)
         elif op == P.CANCEL:
@@ -401,15 +436,30 @@ class Runtime:
             self.send([P.LOG, Atom("error"), f"erlpy: unknown message {op!r}"])
 
     def _cancel(self, job: Job) -> None:
-        job.cancelled = True
         if job.stream is not None:
             job.stream.cancel()
         if job.task is not None:
+            job.cancelled = True
             job.task.cancel()
-        else:
-            with self._interrupt_lock:
-                if self._current is job:
+            return
+        with self._interrupt_lock:
+            job.cancelled = True
+            if not job.started:
+                # Still queued behind other sync work: answer now, so Erlang's grace
+                # timer does not mistake waiting for being stuck.
+                self._finish(job)
+                self.fail(job, _CANCELLED)
+            elif self._current is job:
+                if job.waiting is not None:
+                    job.waiting.finish(None, Interrupted())
+                    self._sync.put(_WAKE)
+                else:
+                    self._interrupt_pending = True
                     _set_async_exc(self._main_ident, ctypes.py_object(Interrupted))
+
+    def resume(self, job: Job) -> None:
+        """Give a parked sync stream back to the main thread."""
+        self._sync.put(job)
 
     def _spawn(self, job: Job, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -465,6 +515,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ sync work (main thread)
 
+    def _run_item(self, item: Job | object) -> None:
+        if isinstance(item, Job):
+            self._run_sync(item)
+        # anything else is a _WAKE nobody waits for any more
+
     def _user(self, job: Job, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run user code on the main thread where Erlang may interrupt it."""
         with self._interrupt_lock:
@@ -492,17 +547,24 @@ class Runtime:
             try:
                 with self._interrupt_lock:
                     self._current = None
-                    _set_async_exc(self._main_ident, ctypes.py_object())
+                    if self._interrupt_pending:
+                        self._interrupt_pending = False
+                        _set_async_exc(self._main_ident, ctypes.py_object())
                 return
             except Interrupted:
                 continue
 
     def _run_sync(self, job: Job) -> None:
+        if job.iterator is not None:
+            self._pump(job)  # a parked stream got credit (or was cancelled)
+            return
+        with self._interrupt_lock:
+            if job.cancelled:
+                return  # answered by _cancel while it waited in the queue
+            job.started = True
         msg = job.msg
         op = msg[0]
         try:
-            if job.cancelled:
-                raise Interrupted
             if op == P.CALL:
                 fn = self._resolve(msg[2], msg[3])
                 result = self._user(job, fn, *msg[4], **_kwargs(msg[5]))
@@ -527,14 +589,9 @@ class Runtime:
                 self.reply(job, None)
             elif op == P.STREAM_CALL:
                 fn = self._resolve(msg[2], msg[3])
-                args = (
-                    msg[4]
-                    if job.stream is None or job.stream.input is None
-                    else [
-                        job.stream.input,
-                        *msg[4],
-                    ]
-                )
+                stream = job.stream
+                assert stream is not None
+                args = msg[4] if stream.input is None else [stream.input, *msg[4]]
                 self._stream_value(job, self._user(job, fn, *args, **_kwargs(msg[5])))
             elif op == P.STREAM_EVAL:
                 code = _compile(msg[2], "eval")
@@ -547,8 +604,6 @@ class Runtime:
             self.fail(job, (Atom("badarg"), (Atom("invalid_name"), str(exc))))
         except BaseException as exc:
             self._finish(job)
-            if job.stream is not None:
-                job.stream.flush()
             self.error(job, exc)
 
     def _namespace(self, local_vars: dict[Any, Any]) -> dict[str, Any]:
@@ -562,35 +617,63 @@ class Runtime:
         if hasattr(value, "__aiter__") or inspect.isawaitable(value):
             self.loop.call_soon_threadsafe(self._start_async_stream, job, value)
             return
-        iterator = iter(value)
-        try:
-            self._stream_sync(job, iterator)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                self._user_cleanup(job, close)
+        job.iterator = iter(value)
+        self._pump(job)
 
-    def _stream_sync(self, job: Job, iterator: Iterator[Any]) -> None:
+    def _pump(self, job: Job) -> None:
+        """Run a sync stream until it ends, runs out of credit (it parks), or has produced
+        a batch while other sync work waits (it goes to the back of the queue)."""
         stream = job.stream
-        assert stream is not None
-        packer = _packer()
-        pack_item = packer.pack
+        iterator = job.iterator
+        assert stream is not None and iterator is not None
         next_item = iterator.__next__
-        while not stream.cancelled:
-            try:
-                item = self._user(job, next_item)
-            except StopIteration:
+        pack_item = _packer().pack
+        produced = 0
+        try:
+            while True:
+                if stream.cancelled:
+                    raise Interrupted
+                if stream.credit <= 0:
+                    stream.flush()
+                    if stream.park():
+                        return
+                    continue
+                if produced >= BATCH_ITEMS and not self._sync.empty():
+                    stream.flush()
+                    self._sync.put(job)
+                    return
+                try:
+                    item = self._user(job, next_item)
+                except StopIteration:
+                    break
+                try:
+                    data = pack_item(item)
+                except ValueError as exc:
+                    raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+                stream.push(data, on_loop=False)
+                produced += 1
+        except BaseException as exc:
+            self._close_sync(job, iterator)
+            self._finish(job)
+            if isinstance(exc, Interrupted):
+                self.fail(job, _CANCELLED)
+            else:
                 stream.flush()
-                self._finish(job)
-                self.send([P.DONE, job.id])
-                return
+                self.error(job, exc)
+            return
+        self._close_sync(job, iterator)
+        stream.flush()
+        self._finish(job)
+        self.send([P.DONE, job.id])
+
+    def _close_sync(self, job: Job, iterator: Iterator[Any]) -> None:
+        job.iterator = None
+        close = getattr(iterator, "close", None)
+        if close is not None:
             try:
-                data = pack_item(item)
-            except ValueError as exc:
-                raise EncodeError(f"cannot send value to Erlang: {exc}") from None
-            if stream.push(data, on_loop=False):
-                stream.wait_credit_sync()
-        raise Interrupted
+                self._user_cleanup(job, close)
+            except BaseException as exc:
+                logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
 
     # ------------------------------------------------------------------ async work (loop thread)
 
@@ -633,6 +716,7 @@ class Runtime:
         stream = job.stream
         assert stream is not None
         iterator: Any = None
+        outcome: BaseException | None = None
         try:
             if inspect.isawaitable(value):
                 value = await value
@@ -642,30 +726,37 @@ class Runtime:
             else:
                 iterator = iter(value)
                 for item in iterator:  # a coroutine that returned a plain iterable
-                    if stream.push(pack(item), on_loop=True):
+                    stream.push(pack(item), on_loop=True)
+                    if stream.credit <= 0:
                         await stream.wait_credit()
                     if stream.cancelled:
                         raise asyncio.CancelledError
-            stream.flush()
-            self._finish(job)
-            self.send([P.DONE, job.id])
-        except asyncio.CancelledError:
-            self._finish(job)
-            self.fail(job, _CANCELLED)
         except BaseException as exc:
+            outcome = exc
+        # Close the generator before the terminal message, so that when the owner hears
+        # the stream ended its `finally` blocks have run.
+        await self._close_async(job, iterator)
+        self._finish(job)
+        if outcome is None:
             stream.flush()
-            self._finish(job)
-            self.error(job, exc)
-        finally:
+            self.send([P.DONE, job.id])
+        elif isinstance(outcome, asyncio.CancelledError):
+            self.fail(job, _CANCELLED)
+        else:
+            stream.flush()
+            self.error(job, outcome)
+
+    async def _close_async(self, job: Job, iterator: Any) -> None:
+        try:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
-                try:
-                    await aclose()
-                except BaseException as exc:  # the stream is over: report and move on
-                    logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
-            close = getattr(iterator, "close", None)
-            if close is not None and aclose is None:
-                close()
+                await aclose()
+            else:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # the stream is over: report and move on
+            logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
 
     async def _drive_async(self, stream: Stream, iterator: AsyncIterator[Any]) -> None:
         pack_item = _packer().pack
@@ -675,7 +766,8 @@ class Runtime:
                 data = pack_item(item)
             except ValueError as exc:
                 raise EncodeError(f"cannot send value to Erlang: {exc}") from None
-            if stream.push(data, on_loop=True):
+            stream.push(data, on_loop=True)
+            if stream.credit <= 0:
                 await stream.wait_credit()
                 since_yield = 0
             if stream.cancelled:
@@ -689,16 +781,44 @@ class Runtime:
     # ------------------------------------------------------------------ callbacks into Erlang
 
     def call_erlang(self, name: str, args: tuple[Any, ...]) -> Any:
-        if threading.get_ident() == self._loop_ident:
+        ident = threading.get_ident()
+        if ident == self._loop_ident:
             raise RuntimeError(
                 "erlpy.erlang.call() would block the event loop; "
                 "use `await erlpy.erlang.acall(...)` in async code"
             )
-        future: Future[Any] = Future()
         callback_id = next(self._callback_ids)
-        self._callbacks[callback_id] = future
+        if ident != self._main_ident:
+            future: Future[Any] = Future()
+            self._callbacks[callback_id] = future
+            self.send([P.CALLBACK, callback_id, name, list(args)])
+            return future.result()
+        return self._call_erlang_main(callback_id, name, args)
+
+    def _call_erlang_main(self, callback_id: int, name: str, args: tuple[Any, ...]) -> Any:
+        # The main thread keeps running sync requests while it waits: the Erlang function
+        # may itself call into this worker (re-entrancy), and Erlang may cancel us.
+        pending = _Pending()
+        job = self._current
+        self._callbacks[callback_id] = pending
+        if job is not None:
+            job.waiting = pending
         self.send([P.CALLBACK, callback_id, name, list(args)])
-        return future.result()
+        try:
+            while not pending.done:
+                item = self._sync.get()
+                if isinstance(item, Job):
+                    self._run_sync(item)
+                    with self._interrupt_lock:
+                        self._current = job
+                    if job is not None and job.cancelled:
+                        raise Interrupted
+        finally:
+            if job is not None:
+                job.waiting = None
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
 
     async def acall_erlang(self, name: str, args: tuple[Any, ...]) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
@@ -710,13 +830,18 @@ class Runtime:
     def _on_callback_reply(self, callback_id: int, ok: bool, value: Any) -> None:
         from .erlang import ErlangError
 
-        future = self._callbacks.pop(callback_id, None)
-        if future is None or future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(ErlangError(value))
+        waiter = self._callbacks.pop(callback_id, None)
+        error = None if ok else ErlangError(value)
+        if isinstance(waiter, _Pending):
+            with self._interrupt_lock:
+                if not waiter.done:
+                    waiter.finish(value, error)
+            self._sync.put(_WAKE)
+        elif waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(value)
+            else:
+                waiter.set_exception(error)
 
 
 def _kwargs(kwargs: dict[Any, Any]) -> dict[str, Any]:

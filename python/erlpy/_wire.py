@@ -55,6 +55,10 @@ class FrameWriter:
         self._pending: list[bytes] = []
         self._writing = False
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     def enqueue(self, message: bytes) -> bool:
         """Queue a message; returns True when the caller must call :meth:`drain`."""
         with self._lock:

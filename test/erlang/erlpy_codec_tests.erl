@@ -397,7 +397,7 @@ decode_new_atom_test() ->
     ?assertEqual({[replaced, ok, replaced], <<>>}, erlpy_codec:decode(Bytes, none, NewAtom)),
     ?assertEqual(Before, erlang:system_info(atom_count)),
     ?assertError(badarg, binary_to_existing_atom(Name, utf8)),
-    ?assertEqual([{new_atom, Name}, {new_atom, Name}], erlpy_test_flush()),
+    ?assertEqual([{new_atom, Name}, {new_atom, Name}], flush_mailbox()),
     %% existing atoms never reach NewAtom
     ?assertEqual({[ok, error, '日本'], <<>>},
                  erlpy_codec:decode(enc([ok, error, '日本']), none, ?NO_NEW_ATOM)).
@@ -417,8 +417,8 @@ decode_opaque_unknown_atom_test() ->
     ?assertThrow({badarg, _}, dec(iolist_to_binary(ext_bytes(4, Ext)))),
     ?assertEqual(Before, erlang:system_info(atom_count)).
 
-erlpy_test_flush() ->
-    receive M -> [M | erlpy_test_flush()] after 0 -> [] end.
+flush_mailbox() ->
+    receive M -> [M | flush_mailbox()] after 0 -> [] end.
 
 %% Every malformed input is a throw of {badarg, _}; nothing else escapes.
 decode_error_test_() ->

@@ -31,6 +31,8 @@ groups() ->
             many_items_sync_collect,
             many_items_async_collect,
             many_items_stream_eval,
+            stream_eval_async_and_locals,
+            concurrent_streams_one_owner,
             iterable_kinds_stream_start,
             iterable_kinds_collect,
             kwargs_option,
@@ -87,7 +89,11 @@ groups() ->
             bug_cancel_window_held_kills_worker,
             bug_owner_down_window_held_kills_worker,
             bug_idle_timeout_window_held_kills_worker,
-            bug_start_then_cancel_async_kills_worker
+            bug_start_then_cancel_async_kills_worker,
+            bug_queued_request_timeout_kills_worker,
+            bug_paused_sync_stream_blocks_worker,
+            bug_owner_backlog_two_streams_deadlock,
+            bug_owner_backlog_unrelated_messages_stall
         ]}
     ].
 
@@ -204,6 +210,42 @@ many_items_stream_eval(_) ->
     ?assertEqual({ok, lists:seq(0, ?BIG - 1)},
                  py:stream_eval(<<"(x for x in range(100000))">>, #{}, 60000)).
 
+stream_eval_async_and_locals(_) ->
+    erlpy_test:doc("stream_eval of an async generator (function call and async generator "
+                   "expression), with locals"),
+    ok = py:exec(<<"
+async def stream_suite_agen(n):
+    for i in range(n):
+        yield i
+">>),
+    ?assertEqual({ok, [0, 1, 2, 3]}, py:stream_eval(<<"stream_suite_agen(n)">>, #{n => 4})),
+    ?assertEqual({ok, [0, 2, 4]},
+                 py:stream_eval(<<"(x * 2 async for x in stream_suite_agen(3))">>)),
+    ?assertEqual({ok, [10, 11, 12]},
+                 py:stream_eval(<<"(x + y for x in range(n))">>, #{n => 3, <<"y">> => 10})).
+
+concurrent_streams_one_owner(_) ->
+    erlpy_test:doc("20 concurrent streams (sync and async) to one owner, received one after "
+                   "the other by Ref: each complete, in order, with its own terminal "
+                   "(8,000 items in all; see bug_owner_backlog_* for more)"),
+    concurrent_streams(20, 400, 30000).
+
+concurrent_streams(N, Len, Timeout) ->
+    Refs = [begin
+                {ok, Ref} = py:stream_start(?M, F, [Len]),
+                Ref
+            end || _ <- lists:seq(1, N div 2), F <- [count, acount]],
+    Expected = lists:seq(0, Len - 1),
+    Results = [summary(erlpy_test:collect(Ref, Timeout), Expected) || Ref <- Refs],
+    ?assertEqual(lists:duplicate(N, {done, Len, in_order}), Results),
+    ?assertEqual([], erlpy_test:flush()).
+
+%% A short description of what a stream delivered, for readable failures.
+summary({Terminal, Items}, Items) -> {Terminal, length(Items), in_order};
+summary({Terminal, Items}, Expected) ->
+    Missing = length(Expected -- Items),
+    {Terminal, length(Items), {missing, Missing, first, lists:sublist(Items, 5)}}.
+
 iterable_kinds() ->
     [count, acount, returns_list, returns_tuple, returns_iter, returns_range, returns_agen,
      returns_aiterable, returns_aiterator, coro_returns_list, coro_returns_agen,
@@ -231,7 +273,7 @@ kwargs_option(_) ->
     ?assertEqual({done, [1, 0, 3]}, erlpy_test:collect(Ref2)),
     ?assertEqual({ok, [1, 5, 6]}, py:stream(?M, kw, [1], #{b => 5, c => 6})).
 
-owner_option(Config) ->
+owner_option(_) ->
     erlpy_test:doc("owner => Pid sends every event to Pid and none to the caller"),
     Self = self(),
     Owner = spawn(fun() -> Self ! {owner_got, erlpy_test:collect(receive {go, R} -> R end)} end),
@@ -239,8 +281,7 @@ owner_option(Config) ->
     Owner ! {go, Ref},
     Got = receive {owner_got, G} -> G after 10000 -> timeout end,
     ?assertEqual({done, lists:seq(0, 49)}, Got),
-    assert_silent(Ref),
-    _ = Config.
+    assert_silent(Ref).
 
 %% Items that come 50 ms apart reach the owner as they are produced, not at the end. The
 %% generator leaves a file per item it produced; when we hold item 0 (and 1) the last
@@ -789,6 +830,54 @@ bug_start_then_cancel_async_kills_worker(Config) ->
         lists:seq(1, 100)
     ),
     ?assertEqual(0, restarts(one)).
+
+bug_queued_request_timeout_kills_worker(Config) ->
+    erlpy_test:doc("BUG: a request that times out while queued behind a running sync stream "
+                   "gets no answer from Python, so the worker is killed after cancel_grace "
+                   "and the innocent stream fails with worker_exited"),
+    start_one_pool(one, Config),
+    Self = self(),
+    Dir = path(Config, ""),
+    %% ~3 s of sync streaming (interruptible Python, 60 items 50 ms apart).
+    spawn(fun() ->
+        Self ! {stream, py:stream(?M, slow, [60, 0.05, Dir], #{}, #{pool => one})}
+    end),
+    ok = erlpy_test:wait_until(fun() -> filelib:is_file(path(Config, "produced_0")) end),
+    ?assertEqual({error, timeout}, py:call(math, sqrt, [4], #{}, #{pool => one, timeout => 300})),
+    Stream = receive {stream, S} -> S after 20000 -> timeout end,
+    ?assertEqual({ok, lists:seq(0, 59)}, Stream),
+    ?assertEqual(0, restarts(one)).
+
+bug_paused_sync_stream_blocks_worker(Config) ->
+    erlpy_test:doc("BUG: a sync generator stream paused by its window (owner not acking) holds "
+                   "the worker's main thread: no other sync request on that worker runs"),
+    start_one_pool(one, Config),
+    {ok, Ref} = py:stream_start(?M, count, [100], #{pool => one, window => 1}),
+    ?assertEqual([0], take(Ref, 1)),
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4], #{}, #{pool => one, timeout => 3000})),
+    ok = py:stream_cancel(Ref),
+    ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)).
+
+bug_owner_backlog_two_streams_deadlock(_) ->
+    erlpy_test:doc("BUG: two 100,000-item streams to one owner that receives them one after "
+                   "the other (selective receive on Ref, like the guide's receive_loop): the "
+                   "first stalls forever once the second fills the mailbox past 10,000"),
+    {ok, RefA} = py:stream_start(?M, acount, [100000]),
+    {ok, RefB} = py:stream_start(?M, count, [100000]),
+    Expected = lists:seq(0, 99999),
+    A = summary(erlpy_test:collect(RefA, 5000), Expected),
+    B = summary(erlpy_test:collect(RefB, 5000), Expected),
+    ?assertEqual({{done, 100000, in_order}, {done, 100000, in_order}}, {A, B}).
+
+bug_owner_backlog_unrelated_messages_stall(_) ->
+    erlpy_test:doc("BUG: an owner with 10,001 unrelated messages queued: a 5,000-item stream "
+                   "stops after 4,096 items and never ends while the owner waits for it"),
+    [self() ! {unrelated, I} || I <- lists:seq(1, 10001)],
+    {ok, Ref} = py:stream_start(?M, count, [5000]),
+    Result = summary(erlpy_test:collect(Ref, 5000), lists:seq(0, 4999)),
+    _ = erlpy_test:flush(),
+    py:stream_cancel(Ref),
+    ?assertEqual({done, 5000, in_order}, Result).
 
 %%--------------------------------------------------------------------
 %% Python side
