@@ -194,7 +194,9 @@ new_atom_fun(#{counters := Counters, size := Size, max_atoms := Max}) ->
                 try
                     binary_to_atom(Name, utf8)
                 catch
-                    error:_ -> throw({badarg, {bad_atom, Name}})
+                    error:_ ->
+                        atomics:sub(Counters, Slot, 1),
+                        throw({badarg, {bad_atom, Name}})
                 end;
             false ->
                 atomics:sub(Counters, Slot, 1),

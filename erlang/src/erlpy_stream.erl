@@ -6,6 +6,7 @@
 -module(erlpy_stream).
 
 -export([new/4, deliver/2, ack/2, take_credit/1, finish/2, terminal/1, owner/1, ref/1]).
+-export([python_done/1]).
 -export_type([stream/0, owner/0]).
 
 -record(stream, {
@@ -123,6 +124,10 @@ finish(Final, #stream{held = Held} = S) ->
         true -> {send, Final};
         false -> {held, S#stream{final = Final}}
     end.
+
+%% @doc Python has ended the stream; only held items (window mode) keep it alive.
+-spec python_done(stream()) -> boolean().
+python_done(#stream{final = Final}) -> Final =/= undefined.
 
 %% @doc The terminal message that became sendable after an ack released the held items.
 -spec terminal(stream()) -> undefined | done | {error, term()}.

@@ -484,6 +484,9 @@ handle_message([?OP_READY, Info], D) when is_map(Info) ->
     D#data{booted = true, python = maps:get(<<"python">>, Info, <<>>)};
 handle_message([?OP_FATAL, Detail], D) ->
     D#data{start_error = fatal_detail(Detail)};
+handle_message({undecodable, [?OP_CALLBACK, CallbackId | _], Reason}, D) ->
+    %% Python waits for this answer: tell it why the call could not be made.
+    enqueue(encode([?OP_REPLY, CallbackId, false, {badarg, Reason}], D), D);
 handle_message({undecodable, [Op, Id | _], Reason}, D) when
     Op =:= ?OP_RESULT; Op =:= ?OP_DATA; Op =:= ?OP_ERROR; Op =:= ?OP_FAIL
 ->
@@ -557,8 +560,14 @@ finish_stream(Id, #entry{stopping = false, stream = S} = Entry, Result, D) ->
             {ok, _} -> done
         end,
     case erlpy_stream:finish(Final, S) of
-        {send, Final} -> end_stream(Id, Entry, Final, D);
-        {held, S1} -> put_entry(Id, Entry#entry{stream = S1}, D)
+        {send, Final} ->
+            end_stream(Id, Entry, Final, D);
+        {held, S1} ->
+            %% The generator is done; only the owner's window holds the rest back, which
+            %% is no reason for an idle timeout.
+            Timer = Entry#entry.idle_timer,
+            Timer =:= undefined orelse erlang:cancel_timer(Timer),
+            put_entry(Id, Entry#entry{stream = S1, idle_timer = undefined}, D)
     end;
 finish_stream(Id, #entry{stopping = Reason} = Entry, _, D) ->
     end_stream(Id, Entry, {error, Reason}, stop_grace(Id, D)).
@@ -678,9 +687,15 @@ cancel(Id, Reason, D) ->
         {#{Id := #call{cancelled = false} = Call}, _} ->
             D1 = D#data{calls = (D#data.calls)#{Id => Call#call{cancelled = true}}},
             start_grace(Id, enqueue(encode([?OP_CANCEL, Id], D1), D1));
-        {_, #{Id := #entry{stopping = false} = Entry}} ->
-            D1 = put_entry(Id, Entry#entry{stopping = Reason}, D),
-            start_grace(Id, enqueue(encode([?OP_CANCEL, Id], D1), D1));
+        {_, #{Id := #entry{stopping = false, stream = S} = Entry}} ->
+            case erlpy_stream:python_done(S) of
+                true ->
+                    %% Python already finished it: drop the held items, nothing to stop.
+                    end_stream(Id, Entry#entry{stopping = Reason}, {error, Reason}, D);
+                false ->
+                    D1 = put_entry(Id, Entry#entry{stopping = Reason}, D),
+                    start_grace(Id, enqueue(encode([?OP_CANCEL, Id], D1), D1))
+            end;
         _ ->
             D
     end.

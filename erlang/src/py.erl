@@ -438,23 +438,29 @@ name(Name) -> throw({badarg, {bad_name, Name}}).
 list(Args) when is_list(Args) -> Args;
 list(Args) -> throw({badarg, {bad_args, Args}}).
 
+%% Keyword arguments: a map or a proplist with atom or binary keys.
 -spec kwargs(term()) -> map().
-kwargs(Map) when is_map(Map) -> Map;
+kwargs(Map) when is_map(Map) ->
+    names(Map, bad_kwargs);
 kwargs(List) when is_list(List) ->
-    try proplists:to_map(List) of
-        Map -> Map
-    catch
-        error:_ -> throw({badarg, {bad_kwargs, List}})
+    case lists:all(fun(KV) -> is_tuple(KV) andalso tuple_size(KV) =:= 2 end, List) of
+        true -> names(maps:from_list(lists:reverse(List)), bad_kwargs);
+        false -> throw({badarg, {bad_kwargs, List}})
     end;
-kwargs(Other) -> throw({badarg, {bad_kwargs, Other}}).
+kwargs(Other) ->
+    throw({badarg, {bad_kwargs, Other}}).
+
+-spec names(map(), atom()) -> map().
+names(Map, Why) ->
+    maps:foreach(
+        fun(K, _) -> is_atom(K) orelse is_binary(K) orelse throw({badarg, {Why, K}}) end,
+        Map
+    ),
+    Map.
 
 -spec locals(term()) -> map().
 locals(Map) when is_map(Map) ->
-    maps:foreach(
-        fun(K, _) -> is_atom(K) orelse is_binary(K) orelse throw({badarg, {bad_local, K}}) end,
-        Map
-    ),
-    Map;
+    names(Map, bad_local);
 locals(Other) ->
     throw({badarg, {bad_locals, Other}}).
 

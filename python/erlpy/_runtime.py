@@ -380,7 +380,18 @@ class Runtime:
         while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(exc), exc, tb))
-        self.send([P.ERROR, job.id, _type_name(type(exc)), str(exc), text])
+        try:
+            message = str(exc)
+        except Exception as str_exc:  # a broken __str__ must not cost the reply
+            message = f"<str() failed: {str_exc!r}>"
+        fields = [_type_name(type(exc)), message, text]
+        try:
+            data = pack([P.ERROR, job.id, *fields])
+        except EncodeError:
+            # Lone surrogates and the like: keep the text, lose only what cannot travel.
+            safe = [f.encode("utf-8", "backslashreplace").decode("utf-8") for f in fields]
+            data = pack([P.ERROR, job.id, *safe])
+        self.writer.send(data)
 
     def fail(self, job: Job, reason: Any) -> None:
         self.send([P.FAIL, job.id, reason])
@@ -465,9 +476,16 @@ class Runtime:
         task = self.loop.create_task(coro)
         job.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, job))
         if job.cancelled:
             task.cancel()
+
+    def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if job.id in self._jobs:
+            # Cancelled before it first ran: its coroutine never got to answer.
+            self._finish(job)
+            self.fail(job, _CANCELLED)
 
     # ------------------------------------------------------------------ name resolution
 

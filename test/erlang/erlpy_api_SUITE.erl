@@ -7,7 +7,8 @@
 -compile([export_all, nowarn_export_all]).
 
 all() ->
-    [{group, calls}, {group, errors}, {group, callbacks}, {group, output}, {group, info}].
+    [{group, calls}, {group, errors}, {group, callbacks}, {group, output}, {group, info},
+     {group, regressions}].
 
 groups() ->
     [
@@ -31,7 +32,7 @@ groups() ->
                       fd_output_does_not_corrupt]},
         {info, [], [info_shape, default_pool_from_app_env]},
         %% Not run by all/0: each fails because of a product bug (see the report).
-        {known_bugs, [], [
+        {regressions, [], [
             call_options_proplist, badarg_non_list_args, badarg_name_not_binary,
             badarg_bad_code, badarg_bad_kwargs, badarg_bad_locals
         ]}

@@ -23,12 +23,12 @@ all() ->
         info_pool_shape,
         pools_from_app_env,
         pool_sup_killed_python_gone,
-        vm_killed_python_gone
-    ].
+        vm_killed_python_gone,
+     {group, regressions}].
 
 groups() ->
     %% Not run by all/0: each fails because of a product bug (see the report).
-    [{known_bugs, [], [
+    [{regressions, [], [
         start_pool_proplist_options,
         child_spec_proplist_own_supervisor,
         no_pool_after_stop_pool,

@@ -34,13 +34,13 @@ all() ->
         deep_nesting_erlang_to_python,
         deep_nesting_python_to_erlang,
         deep_tuples_round_trip,
-        big_binaries
-    ].
+        big_binaries,
+     {group, regressions}].
 
 %% Bugs outside the codec, shown by failing tests; run them with
-%% rebar3 ct --suite=test/erlang/erlpy_types_SUITE --group=known_bugs
+%% rebar3 ct --suite=test/erlang/erlpy_types_SUITE --group=regressions
 groups() ->
-    [{known_bugs, [], [unencodable_exception_message, async_unencodable_exception_message,
+    [{regressions, [], [unencodable_exception_message, async_unencodable_exception_message,
                        callback_with_undecodable_args, bad_atom_names_use_up_budget]}].
 
 init_per_suite(Config) ->
@@ -434,7 +434,7 @@ big_binaries(_) ->
     ?assertEqual({ok, [Random1, Text1]}, ident([Random1, Text1])).
 
 %%====================================================================
-%% Known bugs (group known_bugs, not in all/0)
+%% Known bugs (group regressions, not in all/0)
 %%====================================================================
 
 %% erlpy._runtime: Runtime.error() packs str(exc); a message with a lone surrogate cannot

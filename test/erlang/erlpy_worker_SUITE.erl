@@ -27,12 +27,12 @@ all() ->
         overloaded_max_queue_1,
         exec_replayed_on_restart,
         exec_failure_not_replayed,
-        in_flight_counters_settle
-    ].
+        in_flight_counters_settle,
+     {group, regressions}].
 
 groups() ->
     %% Not run by all/0: fails because of a product bug (see the report).
-    [{known_bugs, [], [
+    [{regressions, [], [
         callback_reentrant_single_worker,
         queued_timeout_kills_busy_worker,
         timeout_in_erlang_callback_kills_worker
@@ -55,7 +55,7 @@ end_per_testcase(Case, _Config) ->
     _ = py:stop_pool(Case),
     %% Workaround for a product bug (erlpy_pool does not trap exits, so its terminate/2
     %% never erases the pool's persistent_term entry on stop_pool): without this, py:info/0
-    %% crashes in every later suite. erlpy_pool_SUITE:known_bugs asserts the real behaviour.
+    %% crashes in every later suite. erlpy_pool_SUITE:regressions asserts the real behaviour.
     _ = persistent_term:erase({erlpy_pool, Case}),
     ok.
 
