@@ -9,7 +9,8 @@
 -behaviour(gen_server).
 
 -export([start_link/2, meta/1, validate/1]).
--export([register_worker/3, checkout/1, done/2, workers/1, new_atom_fun/1, exec_log/1]).
+-export([register_worker/3, checkout/1, done/2, draining/3, workers/1, new_atom_fun/1,
+         exec_log/1]).
 -export([exec/3, info/1]).
 -export([init/1, handle_call/3, handle_cast/2, terminate/2]).
 -export_type([meta/0, name/0]).
@@ -30,7 +31,9 @@
     none_atom := atom(),
     max_atoms := non_neg_integer(),
     cancel_grace := pos_integer(),
-    start_timeout := pos_integer()
+    start_timeout := pos_integer(),
+    max_requests := pos_integer() | infinity,
+    max_memory := pos_integer() | infinity
 }.
 
 -include("erlpy_protocol.hrl").
@@ -69,7 +72,9 @@ validate(Opts) when is_map(Opts) ->
         none_atom => none,
         max_atoms => 10000,
         cancel_grace => 2000,
-        start_timeout => 30000
+        start_timeout => 30000,
+        max_requests => infinity,
+        max_memory => infinity
     },
     try
         Config = maps:fold(fun check/3, Defaults, maps:without([name], Opts)),
@@ -105,6 +110,8 @@ check(none_atom, A, C) when is_atom(A), A =/= true, A =/= false -> C#{none_atom 
 check(max_atoms, N, C) when is_integer(N), N >= 0 -> C#{max_atoms := N};
 check(cancel_grace, N, C) when is_integer(N), N > 0 -> C#{cancel_grace := N};
 check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
+check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
+check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
 check(Key, _, _) -> throw({bad_option, Key}).
 
 -spec string(term(), atom()) -> string().
@@ -174,6 +181,15 @@ least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
         end,
     least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N, 0)).
 
+%% While a worker drains before being recycled, callers see it as very busy and go
+%% elsewhere (a pool of one still uses it: it is the least busy).
+-define(DRAINING, 1 bsl 40).
+
+%% @doc Mark worker `Index' as draining (or not): it gets new requests only as a last resort.
+-spec draining(meta(), pos_integer(), boolean()) -> ok.
+draining(#{counters := Counters}, Index, true) -> atomics:add(Counters, Index, ?DRAINING);
+draining(#{counters := Counters}, Index, false) -> atomics:sub(Counters, Index, ?DRAINING).
+
 %% @doc A request on worker `Index' ended.
 -spec done(meta(), pos_integer()) -> ok.
 done(#{counters := Counters}, Index) ->
@@ -220,7 +236,7 @@ infinity_or(T) -> T + 5000.
 -spec info(meta()) -> map().
 info(#{counters := Counters, size := Size} = Meta) ->
     Workers = [erlpy_worker:info(W) || W <- workers(Meta)],
-    InFlight = lists:sum([max(atomics:get(Counters, I), 0) || I <- lists:seq(1, Size)]),
+    InFlight = lists:sum([atomics:get(Counters, I) rem ?DRAINING || I <- lists:seq(1, Size)]),
     Python = lists:usort([V || #{python := V} <- Workers, V =/= <<>>]),
     #{
         size => Size,

@@ -26,4 +26,6 @@
 -define(OP_FATAL, 99).
 
 %% Items Python may run ahead of the worker on a stream without a window.
--define(STREAM_CREDIT, 4096).
+-define(STREAM_CREDIT, 8192).
+%% The credit of a stream that the caller collects whole (py:stream, py:stream_eval).
+-define(COLLECT_CREDIT, 0).

@@ -12,8 +12,9 @@
 -record(stream, {
     ref :: reference(),
     owner :: owner(),
-    %% Python-side credit: items Python may send before it hears from us again.
-    credit :: pos_integer(),
+    %% Python-side credit: items Python may send before it hears from us again (0: no
+    %% limit, for streams collected whole).
+    credit :: non_neg_integer(),
     %% Items received from Python and not yet credited back.
     owed = 0 :: non_neg_integer(),
     %% Remaining owner grants (window mode), or infinity.
@@ -29,10 +30,10 @@
 
 %% A local owner with more messages than this in its mailbox gets no more items until it
 %% catches up (streams without a window; with a window the owner sets the pace itself).
--define(OWNER_BACKLOG, 10000).
+-define(OWNER_BACKLOG, 8000).
 
 %% @doc A stream for `Owner'. `Window' is the owner's window (`infinity' when none).
--spec new(reference(), owner(), pos_integer() | infinity, pos_integer()) -> stream().
+-spec new(reference(), owner(), pos_integer() | infinity, non_neg_integer()) -> stream().
 new(Ref, Owner, Window, Credit) ->
     #stream{ref = Ref, owner = Owner, credit = Credit, granted = Window}.
 
@@ -80,6 +81,8 @@ send_all(_, _, [], N) ->
 %% `wait' when a local owner without a window is behind with its mailbox, so a slow owner
 %% slows the generator down instead of growing its mailbox (the worker asks again later).
 -spec take_credit(stream()) -> {non_neg_integer() | wait, stream()}.
+take_credit(#stream{credit = 0} = S) ->
+    {0, S};
 take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, Owed < 512 ->
     {0, S};
 take_credit(#stream{owed = Owed, granted = infinity, owner = Owner, ref = Ref} = S) when

@@ -61,7 +61,11 @@
     out = [] :: [iodata()],
     kill_reason :: term(),
     restarts = 0 :: non_neg_integer(),
-    retry = 1000 :: pos_integer()
+    retry = 1000 :: pos_integer(),
+    %% Requests finished by this Python process, for the pool's max_requests.
+    served = 0 :: non_neg_integer(),
+    recycled = 0 :: non_neg_integer(),
+    draining = false :: boolean()
 }).
 
 -define(MAX_RETRY, 30000).
@@ -210,7 +214,8 @@ handle_event(info, {'$erlpy_call', Alias, Id, Request}, ready, D) ->
     Calls = (D#data.calls)#{Id => #call{alias = Alias}},
     {keep_state, enqueue(Request, D#data{calls = Calls})};
 handle_event(info, {'$erlpy_collect', Alias, Id, Request}, ready, D) ->
-    Entry = #entry{stream = erlpy_stream:new(Alias, {collect, Alias, []}, infinity, ?STREAM_CREDIT), idle = infinity},
+    Collect = erlpy_stream:new(Alias, {collect, Alias, []}, infinity, ?COLLECT_CREDIT),
+    Entry = #entry{stream = Collect, idle = infinity},
     {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry}})};
 handle_event(info, {'$erlpy_stream', Alias, Id, Stream}, ready, D) ->
     {keep_state, start_stream(Alias, Id, Stream, D)};
@@ -287,7 +292,8 @@ boot(#data{meta = Meta} = D) ->
 %% wait in `starting' until all of it has run.
 -spec setup(#data{}) -> #data{}.
 setup(#data{meta = Meta} = D) ->
-    D1 = enqueue(encode([?OP_SETUP, self()], D), D),
+    Limits = maps:with([max_memory], Meta),
+    D1 = enqueue(encode([?OP_SETUP, self(), Limits], D), D#data{served = 0}),
     Init = [{init, Code} || Code <- maps:get(init, Meta)],
     Execs = [{exec, Code} || Code <- erlpy_pool:exec_log(Meta)],
     lists:foldl(
@@ -310,6 +316,10 @@ after_frame(starting, #data{start_error = Error} = D) when Error =/= undefined -
     {next_state, State, D2};
 after_frame(starting, #data{booted = true, pending_init = 0} = D) ->
     {next_state, ready, D#data{retry = 1000}};
+after_frame(ready, #data{meta = #{max_requests := Max}, served = Served} = D) when
+    is_integer(Max), Served >= Max
+->
+    recycle(D);
 after_frame(_, D) ->
     {keep_state, D}.
 
@@ -344,6 +354,21 @@ start_failed(Reason, #data{retry = Retry} = D) ->
                  reason => Reason}),
     erlang:send_after(Retry, self(), retry),
     {failed, D#data{start_error = Reason, port = undefined, retry = min(Retry * 2, ?MAX_RETRY)}}.
+
+%% Replace a Python process that has served max_requests requests, once it is idle; until
+%% then callers are steered to the other workers.
+-spec recycle(#data{}) -> gen_statem:event_handler_result(state()).
+recycle(#data{calls = Calls, streams = Streams} = D) when map_size(Calls) + map_size(Streams) > 0 ->
+    case D#data.draining of
+        true -> {keep_state, D};
+        false -> erlpy_pool:draining(D#data.meta, D#data.index, true),
+                 {keep_state, D#data{draining = true}}
+    end;
+recycle(D) ->
+    D#data.draining andalso erlpy_pool:draining(D#data.meta, D#data.index, false),
+    stop_python(D),
+    {State, D1} = boot(D#data{port = undefined, draining = false, recycled = D#data.recycled + 1}),
+    {next_state, State, D1}.
 
 -spec kill_python(term(), #data{}) -> #data{}.
 kill_python(_, #data{port = undefined} = D) ->
@@ -549,7 +574,7 @@ finish_call(_, #call{alias = {internal, Kind}}, Result, D) ->
 finish_call(Id, #call{alias = Alias, cancelled = Cancelled}, Result, D) ->
     Cancelled orelse (Alias ! {Alias, Result}),
     erlpy_pool:done(D#data.meta, D#data.index),
-    stop_grace(Id, D).
+    stop_grace(Id, D#data{served = D#data.served + 1}).
 
 -spec finish_stream(id(), #entry{}, term(), #data{}) -> #data{}.
 finish_stream(Id, #entry{stopping = false, stream = S} = Entry, Result, D) ->
@@ -587,6 +612,7 @@ end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = 
     unalias(Ref),
     erlpy_pool:done(D#data.meta, D#data.index),
     D#data{
+        served = D#data.served + 1,
         streams = maps:remove(Id, D#data.streams),
         aliases = maps:remove(Ref, D#data.aliases),
         monitors = maps:remove(Mon, D#data.monitors)
@@ -727,5 +753,7 @@ worker_info(State, D) ->
         state => State,
         in_flight => map_size(D#data.calls) + map_size(D#data.streams) - D#data.pending_init,
         restarts => D#data.restarts,
+        recycled => D#data.recycled,
+        served => D#data.served,
         python => D#data.python
     }.

@@ -136,7 +136,7 @@ stream(Module, Function, Args, Kwargs) ->
 -spec stream(name(), name(), list(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream(Module, Function, Args, Kwargs, Opts) ->
     run(stream, [Module, Function, Args, Kwargs], Opts, fun(O) ->
-        Fields = [name(Module), name(Function), list(Args), kwargs(Kwargs), ?STREAM_CREDIT, false],
+        Fields = [name(Module), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
         {collect, ?OP_STREAM_CALL, Fields, O}
     end).
 
@@ -155,7 +155,7 @@ stream_eval(Code, Locals) ->
 -spec stream_eval(code(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream_eval(Code, Locals, Opts) ->
     run(stream_eval, [Code, Locals], Opts, fun(O) ->
-        {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?STREAM_CREDIT], O}
+        {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
     end).
 
 %% @doc Start a stream and return its reference at once. The owner (default: the caller)

@@ -254,6 +254,19 @@ def new_unpacker() -> msgpack.Unpacker:
     )
 
 
-def unpackb(data: bytes) -> Any:
+def unpackb(data: bytes | bytearray | memoryview) -> Any:
     """Decode one complete value."""
     return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext_hook)
+
+
+def unpack_all(data: bytes | bytearray | memoryview) -> list[Any]:
+    """Decode every value of a buffer without copying it into an Unpacker first (for large
+    frames, which hold one message as a rule)."""
+    values = []
+    while True:
+        try:
+            values.append(unpackb(data))
+            return values
+        except msgpack.ExtraData as extra:
+            values.append(extra.unpacked)
+            data = extra.extra

@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import queue
+import resource
 import sys
 import threading
 import traceback
@@ -38,7 +39,7 @@ from typing import Any, Final
 import msgpack
 
 from . import _protocol as P
-from ._codec import Atom, EncodeError, new_packer, new_unpacker
+from ._codec import Atom, EncodeError, new_packer, new_unpacker, unpack_all
 from ._output import LogHandler, LogStream
 from ._wire import FrameReader, FrameWriter
 
@@ -46,6 +47,11 @@ from ._wire import FrameReader, FrameWriter
 # sooner, whenever the event loop gets control (see Stream.push).
 BATCH_ITEMS: Final = 1024
 BATCH_BYTES: Final = 1 << 16
+# Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message.
+COLLECT_CHUNK: Final = 1 << 16
+# Threads switch the GIL this often (seconds). The default, 5 ms, would let a busy sync
+# generator hold off the loop thread, which reads control messages (credit, cancel).
+SWITCH_INTERVAL: Final = 0.001
 # Pipes this large let a big frame cross in a few system calls (Linux caps unprivileged
 # processes at /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE: Final = 1 << 20
@@ -164,6 +170,8 @@ class Stream:
         self.lock = threading.Lock()
         self._event: asyncio.Event | None = None
         self.credit = credit
+        # Credit 0 at the start means "collect": the caller takes everything, no limit.
+        self.limited = credit > 0
         self.cancelled = False
         self.parked = False
         self._items: list[bytes] = []
@@ -180,7 +188,7 @@ class Stream:
             self.credit -= 1
             urgent = (
                 not self._started
-                or self.credit <= 0
+                or (self.credit <= 0 and self.limited)
                 or len(self._items) >= BATCH_ITEMS
                 or self._bytes >= BATCH_BYTES
             )
@@ -300,6 +308,7 @@ class Runtime:
         self.main_module.__dict__.update(asyncio=asyncio, erlang=erlang)
         self._redirect_output()
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+        sys.setswitchinterval(SWITCH_INTERVAL)
         for fd in (self.fd_in, self.writer.fd):
             try:
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
@@ -334,7 +343,7 @@ class Runtime:
     def _run_loop(self) -> None:
         self._loop_ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
-        reader = FrameReader()
+        reader = FrameReader(self.fd_in)
         unpacker = new_unpacker()
 
         def on_readable() -> None:
@@ -343,16 +352,20 @@ class Runtime:
             # the selector between them.
             while True:
                 try:
-                    data = os.read(self.fd_in, reader.wanted())
+                    frames = reader.read()
                 except BlockingIOError:
                     return
-                if not data:
+                if frames is None:
                     os._exit(0)  # Erlang is gone: never outlive the port
-                for frame in reader.feed(data):
-                    unpacker.feed(frame)
+                for frame in frames:
                     try:
-                        for message in unpacker:
-                            self._dispatch(message)
+                        if len(frame) > FrameReader.BIG:
+                            for message in unpack_all(frame):
+                                self._dispatch(message)
+                        else:
+                            unpacker.feed(frame)
+                            for message in unpacker:
+                                self._dispatch(message)
                     except Exception as exc:
                         unpacker = new_unpacker()
                         text = f"erlpy: dropped an undecodable frame: {exc!r}"
@@ -443,6 +456,7 @@ class Runtime:
             self._on_callback_reply(msg[1], msg[2], msg[3])
         elif op == P.SETUP:
             self.worker_pid = msg[1]
+            _apply_limits(msg[2] if len(msg) > 2 else {})
         else:
             self.send([P.LOG, Atom("error"), f"erlpy: unknown message {op!r}"])
 
@@ -636,7 +650,37 @@ class Runtime:
             self.loop.call_soon_threadsafe(self._start_async_stream, job, value)
             return
         job.iterator = iter(value)
-        self._pump(job)
+        assert job.stream is not None
+        if job.stream.credit == 0:
+            self._collect(job)
+        else:
+            self._pump(job)
+
+    def _collect(self, job: Job) -> None:
+        """A stream the caller collects whole: no flow control, so pull items in big
+        chunks at C speed (still interruptible between items)."""
+        stream = job.stream
+        iterator = job.iterator
+        assert stream is not None and iterator is not None
+        prefix = b"\x93" + pack(P.DATA) + pack(job.id)
+        try:
+            while True:
+                chunk = self._user(job, list, itertools.islice(iterator, COLLECT_CHUNK))
+                if chunk:
+                    self.writer.send(prefix + pack(chunk))
+                if len(chunk) < COLLECT_CHUNK:
+                    break
+        except BaseException as exc:
+            self._close_sync(job, iterator)
+            self._finish(job)
+            if isinstance(exc, Interrupted):
+                self.fail(job, _CANCELLED)
+            else:
+                self.error(job, exc)
+            return
+        self._close_sync(job, iterator)
+        self._finish(job)
+        self.send([P.DONE, job.id])
 
     def _pump(self, job: Job) -> None:
         """Run a sync stream until it ends, runs out of credit (it parks), or has produced
@@ -745,7 +789,7 @@ class Runtime:
                 iterator = iter(value)
                 for item in iterator:  # a coroutine that returned a plain iterable
                     stream.push(pack(item), on_loop=True)
-                    if stream.credit <= 0:
+                    if stream.credit <= 0 and stream.limited:
                         await stream.wait_credit()
                     if stream.cancelled:
                         raise asyncio.CancelledError
@@ -785,7 +829,7 @@ class Runtime:
             except ValueError as exc:
                 raise EncodeError(f"cannot send value to Erlang: {exc}") from None
             stream.push(data, on_loop=True)
-            if stream.credit <= 0:
+            if stream.credit <= 0 and stream.limited:
                 await stream.wait_credit()
                 since_yield = 0
             if stream.cancelled:
@@ -860,6 +904,14 @@ class Runtime:
                 waiter.set_result(value)
             else:
                 waiter.set_exception(error)
+
+
+def _apply_limits(limits: dict[Any, Any]) -> None:
+    """Resource limits the pool asks for: ``max_memory`` caps the address space, so an
+    allocation beyond it raises MemoryError instead of waking the OOM killer."""
+    max_memory = limits.get("max_memory")
+    if isinstance(max_memory, int):
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
 
 
 def _kwargs(kwargs: dict[Any, Any]) -> dict[str, Any]:

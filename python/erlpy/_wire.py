@@ -9,32 +9,59 @@ from typing import Final
 
 _HEADER: Final = 4
 _SMALL: Final = 1 << 16
+_READ: Final = 1 << 18
 
 
 class FrameReader:
-    """Splits bytes read from the input pipe into frame payloads."""
+    """Reads frames from a non-blocking pipe.
 
-    def __init__(self) -> None:
+    Small frames are cut out of a shared buffer; a frame larger than ``BIG`` is read
+    straight into a buffer of its own size, so a 100 MB payload is not copied around.
+    """
+
+    BIG: Final = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._buf = bytearray()
+        self._big: bytearray | None = None
+        self._filled = 0
 
-    def wanted(self) -> int:
-        """How many bytes to ask ``os.read`` for: the rest of a large frame at once."""
-        if len(self._buf) >= _HEADER:
-            size = int.from_bytes(self._buf[:_HEADER], "big") + _HEADER
-            return max(_SMALL, size - len(self._buf))
-        return _SMALL
+    def read(self) -> list[bytearray] | None:
+        """Frames completed by one read (maybe none); None at end of file.
 
-    def feed(self, data: bytes) -> list[bytes]:
+        Raises:
+            BlockingIOError: nothing to read right now.
+        """
+        big = self._big
+        if big is not None:
+            n = os.readv(self._fd, [memoryview(big)[self._filled :]])
+            if n == 0:
+                return None
+            self._filled += n
+            if self._filled < len(big):
+                return []
+            self._big = None
+            return [big]
+        data = os.read(self._fd, _READ)
+        if not data:
+            return None
         buf = self._buf
         buf += data
-        frames: list[bytes] = []
+        frames: list[bytearray] = []
         pos = 0
         end = len(buf)
         while end - pos >= _HEADER:
             size = int.from_bytes(buf[pos : pos + _HEADER], "big")
-            if end - pos - _HEADER < size:
+            available = end - pos - _HEADER
+            if available < size:
+                if size > self.BIG:
+                    big = bytearray(size)
+                    big[:available] = buf[pos + _HEADER :]
+                    self._big, self._filled = big, available
+                    pos = end
                 break
-            frames.append(bytes(buf[pos + _HEADER : pos + _HEADER + size]))
+            frames.append(buf[pos + _HEADER : pos + _HEADER + size])
             pos += _HEADER + size
         if pos:
             del buf[:pos]
