@@ -33,7 +33,8 @@
     cancel_grace := pos_integer(),
     start_timeout := pos_integer(),
     max_requests := pos_integer() | infinity,
-    max_memory := pos_integer() | infinity
+    max_memory := pos_integer() | infinity,
+    cluster := boolean()
 }.
 
 -include("erlpy_protocol.hrl").
@@ -74,7 +75,8 @@ validate(Opts) when is_map(Opts) ->
         cancel_grace => 2000,
         start_timeout => 30000,
         max_requests => infinity,
-        max_memory => infinity
+        max_memory => infinity,
+        cluster => false
     },
     try
         Config = maps:fold(fun check/3, Defaults, maps:without([name], Opts)),
@@ -112,6 +114,7 @@ check(cancel_grace, N, C) when is_integer(N), N > 0 -> C#{cancel_grace := N};
 check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
+check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
 check(Key, _, _) -> throw({bad_option, Key}).
 
 -spec string(term(), atom()) -> string().
@@ -266,6 +269,7 @@ init({Name, Config}) ->
         counters => atomics:new(Size + 1, [{signed, true}])
     },
     persistent_term:put(?KEY(Name), Meta),
+    maps:get(cluster, Config) andalso erlpy_cluster:join(Name, self()),
     {ok, Meta}.
 
 -spec handle_call(term(), gen_server:from(), meta()) -> {reply, term(), meta()}.

@@ -6,7 +6,7 @@
 -module(erlpy_stream).
 
 -export([new/4, deliver/2, ack/2, take_credit/1, finish/2, terminal/1, owner/1, ref/1]).
--export([python_done/1]).
+-export([python_done/1, owner_backlogged/2]).
 -export_type([stream/0, owner/0]).
 
 -record(stream, {
@@ -88,28 +88,32 @@ take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, O
 take_credit(#stream{owed = Owed, granted = infinity, owner = Owner, ref = Ref} = S) when
     is_pid(Owner)
 ->
-    Info = node(Owner) =:= node() andalso erlang:process_info(Owner, [message_queue_len, status]),
-    case Info of
-        [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
-            %% Blocked in a receive that none of its messages match: it may be waiting for
-            %% this very stream (one owner reading several streams one after the other).
-            %% Holding back would deadlock it, unless this stream's items are among them.
-            case has_items(Owner, Ref) of
-                true -> {wait, S};
-                false -> {Owed, S#stream{owed = 0}}
-            end;
-        [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
-            {wait, S};
-        _ ->
-            {Owed, S#stream{owed = 0}}
+    case node(Owner) =:= node() andalso owner_backlogged(Owner, Ref) of
+        true -> {wait, S};
+        false -> {Owed, S#stream{owed = 0}}
     end;
 take_credit(#stream{owed = Owed} = S) ->
     {Owed, S#stream{owed = 0}}.
 
 %% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
 %% held items must reach the owner first.
+%% @doc Is a (local) owner too far behind with its mailbox to be sent more of stream `Ref'?
+-spec owner_backlogged(pid(), reference()) -> boolean().
+owner_backlogged(Owner, Ref) ->
+    case erlang:process_info(Owner, [message_queue_len, status]) of
+        [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
+            %% Blocked in a receive that none of its messages match: it may be waiting for
+            %% this very stream (one owner reading several streams one after the other).
+            %% Holding back would deadlock it, unless this stream's items are among them.
+            has_items(Owner, Ref);
+        [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
+            true;
+        _ ->
+            false
+    end.
+
 %% Copies the owner's mailbox: only used when the owner is stalled with a backlog, and the
-%% worker backs off between checks.
+%% caller backs off between checks.
 -spec has_items(pid(), reference()) -> boolean().
 has_items(Owner, Ref) ->
     case erlang:process_info(Owner, messages) of

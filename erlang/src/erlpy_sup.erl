@@ -1,5 +1,6 @@
 %% @private
-%% @doc Top supervisor: one `erlpy_pool_sup' per pool, added at run time.
+%% @doc Top supervisor: the `pg' scope of cluster-wide pools, then one `erlpy_pool_sup'
+%% per pool, added at run time.
 -module(erlpy_sup).
 -behaviour(supervisor).
 
@@ -11,4 +12,5 @@ start_link() ->
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
-    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, []}}.
+    Scope = #{id => pg, start => {pg, start_link, [erlpy_cluster:scope()]}},
+    {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [Scope]}}.

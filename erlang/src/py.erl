@@ -8,8 +8,8 @@
 %% '''
 %%
 %% Every function takes an options map (or a timeout in milliseconds, where shown) with
-%% `pool => Name | {Name, Node}' (default `default') and `timeout => Ms | infinity'
-%% (default 30000). See docs/ for the guides.
+%% `pool => Name | {Name, Node} | {cluster, Name}' (default `default') and
+%% `timeout => Ms | infinity' (default 30000). See docs/ for the guides.
 -module(py).
 
 %% Calls
@@ -32,7 +32,9 @@
 
 -type name() :: atom() | binary().
 -type code() :: unicode:chardata().
--type pool() :: atom() | {atom(), node()}.
+%% A local pool, a pool on another node, or a cluster-wide pool (started with
+%% `cluster => true' on any number of nodes).
+-type pool() :: atom() | {atom(), node()} | {cluster, atom()}.
 -type opts() :: #{pool => pool(), timeout => timeout(), atom() => term()} | [{atom(), term()}].
 -type error() ::
     timeout
@@ -104,8 +106,19 @@ exec(Code) ->
 -spec exec(code(), opts() | timeout()) -> ok | {error, error()}.
 exec(Code, Opts0) ->
     case options(Opts0, []) of
+        {ok, #{pool := {cluster, Name}} = Opts} ->
+            %% Every member pool runs it and remembers it.
+            Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
+            Results = [remote(N, exec, [Code, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
+            case [E || {error, _} = E <- Results] of
+                [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
+                [] -> ok;
+                [Error | _] -> Error
+            end;
         {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
             remote(Node, exec, [Code, Opts#{pool := Name}], Opts);
+        {ok, #{pool := {Name, _}} = Opts} ->
+            exec(Code, Opts#{pool := Name});
         {ok, Opts} ->
             with_pool(Opts, fun(Meta) ->
                 try code(Code) of
@@ -171,11 +184,16 @@ stream_start(Module, Function, Args) ->
 stream_start(Module, Function, Args, Opts0) ->
     Extra = [owner, kwargs, input, window, idle_timeout],
     case options(Opts0, Extra) of
-        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
-            Remote = Opts#{pool := Name, owner => maps:get(owner, Opts, self())},
-            remote(Node, stream_start, [Module, Function, Args, Remote], Opts);
         {ok, Opts} ->
-            start_stream(Module, Function, Args, Opts);
+            case route(Opts) of
+                {local, Local} ->
+                    start_stream(Module, Function, Args, Local);
+                {remote, Node, Remote} ->
+                    Owner = maps:get(owner, Remote, self()),
+                    erlpy_relay:start(Node, [Module, Function, Args], Remote#{owner => Owner});
+                {error, _} = Error ->
+                    Error
+            end;
         {error, _} = Error ->
             Error
     end.
@@ -282,6 +300,8 @@ info() ->
 %% @doc `size', `workers' (each with `os_pid', `in_flight', `restarts', ...), `queued'
 %% and `python' (the version).
 -spec info(pool()) -> map() | {error, {no_pool, term()}}.
+info({cluster, Name}) ->
+    maps:from_list([{node(P), info({Name, node(P)})} || P <- erlpy_cluster:members(Name)]);
 info({Name, Node}) when Node =/= node() ->
     erpc:call(Node, py, info, [Name]);
 info({Name, _}) ->
@@ -300,13 +320,30 @@ info(Name) ->
     {ok, term()} | {error, error()}.
 run(Function, Args, Opts0, Build) ->
     case options(Opts0, []) of
-        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
-            remote(Node, Function, Args ++ [Opts#{pool := Name}], Opts);
         {ok, Opts} ->
-            with_pool(Opts, fun(Meta) -> send(Build, Opts, Meta) end);
+            case route(Opts) of
+                {local, Local} -> with_pool(Local, fun(Meta) -> send(Build, Local, Meta) end);
+                {remote, Node, Remote} -> remote(Node, Function, Args ++ [Remote], Remote);
+                {error, _} = Error -> Error
+            end;
         {error, _} = Error ->
             Error
     end.
+
+%% Where the `pool' option sends a request: here, or to another node (with the pool's
+%% local name).
+-spec route(map()) -> {local, map()} | {remote, node(), map()} | {error, {no_pool, term()}}.
+route(#{pool := {cluster, Name}} = Opts) ->
+    case erlpy_cluster:pick(Name) of
+        {ok, Node} -> route(Opts#{pool := {Name, Node}});
+        error -> {error, {no_pool, {cluster, Name}}}
+    end;
+route(#{pool := {Name, Node}} = Opts) when Node =:= node() ->
+    {local, Opts#{pool := Name}};
+route(#{pool := {Name, Node}} = Opts) ->
+    {remote, Node, Opts#{pool := Name}};
+route(Opts) ->
+    {local, Opts}.
 
 -spec send(fun((map()) -> request()), map(), erlpy_pool:meta()) ->
     {ok, term()} | {error, error()}.
@@ -417,7 +454,8 @@ options(Other, _) ->
     {error, {bad_option, Other}}.
 
 -spec valid_option(term(), term(), [atom()]) -> boolean().
-valid_option(pool, P, _) -> is_atom(P) orelse (is_tuple(P) andalso tuple_size(P) =:= 2);
+valid_option(pool, P, _) -> is_atom(P) orelse (is_tuple(P) andalso tuple_size(P) =:= 2 andalso
+                                               is_atom(element(1, P)) andalso is_atom(element(2, P)));
 valid_option(timeout, T, _) -> T =:= infinity orelse (is_integer(T) andalso T >= 0);
 valid_option(K, V, Extra) ->
     lists:member(K, Extra) andalso

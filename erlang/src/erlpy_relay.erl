@@ -1,0 +1,107 @@
+%% @private
+%% @doc The owner's side of a stream served by a pool on another node.
+%%
+%% Items travel worker -> relay -> owner, all under the stream's reference. The relay
+%% gives the guarantees the worker alone cannot give across nodes: when the worker's node
+%% goes down the owner still gets exactly one terminal message, and when the owner dies
+%% the stream is cancelled. Unless the owner chose a window, the relay holds one of its
+%% own and acknowledges items as the owner keeps up with its mailbox, so memory stays
+%% bounded on the owner's node too.
+-module(erlpy_relay).
+
+-export([start/3]).
+
+-define(WINDOW, 8192).
+-define(ACK_EVERY, 512).
+
+-record(relay, {
+    ref :: reference(),
+    owner :: pid(),
+    node :: node(),
+    %% Items forwarded and not yet acknowledged (only when the relay holds the window).
+    unacked = 0 :: non_neg_integer(),
+    window :: own | user,
+    backoff = 5 :: pos_integer(),
+    rechecking = false :: boolean()
+}).
+
+%% @doc Start `py:stream_start(Module, Function, Args, Opts)' on `Node' for the owner in
+%% `Opts' (a local process); returns what the remote stream_start returns.
+-spec start(node(), [term()], map()) -> {ok, reference()} | {error, term()}.
+start(Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
+    Caller = self(),
+    {Relay, Mon} = spawn_monitor(fun() -> init(Caller, Node, [Module, Function, Args], Opts) end),
+    receive
+        {Relay, Reply} ->
+            erlang:demonitor(Mon, [flush]),
+            Reply;
+        {'DOWN', Mon, process, Relay, Reason} ->
+            _ = Owner,
+            {error, {relay_failed, Reason}}
+    end.
+
+-spec init(pid(), node(), [term()], map()) -> ok.
+init(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
+    erlang:monitor(process, Owner),
+    erlang:monitor_node(Node, true),
+    Window =
+        case maps:is_key(window, Opts) of
+            true -> user;
+            false -> own
+        end,
+    Remote = (maps:merge(#{window => ?WINDOW}, Opts))#{owner => self()},
+    Timeout =
+        case maps:get(timeout, Opts) of
+            infinity -> infinity;
+            T -> T + 5000
+        end,
+    try erpc:call(Node, py, stream_start, [Module, Function, Args, Remote], Timeout) of
+        {ok, Ref} ->
+            Caller ! {self(), {ok, Ref}},
+            loop(#relay{ref = Ref, owner = Owner, node = Node, window = Window});
+        Error ->
+            Caller ! {self(), Error}
+    catch
+        error:{erpc, noconnection} -> Caller ! {self(), {error, {nodedown, Node}}};
+        error:{erpc, timeout} -> Caller ! {self(), {error, timeout}};
+        error:{exception, Reason, _} -> Caller ! {self(), {error, {remote_failed, Reason}}}
+    end,
+    ok.
+
+-spec loop(#relay{}) -> ok.
+loop(#relay{ref = Ref, owner = Owner, node = Node} = R) ->
+    receive
+        {py_stream, Ref, {data, _} = Data} ->
+            Owner ! {py_stream, Ref, Data},
+            loop(maybe_ack(R#relay{unacked = R#relay.unacked + 1}));
+        {py_stream, Ref, Terminal} ->
+            Owner ! {py_stream, Ref, Terminal},
+            ok;
+        recheck ->
+            loop(maybe_ack(R#relay{rechecking = false}));
+        {'DOWN', _, process, Owner, _} ->
+            py:stream_cancel(Ref),
+            ok;
+        {nodedown, Node} ->
+            Owner ! {py_stream, Ref, {error, {worker_exited, {nodedown, Node}}}},
+            ok
+    end.
+
+%% Acknowledge in chunks while the owner keeps up (the worker applies the same rule to
+%% local owners, see erlpy_stream:take_credit/1).
+-spec maybe_ack(#relay{}) -> #relay{}.
+maybe_ack(#relay{window = user} = R) ->
+    R;
+maybe_ack(#relay{unacked = N} = R) when N < ?ACK_EVERY ->
+    R;
+maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) ->
+    case erlpy_stream:owner_backlogged(Owner, Ref) of
+        false ->
+            ok = py:stream_ack(Ref, N),
+            R#relay{unacked = 0, backoff = 5};
+        true when R#relay.rechecking ->
+            R;
+        true ->
+            erlang:send_after(Backoff, self(), recheck),
+            R#relay{rechecking = true, backoff = min(2 * Backoff, 200)}
+    end.
