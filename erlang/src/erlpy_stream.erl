@@ -5,8 +5,10 @@
 %% Pure functions; the worker owns the records and does the sending they ask for.
 -module(erlpy_stream).
 
+-include("erlpy_protocol.hrl").
+
 -export([new/4, deliver/2, ack/2, take_credit/1, finish/2, terminal/1, owner/1, ref/1]).
--export([python_done/1, owner_backlogged/2]).
+-export([python_done/1, owner_backlogged/2, initial_credit/1]).
 -export_type([stream/0, owner/0]).
 
 -record(stream, {
@@ -31,6 +33,11 @@
 %% A local owner with more messages than this in its mailbox gets no more items until it
 %% catches up (streams without a window; with a window the owner sets the pace itself).
 -define(OWNER_BACKLOG, 8000).
+
+%% @doc The credit Python starts a stream with: the owner's window, if it has one.
+-spec initial_credit(pos_integer() | infinity) -> pos_integer().
+initial_credit(infinity) -> ?STREAM_CREDIT;
+initial_credit(Window) -> Window.
 
 %% @doc A stream for `Owner'. `Window' is the owner's window (`infinity' when none).
 -spec new(reference(), owner(), pos_integer() | infinity, non_neg_integer()) -> stream().

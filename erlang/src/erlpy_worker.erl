@@ -625,11 +625,7 @@ end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = 
 -spec start_stream(reference(), id(), map(), #data{}) -> #data{}.
 start_stream(Alias, Id, #{owner := Owner, request := Request} = Opts, D) ->
     Window = maps:get(window, Opts, infinity),
-    Credit =
-        case Window of
-            infinity -> ?STREAM_CREDIT;
-            N -> N
-        end,
+    Credit = erlpy_stream:initial_credit(Window),
     Ref = alias(),
     Mon = erlang:monitor(process, Owner),
     Idle = maps:get(idle_timeout, Opts, infinity),

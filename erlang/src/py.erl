@@ -368,11 +368,7 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
 start_stream(Module, Function, Args, Opts) ->
     with_pool(Opts, fun(#{none_atom := NoneAtom} = Meta) ->
         Window = maps:get(window, Opts, infinity),
-        Credit =
-            case Window of
-                infinity -> ?STREAM_CREDIT;
-                N -> N
-            end,
+        Credit = erlpy_stream:initial_credit(Window),
         Id = erlang:unique_integer([positive]),
         try
             Fields = [

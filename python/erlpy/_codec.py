@@ -220,9 +220,16 @@ def _pack_tuple(obj: tuple[Any, ...]) -> msgpack.ExtType:
         raise EncodeError(
             f"cannot send value to Erlang: tuples nested deeper than {MAX_TUPLE_DEPTH}"
         )
+    # One packer per thread and nesting level: a packer cannot be re-entered, and making a
+    # new one per tuple cost more than packing the tuple.
+    packers: list[msgpack.Packer] = _depth.__dict__.setdefault("packers", [])
+    if depth == len(packers):
+        packers.append(new_packer())
     _depth.n = depth + 1
     try:
-        return msgpack.ExtType(EXT_TUPLE, packb(list(obj)))
+        return msgpack.ExtType(EXT_TUPLE, packers[depth].pack(list(obj)))
+    except ValueError as exc:  # msgpack's nesting limit, inside the tuple
+        raise EncodeError(f"cannot send value to Erlang: {exc}") from None
     finally:
         _depth.n = depth
 

@@ -599,20 +599,10 @@ class Runtime:
         try:
             if op == P.CALL:
                 fn = self._resolve(msg[2], msg[3])
-                result = self._user(job, fn, *msg[4], **_kwargs(msg[5]))
-                if inspect.isawaitable(result):
-                    self.loop.call_soon_threadsafe(self._start_awaitable, job, result)
-                    return
-                self._finish(job)
-                self.reply(job, result)
+                self._complete(job, self._user(job, fn, *msg[4], **_kwargs(msg[5])))
             elif op == P.EVAL:
                 code = _compile(msg[2], "eval")
-                result = self._user(job, eval, code, self._namespace(msg[3]))
-                if inspect.isawaitable(result):
-                    self.loop.call_soon_threadsafe(self._start_awaitable, job, result)
-                    return
-                self._finish(job)
-                self.reply(job, result)
+                self._complete(job, self._user(job, eval, code, self._namespace(msg[3])))
             elif op == P.EXEC:
                 code = _compile(msg[2], "exec")
                 self._user(job, exec, code, self.main_module.__dict__)
@@ -637,6 +627,14 @@ class Runtime:
         except BaseException as exc:
             self._finish(job)
             self.error(job, exc)
+
+    def _complete(self, job: Job, result: Any) -> None:
+        """Reply with a sync call's result; a coroutine it returned goes to the loop."""
+        if inspect.isawaitable(result):
+            self.loop.call_soon_threadsafe(self._start_awaitable, job, result)
+            return
+        self._finish(job)
+        self.reply(job, result)
 
     def _namespace(self, local_vars: dict[Any, Any]) -> dict[str, Any]:
         globals_ = self.main_module.__dict__
