@@ -41,6 +41,7 @@ test: deps venv compile
 	$(MAKE) --no-print-directory test-eunit  || status=1; \
 	$(MAKE) --no-print-directory test-ct     || status=1; \
 	$(MAKE) --no-print-directory test-python || status=1; \
+	$(MAKE) --no-print-directory test-elixir || status=1; \
 	$(MAKE) --no-print-directory lint        || status=1; \
 	if [ $$status = 0 ]; then echo "==> all suites passed"; else echo "==> SOME SUITES FAILED"; fi; \
 	exit $$status
@@ -60,6 +61,14 @@ test-ct:
 	  | grep -aE "^%%%|^(Failed|All|Skipped) .*tests?|TEST COMPLETE" | cut -c1-200 | tail -n 60; \
 	  test $${PIPESTATUS[0]} = 0
 
+# mix test at the top: the ExUnit suites of test/elixir (Mix builds erlpy into _build/mix;
+# no Hex, no rebar3, no network).
+test-elixir:
+	@echo "==> ExUnit"
+	@mkdir -p _build; LC_ALL=C.UTF-8 MIX_ENV=test HEX_OFFLINE=1 mix test 2>&1 | $(PLAIN) | tee _build/exunit.log \
+	  | grep -aE "^[0-9]+ tests?, [0-9]+ failures?|^ +[0-9]+\) test |^\*\* \(" | cut -c1-200 | tail -n 20; \
+	  test $${PIPESTATUS[0]} = 0
+
 test-python:
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest -q test/python 2>&1 | tail -n 15; test $${PIPESTATUS[0]} = 0
@@ -74,7 +83,9 @@ demo: deps venv compile
 	@escript examples/demo.escript
 
 bench: deps venv compile
-	@escript bench/bench.escript $(BENCH_ARGS)
+	@echo "==> codec (Erlang)"; escript bench/codec_bench.escript
+	@echo "==> codec (Python)"; $(PY) bench/codec_bench.py
+	@echo "==> bridge"; escript bench/bench.escript $(BENCH_ARGS)
 
 clean:
 	rm -rf _build $(VENV)

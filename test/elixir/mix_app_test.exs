@@ -1,0 +1,95 @@
+defmodule Erlpy.MixAppTest do
+  # A Mix project that depends on erlpy (test/elixir/mix_app, by path; and a git
+  # dependency on a snapshot of this checkout) compiles and runs offline: fresh
+  # MIX_HOME, no Hex, no rebar3, network closed. Its _build is removed first, so every
+  # run starts from scratch.
+  use ExUnit.Case, async: true
+
+  import ErlpyCase
+
+  @moduletag timeout: 300_000
+
+  @app Path.join(root(), "test/elixir/mix_app")
+
+  @expected ~S"""
+  %{
+    children: [erlpy_pool: :mix_app],
+    greet: {:ok, "Hello, Ada?"},
+    json: {:ok, "{\n  \"a\": 1\n}"},
+    none_default: {:ok, nil},
+    none_pool: {:ok, nil},
+    priv: true,
+    words: {:ok, ["streamed", "from", "Python"]}
+  }
+  """
+
+  test "mix compile and mix run in test/elixir/mix_app, from a clean state" do
+    tmp = tmp_dir!("mix_app")
+    File.rm_rf!(Path.join(@app, "_build"))
+    File.rm_rf!(Path.join(@app, "deps"))
+
+    assert {0, out, err} = sh("mix compile", cd: @app, tmp: tmp)
+    assert out =~ "==> erlpy"
+    assert out =~ "Generated erlpy app"
+    assert out =~ "Generated mix_app app"
+    refute err =~ ~r/hex|rebar/i
+
+    # The built erlpy has the application resource of erlang/src/erlpy.app.src and a
+    # priv directory in which the Python package resolves.
+    lib = Path.join(@app, "_build/dev/lib/erlpy")
+    {:ok, [{:application, :erlpy, built}]} = :file.consult(Path.join(lib, "ebin/erlpy.app"))
+
+    {:ok, [{:application, :erlpy, source}]} =
+      :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
+
+    for key <- [:vsn, :description, :mod, :env, :registered, :applications],
+        do: assert(built[key] == source[key])
+
+    assert File.regular?(Path.join(lib, "priv/python/erlpy/_boot.py"))
+
+    expected = @expected
+    assert {0, ^expected, _} = sh("mix run -e 'IO.inspect(MixApp.check())'", cd: @app, tmp: tmp)
+    refute File.exists?(Path.join(@app, "mix.lock"))
+  end
+
+  test "a git dependency on erlpy (a snapshot of this checkout) fetches and runs offline" do
+    tmp = tmp_dir!("git_dep")
+    src = Path.join(tmp, "erlpy.git")
+    app = Path.join(tmp, "git_app")
+    File.mkdir_p!(src)
+    File.mkdir_p!(Path.join(app, "config"))
+
+    snapshot = """
+    set -e
+    (git ls-files; git ls-files --others --exclude-standard) | while read -r f; do [ -e "$f" ] || [ -L "$f" ] && echo "$f"; done \
+      | tar cf - -T - | tar xf - -C #{shq(src)}
+    cd #{shq(src)}
+    git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm snapshot && git tag v0.1.0
+    """
+
+    assert {0, _, _} = sh(snapshot, cd: root(), tmp: tmp)
+
+    File.write!(Path.join(app, "mix.exs"), """
+    defmodule GitApp.MixProject do
+      use Mix.Project
+      def project, do: [app: :git_app, version: "0.1.0", deps: [{:erlpy, git: #{inspect(src)}, tag: "v0.1.0"}]]
+      def application, do: [extra_applications: [:logger]]
+    end
+    """)
+
+    File.write!(Path.join(app, "config/config.exs"), """
+    import Config
+    config :erlpy, pools: %{default: %{size: 1, none_atom: nil}}
+    """)
+
+    assert {0, _, _} = sh("mix deps.get", cd: app, tmp: tmp)
+
+    assert {0, out, _} =
+             sh(~S"mix run -e 'IO.inspect({:py.call(:math, :sqrt, [16]), :py.eval(\"None\")})'",
+               cd: app,
+               tmp: tmp
+             )
+
+    assert drop_build_lines(out) =~ ~r/^\{\{:ok, 4\.0\}, \{:ok, nil\}\}$/m
+  end
+end
