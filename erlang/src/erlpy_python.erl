@@ -37,8 +37,9 @@ find(Python) ->
 %% of the Python process on fds 1/2 can never corrupt it.
 -spec open(erlpy_pool:meta()) -> {ok, port(), non_neg_integer()} | {error, term()}.
 open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
-    PyDir = filename:join(priv_dir(), "python"),
-    Boot = filename:join([PyDir, "erlpy", "_boot.py"]),
+    Priv = priv_dir(),
+    PyDir = filename:join(Priv, "python"),
+    Boot = boot(Priv),
     Options =
         [
             {args, [Boot, PyDir | Paths]},
@@ -49,7 +50,16 @@ open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
             hide,
             {env, Env}
         ] ++ [{cd, Cd} || Cd =/= undefined],
-    try open_port({spawn_executable, Python}, Options) of
+    case filelib:is_regular(Boot) of
+        true -> open_port(Python, Options);
+        false -> {error, #{reason => missing_runtime, python => unicode:characters_to_binary(Python),
+                           message => <<"erlpy's Python runtime is missing: ",
+                                        (unicode:characters_to_binary(Boot))/binary>>}}
+    end.
+
+-spec open_port(string(), list()) -> {ok, port(), non_neg_integer()} | {error, term()}.
+open_port(Python, Options) ->
+    try erlang:open_port({spawn_executable, Python}, Options) of
         Port ->
             {os_pid, OsPid} = erlang:port_info(Port, os_pid),
             {ok, Port, OsPid}
@@ -62,9 +72,23 @@ open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
             }}
     end.
 
+%% The application's priv, else the one next to the sources this module was compiled from
+%% (builds that leave priv behind, such as Mix's rebar3 manager).
 -spec priv_dir() -> file:filename().
 priv_dir() ->
-    case code:priv_dir(erlpy) of
-        {error, bad_name} -> filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
-        Dir -> Dir
+    Candidates =
+        [Dir || Dir <- [code:priv_dir(erlpy)], is_list(Dir)] ++
+            [filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv"),
+             filename:join(filename:dirname(filename:dirname(source())), "priv")],
+    case [Dir || Dir <- Candidates, filelib:is_regular(boot(Dir))] of
+        [Dir | _] -> Dir;
+        [] -> hd(Candidates)
     end.
+
+-spec source() -> file:filename().
+source() ->
+    proplists:get_value(source, ?MODULE:module_info(compile), ".").
+
+-spec boot(file:filename()) -> file:filename().
+boot(Priv) ->
+    filename:join([Priv, "python", "erlpy", "_boot.py"]).

@@ -457,7 +457,7 @@ valid_option(K, V, Extra) ->
     lists:member(K, Extra) andalso
         case K of
             owner -> is_pid(V);
-            kwargs -> is_map(V);
+            kwargs -> is_map(V) orelse is_list(V);
             input -> is_boolean(V);
             window -> is_integer(V) andalso V > 0;
             idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0)
@@ -495,6 +495,12 @@ names(Map, Why) ->
 -spec locals(term()) -> map().
 locals(Map) when is_map(Map) ->
     names(Map, bad_local);
+locals(List) when is_list(List) ->
+    try kwargs(List) of
+        Map -> names(Map, bad_local)
+    catch
+        throw:_ -> throw({badarg, {bad_locals, List}})
+    end;
 locals(Other) ->
     throw({badarg, {bad_locals, Other}}).
 
