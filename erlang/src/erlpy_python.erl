@@ -51,14 +51,14 @@ open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
             {env, Env}
         ] ++ [{cd, Cd} || Cd =/= undefined],
     case filelib:is_regular(Boot) of
-        true -> open_port(Python, Options);
+        true -> spawn_python(Python, Options);
         false -> {error, #{reason => missing_runtime, python => unicode:characters_to_binary(Python),
                            message => <<"erlpy's Python runtime is missing: ",
                                         (unicode:characters_to_binary(Boot))/binary>>}}
     end.
 
--spec open_port(string(), list()) -> {ok, port(), non_neg_integer()} | {error, term()}.
-open_port(Python, Options) ->
+-spec spawn_python(string(), list()) -> {ok, port(), non_neg_integer()} | {error, term()}.
+spawn_python(Python, Options) ->
     try erlang:open_port({spawn_executable, Python}, Options) of
         Port ->
             {os_pid, OsPid} = erlang:port_info(Port, os_pid),
