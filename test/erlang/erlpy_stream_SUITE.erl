@@ -20,7 +20,8 @@ all() ->
         {group, window},
         {group, input},
         {group, failures},
-        {group, errors}
+        {group, errors},
+        {group, regressions}
     ].
 
 groups() ->
@@ -83,17 +84,18 @@ groups() ->
             cancel_unknown_ref,
             bad_options
         ]},
-        %% Product bugs, described in the report; not run by all/0.
-        {known_bugs, [], [
-            bug_async_cancelled_before_finally,
-            bug_cancel_window_held_kills_worker,
-            bug_owner_down_window_held_kills_worker,
-            bug_idle_timeout_window_held_kills_worker,
-            bug_start_then_cancel_async_kills_worker,
-            bug_queued_request_timeout_kills_worker,
-            bug_paused_sync_stream_blocks_worker,
-            bug_owner_backlog_two_streams_deadlock,
-            bug_owner_backlog_unrelated_messages_stall
+        %% Product bugs these tests found (all fixed since): each case's doc names the bug.
+        %% A product bug found later goes to a group `known_bugs' that all/0 does not run.
+        {regressions, [], [
+            async_cancelled_after_finally,
+            cancel_window_held_keeps_worker,
+            owner_down_window_held_keeps_worker,
+            idle_timeout_window_held_keeps_worker,
+            start_then_cancel_async,
+            queued_request_timeout_keeps_worker,
+            paused_sync_stream_does_not_block_worker,
+            owner_backlog_two_streams_in_turn,
+            owner_backlog_unrelated_messages
         ]}
     ].
 
@@ -227,7 +229,7 @@ async def stream_suite_agen(n):
 concurrent_streams_one_owner(_) ->
     erlpy_test:doc("20 concurrent streams (sync and async) to one owner, received one after "
                    "the other by Ref: each complete, in order, with its own terminal "
-                   "(8,000 items in all; see bug_owner_backlog_* for more)"),
+                   "(8,000 items in all; see owner_backlog_* for more)"),
     concurrent_streams(20, 400, 30000).
 
 concurrent_streams(N, Len, Timeout) ->
@@ -343,10 +345,10 @@ cancel_sync_endless(Config) ->
 
 cancel_async_endless(Config) ->
     erlpy_test:doc("cancel an async endless generator after 100 items: {error, cancelled} once, "
-                   "nothing after, and its finally runs (see bug_async_cancelled_before_finally)"),
-    {_, Mark, Seen} = cancel_after_100(aendless, Config),
-    ok = erlpy_test:wait_until(fun() -> read(Mark) =/= undefined end, 5000),
-    ?assert(read(Mark) >= Seen).
+                   "nothing after, and its finally had run when cancelled arrived"),
+    {AtTerminal, _, Seen} = cancel_after_100(aendless, Config),
+    ?assertNotEqual(undefined, AtTerminal),
+    ?assert(AtTerminal >= Seen).
 
 cancel_sync_busy_generator(Config) ->
     erlpy_test:doc("cancel a sync generator busy in Python code between items: it is "
@@ -504,8 +506,9 @@ unread_owner_bounded(Fun, Config) ->
     Produced2 = read(Counter),
     ct:log("mailbox ~p -> ~p, produced ~p -> ~p", [Len1, Len2, Produced1, Produced2]),
     ?assertEqual({Len1, Produced1}, {Len2, Produced2}),
-    ?assert(Len2 =< 20000),
-    ?assert(Produced2 =< Len2 + 2 * 4096),
+    %% Stable is what matters; the bounds are generous (backlog and credit are tunables).
+    ?assert(Len2 =< 50000),
+    ?assert(Produced2 =< Len2 + 30000),
     exit(Owner, kill),
     ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end),
     ?assert(read(Counter) >= Len2).
@@ -744,11 +747,11 @@ bad_options(_) ->
     ?assertEqual([], erlpy_test:flush()).
 
 %%--------------------------------------------------------------------
-%% known_bugs
+%% regressions (bugs found by this suite, fixed)
 %%--------------------------------------------------------------------
 
-bug_async_cancelled_before_finally(Config) ->
-    erlpy_test:doc("BUG: an async generator waiting for credit is cancelled; "
+async_cancelled_after_finally(Config) ->
+    erlpy_test:doc("regression (was a bug): an async generator waiting for credit is cancelled; "
                    "{error, cancelled} must come after its finally ran, it comes before"),
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, aendless_slow_finally, [Mark], #{window => 5}),
@@ -777,8 +780,8 @@ held_stream_checks() ->
     ?assertEqual({ok, <<"ok">>}, Call),
     ?assertEqual(0, restarts(one)).
 
-bug_cancel_window_held_kills_worker(Config) ->
-    erlpy_test:doc("BUG: stream_cancel of a window stream whose generator finished while items "
+cancel_window_held_keeps_worker(Config) ->
+    erlpy_test:doc("regression (was a bug): stream_cancel of a window stream whose generator finished while items "
                    "were held: {error, cancelled} comes only after cancel_grace and the worker "
                    "is killed (other requests on it fail)"),
     Ref = held_stream(#{}, Config),
@@ -788,8 +791,8 @@ bug_cancel_window_held_kills_worker(Config) ->
     ct:log("cancelled after ~p ms", [erlang:monotonic_time(millisecond) - T0]),
     held_stream_checks().
 
-bug_owner_down_window_held_kills_worker(Config) ->
-    erlpy_test:doc("BUG: the owner of a window stream dies while the finished stream's items "
+owner_down_window_held_keeps_worker(Config) ->
+    erlpy_test:doc("regression (was a bug): the owner of a window stream dies while the finished stream's items "
                    "are held: the worker is killed after cancel_grace"),
     start_one_pool(one, Config),
     Owner = spawn(fun() -> receive never -> ok end end),
@@ -804,16 +807,22 @@ bug_owner_down_window_held_kills_worker(Config) ->
     exit(Owner, kill),
     held_stream_checks().
 
-bug_idle_timeout_window_held_kills_worker(Config) ->
-    erlpy_test:doc("BUG: idle_timeout fires on a window stream whose generator finished while "
-                   "items were held: the worker is killed after cancel_grace"),
+idle_timeout_window_held_keeps_worker(Config) ->
+    erlpy_test:doc("regression (was a bug): idle_timeout on a window stream whose generator "
+                   "finished while items were held killed the worker after cancel_grace; now "
+                   "the worker is untouched and the stream ends with exactly one terminal "
+                   "({error, timeout}, or the rest and done once acked)"),
     Ref = held_stream(#{idle_timeout => 300}, Config),
-    {Terminal, _} = erlpy_test:collect(Ref, 10000),
-    ct:log("terminal: ~p", [Terminal]),
+    timer:sleep(700),
+    ok = py:stream_ack(Ref, 5),
+    Result = erlpy_test:collect(Ref, 10000),
+    ct:log("after idle_timeout and ack: ~p", [Result]),
+    ?assert(lists:member(Result, [{{error, timeout}, []}, {done, lists:seq(10, 14)}])),
+    assert_silent(Ref),
     held_stream_checks().
 
-bug_start_then_cancel_async_kills_worker(Config) ->
-    erlpy_test:doc("BUG: stream_start of an async generator immediately followed by "
+start_then_cancel_async(Config) ->
+    erlpy_test:doc("regression (was a bug): stream_start of an async generator immediately followed by "
                    "stream_cancel: now and then no answer from Python, the worker is killed "
                    "after cancel_grace"),
     start_one_pool(one, Config),
@@ -831,8 +840,8 @@ bug_start_then_cancel_async_kills_worker(Config) ->
     ),
     ?assertEqual(0, restarts(one)).
 
-bug_queued_request_timeout_kills_worker(Config) ->
-    erlpy_test:doc("BUG: a request that times out while queued behind a running sync stream "
+queued_request_timeout_keeps_worker(Config) ->
+    erlpy_test:doc("regression (was a bug): a request that times out while queued behind a running sync stream "
                    "gets no answer from Python, so the worker is killed after cancel_grace "
                    "and the innocent stream fails with worker_exited"),
     start_one_pool(one, Config),
@@ -848,8 +857,8 @@ bug_queued_request_timeout_kills_worker(Config) ->
     ?assertEqual({ok, lists:seq(0, 59)}, Stream),
     ?assertEqual(0, restarts(one)).
 
-bug_paused_sync_stream_blocks_worker(Config) ->
-    erlpy_test:doc("BUG: a sync generator stream paused by its window (owner not acking) holds "
+paused_sync_stream_does_not_block_worker(Config) ->
+    erlpy_test:doc("regression (was a bug): a sync generator stream paused by its window (owner not acking) holds "
                    "the worker's main thread: no other sync request on that worker runs"),
     start_one_pool(one, Config),
     {ok, Ref} = py:stream_start(?M, count, [100], #{pool => one, window => 1}),
@@ -858,8 +867,8 @@ bug_paused_sync_stream_blocks_worker(Config) ->
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)).
 
-bug_owner_backlog_two_streams_deadlock(_) ->
-    erlpy_test:doc("BUG: two 100,000-item streams to one owner that receives them one after "
+owner_backlog_two_streams_in_turn(_) ->
+    erlpy_test:doc("regression (was a bug): two 100,000-item streams to one owner that receives them one after "
                    "the other (selective receive on Ref, like the guide's receive_loop): the "
                    "first stalls forever once the second fills the mailbox past 10,000"),
     {ok, RefA} = py:stream_start(?M, acount, [100000]),
@@ -869,8 +878,8 @@ bug_owner_backlog_two_streams_deadlock(_) ->
     B = summary(erlpy_test:collect(RefB, 5000), Expected),
     ?assertEqual({{done, 100000, in_order}, {done, 100000, in_order}}, {A, B}).
 
-bug_owner_backlog_unrelated_messages_stall(_) ->
-    erlpy_test:doc("BUG: an owner with 10,001 unrelated messages queued: a 5,000-item stream "
+owner_backlog_unrelated_messages(_) ->
+    erlpy_test:doc("regression (was a bug): an owner with 10,001 unrelated messages queued: a 5,000-item stream "
                    "stops after 4,096 items and never ends while the owner waits for it"),
     [self() ! {unrelated, I} || I <- lists:seq(1, 10001)],
     {ok, Ref} = py:stream_start(?M, count, [5000]),
