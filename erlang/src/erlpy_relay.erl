@@ -99,9 +99,12 @@ maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) 
         false ->
             ok = py:stream_ack(Ref, N),
             R#relay{unacked = 0, backoff = 5};
-        true when R#relay.rechecking ->
+        _ when R#relay.rechecking ->
             R;
-        true ->
+        busy ->
+            erlang:send_after(5, self(), recheck),
+            R#relay{rechecking = true, backoff = 5};
+        stalled ->
             erlang:send_after(Backoff, self(), recheck),
             R#relay{rechecking = true, backoff = min(2 * Backoff, 200)}
     end.

@@ -85,9 +85,11 @@ send_all(_, _, [], N) ->
     N.
 
 %% @doc Credit to give back to Python now: none until a good part of the credit is used;
-%% `wait' when a local owner without a window is behind with its mailbox, so a slow owner
-%% slows the generator down instead of growing its mailbox (the worker asks again later).
--spec take_credit(stream()) -> {non_neg_integer() | wait, stream()}.
+%% `{wait, busy}' while a local owner without a window works through a backlog (ask again
+%% soon), `{wait, stalled}' when it has this stream's items unread and does not read (ask
+%% again later and later): a slow owner slows the generator down instead of growing its
+%% mailbox.
+-spec take_credit(stream()) -> {non_neg_integer() | {wait, busy | stalled}, stream()}.
 take_credit(#stream{credit = 0} = S) ->
     {0, S};
 take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, Owed < 512 ->
@@ -96,8 +98,8 @@ take_credit(#stream{owed = Owed, granted = infinity, owner = Owner, ref = Ref} =
     is_pid(Owner)
 ->
     case node(Owner) =:= node() andalso owner_backlogged(Owner, Ref) of
-        true -> {wait, S};
-        false -> {Owed, S#stream{owed = 0}}
+        false -> {Owed, S#stream{owed = 0}};
+        Why -> {{wait, Why}, S}
     end;
 take_credit(#stream{owed = Owed} = S) ->
     {Owed, S#stream{owed = 0}}.
@@ -105,16 +107,18 @@ take_credit(#stream{owed = Owed} = S) ->
 %% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
 %% held items must reach the owner first.
 %% @doc Is a (local) owner too far behind with its mailbox to be sent more of stream `Ref'?
--spec owner_backlogged(pid(), reference()) -> boolean().
+%% `busy': it is working through the backlog; `stalled': it leaves this stream's items
+%% unread.
+-spec owner_backlogged(pid(), reference()) -> false | busy | stalled.
 owner_backlogged(Owner, Ref) ->
     case erlang:process_info(Owner, [message_queue_len, status]) of
         [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
             %% Blocked in a receive that none of its messages match: it may be waiting for
             %% this very stream (one owner reading several streams one after the other).
             %% Holding back would deadlock it, unless this stream's items are among them.
-            has_items(Owner, Ref);
+            has_items(Owner, Ref) andalso stalled;
         [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
-            true;
+            busy;
         _ ->
             false
     end.

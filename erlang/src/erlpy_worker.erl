@@ -662,9 +662,12 @@ give_credit(Id, #entry{stream = S} = Entry, D) ->
     case erlpy_stream:take_credit(S) of
         {0, S1} ->
             put_entry(Id, Entry#entry{stream = S1}, D);
-        {wait, S1} when Entry#entry.recheck ->
+        {{wait, _}, S1} when Entry#entry.recheck ->
             put_entry(Id, Entry#entry{stream = S1}, D);
-        {wait, S1} ->
+        {{wait, busy}, S1} ->
+            erlang:send_after(5, self(), {recheck, Id}),
+            put_entry(Id, Entry#entry{stream = S1, recheck = true, backoff = 5}, D);
+        {{wait, stalled}, S1} ->
             Backoff = Entry#entry.backoff,
             erlang:send_after(Backoff, self(), {recheck, Id}),
             Entry1 = Entry#entry{stream = S1, recheck = true, backoff = min(2 * Backoff, 200)},
