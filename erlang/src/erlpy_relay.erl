@@ -94,6 +94,10 @@ maybe_ack(#relay{window = user} = R) ->
     R;
 maybe_ack(#relay{unacked = N} = R) when N < ?ACK_EVERY ->
     R;
+maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N} = R) when node(Owner) =/= node() ->
+    %% erlpy is not loaded on the owner's node: its mailbox cannot be watched from here.
+    ok = py:stream_ack(Ref, N),
+    R#relay{unacked = 0};
 maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) ->
     case erlpy_stream:owner_backlogged(Owner, Ref) of
         false ->

@@ -190,7 +190,7 @@ stream_start(Module, Function, Args, Opts0) ->
                     start_stream(Module, Function, Args, Local);
                 {remote, Node, Remote} ->
                     Owner = maps:get(owner, Remote, self()),
-                    erlpy_relay:start(Node, [Module, Function, Args], Remote#{owner => Owner});
+                    relay(Node, [Module, Function, Args], Remote#{owner => Owner});
                 {error, _} = Error ->
                     Error
             end;
@@ -299,11 +299,11 @@ info() ->
 
 %% @doc `size', `workers' (each with `os_pid', `in_flight', `restarts', ...), `queued'
 %% and `python' (the version).
--spec info(pool()) -> map() | {error, {no_pool, term()}}.
+-spec info(pool()) -> map() | {error, {no_pool, term()} | {nodedown, node()}}.
 info({cluster, Name}) ->
     maps:from_list([{node(P), info({Name, node(P)})} || P <- erlpy_cluster:members(Name)]);
 info({Name, Node}) when Node =/= node() ->
-    erpc:call(Node, py, info, [Name]);
+    remote(Node, info, [Name], #{timeout => ?DEFAULT_TIMEOUT});
 info({Name, _}) ->
     info(Name);
 info(Name) ->
@@ -398,6 +398,19 @@ start_stream(Module, Function, Args, Opts) ->
     end).
 
 %% A pool being stopped may vanish between the lookup and its use: that is no_pool too.
+%% The relay of a remote stream runs on the owner's node, where it can watch the owner's
+%% mailbox; if erlpy is not loaded there, here.
+-spec relay(node(), [term()], map()) -> {ok, reference()} | {error, term()}.
+relay(Node, MFA, #{owner := Owner} = Opts) when node(Owner) =/= node() ->
+    try
+        erpc:call(node(Owner), erlpy_relay, start, [Node, MFA, Opts])
+    catch
+        error:{exception, undef, _} -> erlpy_relay:start(Node, MFA, Opts);
+        error:{erpc, noconnection} -> {error, {nodedown, node(Owner)}}
+    end;
+relay(Node, MFA, Opts) ->
+    erlpy_relay:start(Node, MFA, Opts).
+
 -spec with_pool(map(), fun((erlpy_pool:meta()) -> Result)) -> Result | {error, {no_pool, term()}}.
 with_pool(#{pool := Name}, Fun) ->
     case erlpy_pool:meta(Name) of

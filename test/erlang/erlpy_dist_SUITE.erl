@@ -33,12 +33,13 @@ all() ->
         cluster_streams,
         node_down_mid_stream,
         routing_errors,
-        docs_examples
+        docs_examples,
+        {group, regressions}
     ].
 
 groups() ->
     %% Not run by all/0: failing tests of product bugs, kept as reproductions.
-    [{known_bugs, [], [remote_owner_on_third_node_no_window, info_of_dead_node]}].
+    [{regressions, [], [remote_owner_on_third_node_no_window, info_of_dead_node]}].
 
 %%====================================================================
 %% Setup
@@ -676,7 +677,7 @@ split_dots([{dot, _} = Dot | Rest], Cur, Acc) -> split_dots(Rest, [], [lists:rev
 split_dots([T | Rest], Cur, Acc) -> split_dots(Rest, [T | Cur], Acc).
 
 %%====================================================================
-%% known_bugs (not run by all/0)
+%% regressions (not run by all/0)
 %%====================================================================
 
 remote_owner_on_third_node_no_window(Config) ->
