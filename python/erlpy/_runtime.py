@@ -154,6 +154,7 @@ class Job:
     stream: Stream | None = None
     iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
     waiting: _Pending | None = None  # a callback into Erlang the job waits for
+    fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
 
 
 class Stream:
@@ -285,7 +286,8 @@ class Runtime:
         self.main_module.__dict__["__builtins__"] = __builtins__
         self._jobs: dict[int, Job] = {}
         self._sync: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
-        self._resolved: dict[tuple[str, str], Callable[..., Any]] = {}
+        # (module, name) -> (function, is it async?); not for '__main__', which exec changes
+        self._resolved: dict[tuple[str, str], tuple[Callable[..., Any], bool]] = {}
         self._callbacks: dict[int, Future[Any] | asyncio.Future[Any] | _Pending] = {}
         self._callback_ids = itertools.count(1)
         self._main_ident = threading.get_ident()
@@ -423,12 +425,11 @@ class Runtime:
                 job.stream = Stream(self, job, msg[6])
                 if msg[7]:
                     job.stream.input = InputStream()
-            fn = self._resolve_now(msg[2], msg[3])
-            if fn is not None and (
-                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-            ):
-                self._start_async_call(job, fn)
+            resolved = self._resolve_now(msg[2], msg[3])
+            if resolved is not None and resolved[1]:
+                self._start_async_call(job, resolved[0])
             else:
+                job.fn = resolved[0] if resolved is not None else None
                 self._sync.put(job)
         elif op == P.EVAL or op == P.EXEC or op == P.STREAM_EVAL:
             job = Job(msg[1], msg)
@@ -503,36 +504,35 @@ class Runtime:
 
     # ------------------------------------------------------------------ name resolution
 
-    def _resolve_now(self, module: Any, name: Any) -> Callable[..., Any] | None:
+    def _resolve_now(self, module: Any, name: Any) -> tuple[Callable[..., Any], bool] | None:
         """Resolve without importing (the loop thread must not block on imports)."""
-        if module != "__main__":
-            fn = self._resolved.get((module, name))
-            if fn is not None or module not in sys.modules:
-                return fn
+        cached = self._resolved.get((module, name))
+        if cached is not None:
+            return cached
+        if module != "__main__" and module not in sys.modules:
+            return None
         try:
             return self._resolve(module, name)
         except Exception:
             return None  # the main thread resolves again and reports the error
 
-    def _resolve(self, module: Any, name: Any) -> Callable[..., Any]:
+    def _resolve(self, module: Any, name: Any) -> tuple[Callable[..., Any], bool]:
+        cached = self._resolved.get((module, name))
+        if cached is not None:
+            return cached
         if not _valid_name(module):
             raise BadName(f"invalid module name: {module!r}")
         if not _valid_name(name):
             raise BadName(f"invalid function name: {name!r}")
-        if module == "__main__":
-            obj: Any = self.main_module
-        else:
-            cached = self._resolved.get((module, name))
-            if cached is not None:
-                return cached
-            obj = self._import(module)
+        obj: Any = self.main_module if module == "__main__" else self._import(module)
         for part in name.split("."):
             obj = getattr(obj, part)
         if not callable(obj):
             raise TypeError(f"{module}.{name} is not callable")
+        resolved = (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
         if module != "__main__":
-            self._resolved[(module, name)] = obj
-        return obj  # type: ignore[no-any-return]
+            self._resolved[(module, name)] = resolved
+        return resolved
 
     @staticmethod
     def _import(module: str) -> Any:
@@ -548,7 +548,7 @@ class Runtime:
     # ------------------------------------------------------------------ sync work (main thread)
 
     def _run_item(self, item: Job | object) -> None:
-        if isinstance(item, Job):
+        if type(item) is Job:
             self._run_sync(item)
         # anything else is a _WAKE nobody waits for any more
 
@@ -598,7 +598,7 @@ class Runtime:
         op = msg[0]
         try:
             if op == P.CALL:
-                fn = self._resolve(msg[2], msg[3])
+                fn = job.fn or self._resolve(msg[2], msg[3])[0]
                 self._complete(job, self._user(job, fn, *msg[4], **_kwargs(msg[5])))
             elif op == P.EVAL:
                 code = _compile(msg[2], "eval")
@@ -610,7 +610,7 @@ class Runtime:
                 self._finish(job)
                 self.reply(job, None)
             elif op == P.STREAM_CALL:
-                fn = self._resolve(msg[2], msg[3])
+                fn = job.fn or self._resolve(msg[2], msg[3])[0]
                 stream = job.stream
                 assert stream is not None
                 args = msg[4] if stream.input is None else [stream.input, *msg[4]]
