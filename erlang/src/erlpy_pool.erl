@@ -186,7 +186,7 @@ least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
 
 %% While a worker drains before being recycled, callers see it as very busy and go
 %% elsewhere (a pool of one still uses it: it is the least busy).
--define(DRAINING, 1 bsl 40).
+-define(DRAINING, (1 bsl 40)).
 
 %% @doc Mark worker `Index' as draining (or not): it gets new requests only as a last resort.
 -spec draining(meta(), pos_integer(), boolean()) -> ok.
