@@ -40,6 +40,8 @@ selected(Name, #{only := Names}) -> lists:member(atom_to_list(Name), Names).
 scenarios(#{quick := Quick}) ->
     Big = case Quick of true -> 1000000; false -> 10000000 end,
     [
+        {floor, "pipe floor (minimal Python loop) p50/p99", "(reference)",
+         fun() -> floor(20000) end},
         {call_seq, "py:call(math, sqrt, [16]) sequential p50/p99", "<=20/<=40 us",
          fun() -> latency(fun() -> {ok, 4.0} = py:call(math, sqrt, [16]) end, 20000) end},
         {eval_seq, "py:eval(<<\"1+1\">>) sequential p50", "<=22 us",
@@ -77,7 +79,7 @@ run({Name, Label, Target, Fun}, #{runs := Runs}) ->
     io:format("  ~-44s ~s~n", [Label, Fmt]),
     {Name, lists:flatten(Label), Fmt, Target, Value}.
 
-summarize(Name, Results) when Name =:= call_seq ->
+summarize(Name, Results) when Name =:= call_seq; Name =:= floor ->
     P50 = median([P || #{p50 := P} <- Results]), P99 = median([P || #{p99 := P} <- Results]),
     {io_lib:format("~.1f / ~.1f us", [P50, P99]), #{p50_us => P50, p99_us => P99}};
 summarize(Name, Results) when Name =:= eval_seq; Name =:= first_item ->
@@ -102,6 +104,20 @@ summarize(_, Results) ->
 
 mb(Samples) ->
     io_lib:format("~w-~wMB", [round(lists:min(Samples) / 1048576), round(lists:max(Samples) / 1048576)]).
+
+%% A sequential round trip to a minimal Python loop (bench/floor.py) over the same kind of
+%% port: the floor erlpy's call latency is compared with.
+floor(N) ->
+    Here = filename:dirname(filename:absname(escript:script_name())),
+    #{python := Python} = erlpy_pool:meta(default),
+    Port = open_port({spawn_executable, Python}, [{args, [filename:join(Here, "floor.py")]},
+                                                   {packet, 4}, binary, nouse_stdio]),
+    Request = <<16#96, 1, 7, 16#a4, "math", 16#a4, "sqrt", 16#91, 16, 16#80>>,
+    RoundTrip = fun() -> true = port_command(Port, Request), receive {Port, {data, _}} -> ok end end,
+    _ = [RoundTrip() || _ <- lists:seq(1, 1000)],
+    Result = latency(RoundTrip, N),
+    port_close(Port),
+    Result.
 
 latency(Fun, N) ->
     Ts = lists:sort([begin T0 = erlang:monotonic_time(), Fun(),
