@@ -26,9 +26,10 @@
 }).
 
 %% @doc Start `py:stream_start(Module, Function, Args, Opts)' on `Node' for the owner in
-%% `Opts' (a local process); returns what the remote stream_start returns.
+%% `Opts' (best a process of this node: the relay watches its mailbox); returns what the
+%% remote stream_start returns.
 -spec start(node(), [term()], map()) -> {ok, reference()} | {error, term()}.
-start(Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
+start(Node, [Module, Function, Args], #{owner := _} = Opts) ->
     Caller = self(),
     {Relay, Mon} = spawn_monitor(fun() -> init(Caller, Node, [Module, Function, Args], Opts) end),
     receive
@@ -36,7 +37,6 @@ start(Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
             erlang:demonitor(Mon, [flush]),
             Reply;
         {'DOWN', Mon, process, Relay, Reason} ->
-            _ = Owner,
             {error, {relay_failed, Reason}}
     end.
 

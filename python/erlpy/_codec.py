@@ -241,6 +241,25 @@ def new_packer() -> msgpack.Packer:
     )
 
 
+_local = threading.local()
+
+
+def thread_packer() -> msgpack.Packer:
+    """This thread's packer (packers are not thread-safe)."""
+    packer: msgpack.Packer | None = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = new_packer()
+    return packer
+
+
+def pack(message: Any) -> bytes:
+    """Encode one message with this thread's packer."""
+    try:
+        return thread_packer().pack(message)  # type: ignore[no-any-return]
+    except ValueError as exc:  # msgpack's nesting limit
+        raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+
+
 def packb(obj: Any) -> bytes:
     """Encode one value (creates a packer; use :func:`new_packer` on hot paths)."""
     try:

@@ -36,17 +36,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
-
 from . import _protocol as P
-from ._codec import Atom, EncodeError, new_packer, new_unpacker, unpack_all
+from ._codec import Atom, EncodeError, new_unpacker, pack, thread_packer, unpack_all
 from ._output import LogHandler, LogStream
+from ._stream import BATCH_ITEMS, InputStream, Stream
 from ._wire import FrameReader, FrameWriter
 
-# A stream flushes once this many items (or bytes) are pending; slower producers flush
-# sooner, whenever the event loop gets control (see Stream.push).
-BATCH_ITEMS: Final = 1024
-BATCH_BYTES: Final = 1 << 16
 # Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message.
 COLLECT_CHUNK: Final = 1 << 16
 # Threads switch the GIL this often (seconds). The default, 5 ms, would let a busy sync
@@ -78,31 +73,6 @@ def current() -> Runtime:
     if _runtime is None:
         raise RuntimeError("not running inside an erlpy worker")
     return _runtime
-
-
-_local = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    packer: msgpack.Packer | None = getattr(_local, "packer", None)
-    if packer is None:
-        packer = _local.packer = new_packer()
-    return packer
-
-
-def pack(message: Any) -> bytes:
-    try:
-        return _packer().pack(message)  # type: ignore[no-any-return]
-    except ValueError as exc:  # msgpack's nesting limit
-        raise EncodeError(f"cannot send value to Erlang: {exc}") from None
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 0x10000:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _type_name(cls: type) -> str:
@@ -155,125 +125,6 @@ class Job:
     iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
     waiting: _Pending | None = None  # a callback into Erlang the job waits for
     fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
-
-
-class Stream:
-    """Output side of one stream: batching and credit (flow control).
-
-    Python may run at most ``credit`` items ahead of what Erlang has accepted; Erlang
-    grants more with CREDIT messages as it forwards items to the owner.
-    """
-
-    def __init__(self, rt: Runtime, job: Job, credit: int) -> None:
-        self._rt = rt
-        self._job = job
-        self._prefix = b"\x93" + pack(P.DATA) + pack(job.id)
-        self.lock = threading.Lock()
-        self._event: asyncio.Event | None = None
-        self.credit = credit
-        # Credit 0 at the start means "collect": the caller takes everything, no limit.
-        self.limited = credit > 0
-        self.cancelled = False
-        self.parked = False
-        self._items: list[bytes] = []
-        self._bytes = 0
-        self._started = False
-        self._flush_scheduled = False
-        self.input: InputStream | None = None
-
-    def push(self, data: bytes, on_loop: bool) -> None:
-        """Queue one packed item; flush now when it is urgent, else soon."""
-        with self.lock:
-            self._items.append(data)
-            self._bytes += len(data)
-            self.credit -= 1
-            urgent = (
-                not self._started
-                or (self.credit <= 0 and self.limited)
-                or len(self._items) >= BATCH_ITEMS
-                or self._bytes >= BATCH_BYTES
-            )
-            if not urgent and not self._flush_scheduled:
-                # Flush when the loop next gets control: at once for a slow producer,
-                # and after a batch has built up for a fast one.
-                self._flush_scheduled = True
-                if on_loop:
-                    self._rt.loop.call_soon(self.flush)
-                else:
-                    self._rt.loop.call_soon_threadsafe(self.flush)
-        if urgent:
-            self._started = True
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            self._flush_scheduled = False
-            items = self._items
-            if not items:
-                return
-            self._items = []
-            self._bytes = 0
-            message = self._prefix + _array_header(len(items)) + b"".join(items)
-            drain = self._rt.writer.enqueue(message)
-        if drain:
-            self._rt.writer.drain()
-
-    def park(self) -> bool:
-        """A sync producer out of credit: park it unless credit came meanwhile."""
-        with self.lock:
-            self.parked = self.credit <= 0 and not self.cancelled
-            return self.parked
-
-    def add_credit(self, n: int) -> None:
-        with self.lock:
-            self.credit += n
-            resume, self.parked = self.parked, False
-        if resume:
-            self._rt.resume(self._job)
-        if self._event is not None:
-            self._event.set()
-
-    def cancel(self) -> None:
-        with self.lock:
-            self.cancelled = True
-            resume, self.parked = self.parked, False
-        if resume:
-            self._rt.resume(self._job)
-        if self._event is not None:
-            self._event.set()
-
-    async def wait_credit(self) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
-        while self.credit <= 0 and not self.cancelled:
-            self._event.clear()
-            await self._event.wait()
-
-
-class InputStream:
-    """The async iterator an ``input => true`` stream receives as its first argument."""
-
-    _CLOSED: Final = object()
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(self, values: list[Any]) -> None:
-        for value in values:
-            self._queue.put_nowait(value)
-
-    def close(self) -> None:
-        self._queue.put_nowait(self._CLOSED)
-
-    def __aiter__(self) -> InputStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        value = await self._queue.get()
-        if value is self._CLOSED:
-            self._queue.put_nowait(value)  # stay closed for later readers
-            raise StopAsyncIteration
-        return value
 
 
 class Runtime:
@@ -687,7 +538,7 @@ class Runtime:
         iterator = job.iterator
         assert stream is not None and iterator is not None
         next_item = iterator.__next__
-        pack_item = _packer().pack
+        pack_item = thread_packer().pack
         produced = 0
         try:
             while True:
@@ -819,7 +670,7 @@ class Runtime:
             logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
 
     async def _drive_async(self, stream: Stream, iterator: AsyncIterator[Any]) -> None:
-        pack_item = _packer().pack
+        pack_item = thread_packer().pack
         since_yield = 0
         async for item in iterator:
             try:
