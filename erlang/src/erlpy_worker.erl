@@ -26,7 +26,7 @@
 -type id() :: pos_integer().
 
 -record(call, {
-    alias :: reference() | {internal, init | exec},
+    alias :: reference() | {internal, setup | init | exec},
     cancelled = false :: boolean()
 }).
 
@@ -293,20 +293,20 @@ boot(#data{meta = Meta} = D) ->
 -spec setup(#data{}) -> #data{}.
 setup(#data{meta = Meta} = D) ->
     Limits = maps:with([max_memory], Meta),
-    D1 = enqueue(encode([?OP_SETUP, self(), Limits], D), D#data{served = 0}),
     Init = [{init, Code} || Code <- maps:get(init, Meta)],
     Execs = [{exec, Code} || Code <- erlpy_pool:exec_log(Meta)],
     lists:foldl(
-        fun({Kind, Code}, Acc) ->
+        fun({Kind, Message}, Acc) ->
             Id = erlang:unique_integer([positive]),
             Calls = (Acc#data.calls)#{Id => #call{alias = {internal, Kind}}},
             enqueue(
-                encode([?OP_EXEC, Id, Code], Acc),
+                encode(Message(Id), Acc),
                 Acc#data{calls = Calls, pending_init = Acc#data.pending_init + 1}
             )
         end,
-        D1#data{pending_init = 0},
-        Init ++ Execs
+        D#data{pending_init = 0, served = 0},
+        [{setup, fun(Id) -> [?OP_SETUP, Id, self(), Limits] end} |
+         [{Kind, fun(Id) -> [?OP_EXEC, Id, Code] end} || {Kind, Code} <- Init ++ Execs]]
     ).
 
 -spec after_frame(state(), #data{}) -> gen_statem:event_handler_result(state()).

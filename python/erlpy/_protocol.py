@@ -14,7 +14,7 @@ CREDIT: Final = 7  # [CREDIT, Id, N]
 INPUT: Final = 8  # [INPUT, Id, Values]
 INPUT_CLOSE: Final = 9  # [INPUT_CLOSE, Id]
 REPLY: Final = 10  # [REPLY, CallbackId, Ok, ValueOrReason]
-SETUP: Final = 11  # [SETUP, WorkerPid]: first message, tells Python who owns it
+SETUP: Final = 11  # [SETUP, Id, WorkerPid, Limits]: first message; answered like a call
 
 # Python -> Erlang
 READY: Final = 0  # [READY, Info]

@@ -307,8 +307,15 @@ class Runtime:
         elif op == P.REPLY:
             self._on_callback_reply(msg[1], msg[2], msg[3])
         elif op == P.SETUP:
-            self.worker_pid = msg[1]
-            _apply_limits(msg[2] if len(msg) > 2 else {})
+            # Answered like a call: the worker is ready only once its limits are in place.
+            job = Job(msg[1], msg)
+            self.worker_pid = msg[2]
+            try:
+                _apply_limits(msg[3])
+            except Exception as exc:
+                self.error(job, exc)
+            else:
+                self.reply(job, None)
         else:
             self.send([P.LOG, Atom("error"), f"erlpy: unknown message {op!r}"])
 
@@ -760,7 +767,25 @@ def _apply_limits(limits: dict[Any, Any]) -> None:
     allocation beyond it raises MemoryError instead of waking the OOM killer."""
     max_memory = limits.get("max_memory")
     if isinstance(max_memory, int):
+        used = _address_space()
+        if max_memory <= used:
+            raise MemoryError(
+                f"max_memory is {max_memory} bytes, but this Python process already uses "
+                f"{used} bytes of address space"
+            )
         resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+
+
+def _address_space() -> int:
+    """The process's current address space in bytes (VmSize), 0 if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _kwargs(kwargs: dict[Any, Any]) -> dict[str, Any]:

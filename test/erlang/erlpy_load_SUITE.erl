@@ -281,7 +281,8 @@ assert_back_to_baseline(#{memory := Mem0, processes := Procs0, atoms := Atoms0})
             Atoms0, erlang:system_info(atom_count)]),
     %% a reasonable margin: 10 % or 10 MB
     ?assert(Mem =< Mem0 + max(Mem0 div 10, 10000000)),
-    ?assert(erlang:system_info(atom_count) =< Atoms0 + 10).
+    %% no atom per request (a crash report may load a module or two, whose names count)
+    ?assert(erlang:system_info(atom_count) =< Atoms0 + 100).
 
 gc_all() ->
     [erlang:garbage_collect(P) || P <- processes()],
@@ -360,7 +361,7 @@ async def agen_gated(token, n, gate):
 
 
 def open_gate(gate):
-    """Runs on the main thread (py:exec): wake the generators on the event loop."""
+    # runs on the main thread (py:exec): wake the generators on the event loop
     _opened.add(gate)
     if _loop is not None:
         _loop.call_soon_threadsafe(_gate(gate).set)
