@@ -527,16 +527,9 @@ class Runtime:
                 if len(chunk) < COLLECT_CHUNK:
                     break
         except BaseException as exc:
-            self._close_sync(job, iterator)
-            self._finish(job)
-            if isinstance(exc, Interrupted):
-                self.fail(job, _CANCELLED)
-            else:
-                self.error(job, exc)
+            self._end_sync_stream(job, iterator, exc)
             return
-        self._close_sync(job, iterator)
-        self._finish(job)
-        self.send([P.DONE, job.id])
+        self._end_sync_stream(job, iterator, None)
 
     def _pump(self, job: Job) -> None:
         """Run a sync stream until it ends, runs out of credit (it parks), or has produced
@@ -571,18 +564,26 @@ class Runtime:
                 stream.push(data, on_loop=False)
                 produced += 1
         except BaseException as exc:
-            self._close_sync(job, iterator)
-            self._finish(job)
-            if isinstance(exc, Interrupted):
-                self.fail(job, _CANCELLED)
-            else:
-                stream.flush()
-                self.error(job, exc)
+            self._end_sync_stream(job, iterator, exc)
             return
+        self._end_sync_stream(job, iterator, None)
+
+    def _end_sync_stream(
+        self, job: Job, iterator: Iterator[Any], exc: BaseException | None
+    ) -> None:
+        """Close the generator first, so its `finally` has run when the owner hears the
+        end; then send the items still pending and exactly one terminal message."""
         self._close_sync(job, iterator)
-        stream.flush()
         self._finish(job)
-        self.send([P.DONE, job.id])
+        if isinstance(exc, Interrupted):
+            self.fail(job, _CANCELLED)  # the items pending are dropped with the stream
+            return
+        assert job.stream is not None
+        job.stream.flush()
+        if exc is None:
+            self.send([P.DONE, job.id])
+        else:
+            self.error(job, exc)
 
     def _close_sync(self, job: Job, iterator: Iterator[Any]) -> None:
         job.iterator = None
