@@ -40,6 +40,9 @@
 -include("erlpy_protocol.hrl").
 
 -define(KEY(Name), {?MODULE, Name}).
+%% While a worker drains before being recycled, or cannot start Python, callers see it as
+%% very busy and go elsewhere (a pool of one still uses it: it is the least busy).
+-define(DRAINING, (1 bsl 40)).
 
 %%====================================================================
 %% API
@@ -182,11 +185,7 @@ least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
             {true, {Min, _}} when N < Min -> {N, Index};
             {true, _} -> Best
         end,
-    least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N, 0)).
-
-%% While a worker drains before being recycled, callers see it as very busy and go
-%% elsewhere (a pool of one still uses it: it is the least busy).
--define(DRAINING, (1 bsl 40)).
+    least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N rem ?DRAINING, 0)).
 
 %% @doc Mark worker `Index' as draining (or not): it gets new requests only as a last resort.
 -spec draining(meta(), pos_integer(), boolean()) -> ok.

@@ -65,7 +65,10 @@
     %% Requests finished by this Python process, for the pool's max_requests.
     served = 0 :: non_neg_integer(),
     recycled = 0 :: non_neg_integer(),
-    draining = false :: boolean()
+    draining = false :: boolean(),
+    %% Deaths of Python while starting since the worker was last ready (undefined: it
+    %% never was): a few are crashes to restart from, more mean Python cannot start.
+    start_crashes :: undefined | non_neg_integer()
 }).
 
 -define(MAX_RETRY, 30000).
@@ -315,7 +318,8 @@ after_frame(starting, #data{start_error = Error} = D) when Error =/= undefined -
     {State, D2} = start_failed(Error, D1),
     {next_state, State, D2};
 after_frame(starting, #data{booted = true, pending_init = 0} = D) ->
-    {next_state, ready, D#data{retry = 1000}};
+    D#data.draining andalso erlpy_pool:draining(D#data.meta, D#data.index, false),
+    {next_state, ready, D#data{retry = 1000, draining = false, start_crashes = 0}};
 after_frame(ready, #data{meta = #{max_requests := Max}, served = Served} = D) when
     is_integer(Max), Served >= Max
 ->
@@ -332,7 +336,7 @@ python_exited(State, Detail0, D0) ->
         end,
     D = D0#data{port = undefined},
     case State of
-        starting ->
+        starting when D#data.start_crashes =:= undefined; D#data.start_crashes >= 3 ->
             Error =
                 case D#data.start_error of
                     undefined -> Detail;
@@ -344,7 +348,12 @@ python_exited(State, Detail0, D0) ->
             ?LOG_WARNING(#{what => python_exited, pool => D#data.pool, worker => D#data.index,
                            os_pid => D#data.os_pid, detail => Detail}),
             D1 = fail_all({worker_exited, Detail}, D),
-            {NewState, D2} = boot(D1#data{restarts = D1#data.restarts + 1}),
+            Crashes =
+                case State of
+                    starting -> D1#data.start_crashes + 1;
+                    _ -> 0
+                end,
+            {NewState, D2} = boot(D1#data{restarts = D1#data.restarts + 1, start_crashes = Crashes}),
             {next_state, NewState, D2}
     end.
 
@@ -353,7 +362,10 @@ start_failed(Reason, #data{retry = Retry} = D) ->
     ?LOG_ERROR(#{what => python_start_failed, pool => D#data.pool, worker => D#data.index,
                  reason => Reason}),
     erlang:send_after(Retry, self(), retry),
-    {failed, D#data{start_error = Reason, port = undefined, retry = min(Retry * 2, ?MAX_RETRY)}}.
+    %% Steer callers to the other workers until Python starts again.
+    D#data.draining orelse erlpy_pool:draining(D#data.meta, D#data.index, true),
+    {failed, D#data{start_error = Reason, port = undefined, retry = min(Retry * 2, ?MAX_RETRY),
+                    draining = true}}.
 
 %% Replace a Python process that has served max_requests requests, once it is idle; until
 %% then callers are steered to the other workers.
@@ -431,7 +443,12 @@ flush(#data{out = []} = D) ->
 flush(#data{port = undefined} = D) ->
     D#data{out = []};
 flush(#data{port = Port, out = Out} = D) ->
-    true = erlang:port_command(Port, lists:reverse(Out)),
+    try
+        erlang:port_command(Port, lists:reverse(Out))
+    catch
+        %% Python just died and closed the port; its exit message is on the way.
+        error:badarg -> ok
+    end,
     D#data{out = []}.
 
 -spec encode(term(), #data{}) -> iodata().
@@ -523,18 +540,30 @@ handle_message(Message, D) ->
     ?LOG_ERROR(#{what => unexpected_message, pool => D#data.pool, message => Message}),
     D.
 
+%% What _boot.py reports when Python cannot run erlpy. Only known keys and reasons become
+%% atoms: whatever else arrives stays as it is, so this cannot be used to make atoms.
 -spec fatal_detail(term()) -> map().
 fatal_detail(Detail) when is_map(Detail) ->
+    Known = #{<<"reason">> => reason, <<"missing_module">> => missing_module,
+              <<"message">> => message, <<"python">> => python},
     maps:fold(
-        fun
-            (<<"reason">>, V, Acc) -> Acc#{reason => binary_to_atom(V)};
-            (K, V, Acc) when is_binary(K) -> Acc#{binary_to_atom(K) => V}
+        fun(K, V, Acc) ->
+            case Known of
+                #{K := reason} -> Acc#{reason => fatal_reason(V)};
+                #{K := Key} -> Acc#{Key => V};
+                #{} -> Acc
+            end
         end,
         #{},
-        maps:with([<<"reason">>, <<"missing_module">>, <<"message">>, <<"python">>], Detail)
+        Detail
     );
 fatal_detail(Detail) ->
     #{reason => Detail}.
+
+-spec fatal_reason(term()) -> term().
+fatal_reason(<<"missing_module">>) -> missing_module;
+fatal_reason(<<"python_too_old">>) -> python_too_old;
+fatal_reason(Other) -> Other.
 
 -spec log(term(), term(), #data{}) -> ok.
 log(Level0, Text, D) ->

@@ -252,12 +252,19 @@ def thread_packer() -> msgpack.Packer:
     return packer
 
 
+# A packer keeps the buffer of its largest message: after one this big, start afresh.
+_BIG_MESSAGE: Final = 1 << 20
+
+
 def pack(message: Any) -> bytes:
     """Encode one message with this thread's packer."""
     try:
-        return thread_packer().pack(message)  # type: ignore[no-any-return]
+        data: bytes = thread_packer().pack(message)
     except ValueError as exc:  # msgpack's nesting limit
         raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+    if len(data) > _BIG_MESSAGE:
+        _local.packer = new_packer()
+    return data
 
 
 def packb(obj: Any) -> bytes:

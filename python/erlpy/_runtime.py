@@ -40,7 +40,7 @@ from . import _protocol as P
 from ._codec import Atom, EncodeError, new_unpacker, pack, thread_packer, unpack_all
 from ._output import LogHandler, LogStream
 from ._stream import BATCH_ITEMS, InputStream, Stream
-from ._wire import FrameReader, FrameWriter
+from ._wire import FrameReader, FrameWriter, TooBig
 
 # Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message.
 COLLECT_CHUNK: Final = 1 << 16
@@ -197,10 +197,8 @@ class Runtime:
         self._loop_ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
         reader = FrameReader(self.fd_in)
-        unpacker = new_unpacker()
 
         def on_readable() -> None:
-            nonlocal unpacker
             # Drain the pipe: a large frame arrives in many reads, no need to go back to
             # the selector between them.
             while True:
@@ -211,21 +209,52 @@ class Runtime:
                 if frames is None:
                     os._exit(0)  # Erlang is gone: never outlive the port
                 for frame in frames:
-                    try:
-                        if len(frame) > FrameReader.BIG:
-                            for message in unpack_all(frame):
-                                self._dispatch(message)
-                        else:
-                            unpacker.feed(frame)
-                            for message in unpacker:
-                                self._dispatch(message)
-                    except Exception as exc:
-                        unpacker = new_unpacker()
-                        text = f"erlpy: dropped an undecodable frame: {exc!r}"
-                        self.send([P.LOG, Atom("error"), text])
+                    if isinstance(frame, TooBig):
+                        self._refuse_too_big(frame.head)
+                    else:
+                        self._dispatch_frame(frame)
 
         self.loop.add_reader(self.fd_in, on_readable)
         self.loop.run_forever()
+
+    def _dispatch_frame(self, frame: bytearray) -> None:
+        # Each frame is decoded on its own, so a damaged one cannot swallow the next.
+        try:
+            if len(frame) > FrameReader.BIG:
+                messages = unpack_all(frame)
+            else:
+                unpacker = new_unpacker()
+                unpacker.feed(frame)
+                messages = list(unpacker)
+                if unpacker.tell() != len(frame):
+                    raise ValueError(f"frame ends inside a message ({len(frame)} bytes)")
+        except Exception as exc:
+            text = f"erlpy: dropped an undecodable frame: {exc!r}"
+            self.send([P.LOG, Atom("error"), text])
+            return
+        for message in messages:
+            try:
+                self._dispatch(message)
+            except Exception as exc:  # not a message of the protocol: say so, go on
+                text = f"erlpy: dropped a malformed message: {exc!r}"
+                self.send([P.LOG, Atom("error"), text])
+
+    def _refuse_too_big(self, head: bytes) -> None:
+        """A request too big for this worker's memory (max_memory): answer it if its head
+        says which one it was."""
+        try:
+            unpacker = new_unpacker()
+            unpacker.feed(head)
+            unpacker.read_array_header()
+            unpacker.unpack()  # the kind of message
+            job_id = unpacker.unpack()
+        except Exception:
+            job_id = None
+        if isinstance(job_id, int):
+            error = MemoryError("the request does not fit in this worker's memory (max_memory)")
+            self.error(Job(job_id, []), error)
+        else:
+            self.send([P.LOG, Atom("error"), "erlpy: dropped a frame too big for max_memory"])
 
     # ------------------------------------------------------------------ output
 

@@ -20,19 +20,29 @@ class FrameReader:
     """
 
     BIG: Final = 1 << 20
+    HEAD: Final = 64
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
         self._big: bytearray | None = None
         self._filled = 0
+        # A frame too big to hold (max_memory): its first bytes, and how much to skip.
+        self._skip_head = b""
+        self._skip_left = 0
 
-    def read(self) -> list[bytearray] | None:
+    def read(self) -> list[bytearray | TooBig] | None:
         """Frames completed by one read (maybe none); None at end of file.
 
         Raises:
             BlockingIOError: nothing to read right now.
         """
+        if self._skip_left:
+            n = len(os.read(self._fd, min(self._skip_left, _READ)))
+            if n == 0:
+                return None
+            self._skip_left -= n
+            return [] if self._skip_left else [TooBig(self._skip_head)]
         big = self._big
         if big is not None:
             n = os.readv(self._fd, [memoryview(big)[self._filled :]])
@@ -48,7 +58,7 @@ class FrameReader:
             return None
         buf = self._buf
         buf += data
-        frames: list[bytearray] = []
+        frames: list[bytearray | TooBig] = []
         pos = 0
         end = len(buf)
         while end - pos >= _HEADER:
@@ -56,7 +66,15 @@ class FrameReader:
             available = end - pos - _HEADER
             if available < size:
                 if size > self.BIG:
-                    big = bytearray(size)
+                    try:
+                        big = bytearray(size)
+                    except MemoryError:
+                        # Cannot hold it: skip it, keeping its head to say which request
+                        # it was.
+                        self._skip_head = bytes(buf[pos + _HEADER : pos + _HEADER + self.HEAD])
+                        self._skip_left = size - available
+                        pos = end
+                        break
                     big[:available] = buf[pos + _HEADER :]
                     self._big, self._filled = big, available
                     pos = end
@@ -66,6 +84,15 @@ class FrameReader:
         if pos:
             del buf[:pos]
         return frames
+
+
+class TooBig:
+    """Stands for a frame that was too big to read into memory; ``head`` is its start."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
 
 
 class FrameWriter:

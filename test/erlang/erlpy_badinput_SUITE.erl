@@ -14,7 +14,7 @@
 %% garbage frames written into a real Python worker's pipe (a port opened by the test, as
 %% erlpy_python:open/1 does), and garbage frames written by Python code to the worker.
 %%
-%% Group known_bugs is not run by all/0: each case there fails because of a product bug
+%% Group regressions is not run by all/0: each case there fails because of a product bug
 %% described in its doc and in docs/reliability.md.
 -module(erlpy_badinput_SUITE).
 -include_lib("common_test/include/ct.hrl").
@@ -34,12 +34,12 @@ all() ->
         unencodable_text_from_python,
         injected_names_run_nothing,
         garbage_messages_into_python,
-        garbage_frames_from_python
-    ].
+        garbage_frames_from_python,
+     {group, regressions}].
 
 groups() ->
     %% Not in all/0: product bugs (see each case's doc and docs/reliability.md).
-    [{known_bugs, [], [
+    [{regressions, [], [
         truncated_frame_swallows_next_request,
         random_frames_into_python,
         fatal_message_creates_atoms,

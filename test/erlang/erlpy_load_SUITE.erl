@@ -308,7 +308,7 @@ restarts() -> lists:sum([R || #{restarts := R} <- workers()]).
 count(List) ->
     lists:foldl(fun(X, M) -> maps:update_with(X, fun(N) -> N + 1 end, 1, M) end, #{}, List).
 
-%% Figures for docs/reliability.md, in the CT log and in a file next to the logs.
+%% Figures for docs/reliability.md, in the CT log (grep FIGURES).
 figures(Case, Map) ->
     Line = io_lib:format("~p ~p ~p~n", [Case, os:getenv("ERLPY_LOAD", "default"), Map]),
     ct:log("FIGURES ~ts", [Line]),
