@@ -41,7 +41,7 @@ scenarios(#{quick := Quick}) ->
     Big = case Quick of true -> 1000000; false -> 10000000 end,
     [
         {floor, "pipe floor (minimal Python loop) p50/p99", "(reference)",
-         fun() -> floor(20000) end},
+         fun() -> pipe_floor(20000) end},
         {call_seq, "py:call(math, sqrt, [16]) sequential p50/p99", "<=20/<=40 us",
          fun() -> latency(fun() -> {ok, 4.0} = py:call(math, sqrt, [16]) end, 20000) end},
         {eval_seq, "py:eval(<<\"1+1\">>) sequential p50", "<=22 us",
@@ -107,7 +107,7 @@ mb(Samples) ->
 
 %% A sequential round trip to a minimal Python loop (bench/floor.py) over the same kind of
 %% port: the floor erlpy's call latency is compared with.
-floor(N) ->
+pipe_floor(N) ->
     Here = filename:dirname(filename:absname(escript:script_name())),
     #{python := Python} = erlpy_pool:meta(default),
     Port = open_port({spawn_executable, Python}, [{args, [filename:join(Here, "floor.py")]},
