@@ -39,19 +39,11 @@ init_per_suite(Config) ->
     Dir = ?config(priv_dir, Config),
     ok = file:write_file(filename:join(Dir, "erlpy_streams_e2e_helpers.py"), helpers()),
     %% Our own default pool (with Dir on its path), whatever ran before us.
-    _ = application:stop(erlpy),
-    _ = application:load(erlpy),
-    Saved = application:get_env(erlpy, pools),
-    ok = application:set_env(erlpy, pools, #{default => #{size => 2, path => [Dir]}}),
-    {ok, _} = application:ensure_all_started(erlpy),
+    Saved = erlpy_test:start_app_with_path(Dir),
     [{saved_pools, Saved} | Config].
 
 end_per_suite(Config) ->
-    ok = application:stop(erlpy),
-    case ?config(saved_pools, Config) of
-        {ok, Pools} -> application:set_env(erlpy, pools, Pools);
-        undefined -> application:unset_env(erlpy, pools)
-    end,
+    ok = erlpy_test:restore_app(?config(saved_pools, Config)),
     ok.
 
 init_per_testcase(Case, Config) ->

@@ -1,7 +1,7 @@
 %% Helpers shared by the Common Test suites.
 -module(erlpy_test).
 -export([doc/1, collect/1, collect/2, flush/0, wait_until/1, wait_until/2,
-         python/0, start_app/0, os_pid_alive/1]).
+         python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -34,6 +34,24 @@ python() -> os:getenv("ERLPY_PYTHON", "python3").
 
 start_app() ->
     {ok, _} = application:ensure_all_started(erlpy),
+    ok.
+
+%% (Re)start erlpy with a default pool of 2 that has Dir on its sys.path, whatever ran
+%% before; returns what restore_app/1 needs to put the configuration back.
+start_app_with_path(Dir) ->
+    _ = application:stop(erlpy),
+    _ = application:load(erlpy),
+    Saved = application:get_env(erlpy, pools),
+    ok = application:set_env(erlpy, pools, #{default => #{size => 2, path => [Dir]}}),
+    {ok, _} = application:ensure_all_started(erlpy),
+    Saved.
+
+restore_app(Saved) ->
+    ok = application:stop(erlpy),
+    case Saved of
+        {ok, Pools} -> application:set_env(erlpy, pools, Pools);
+        undefined -> application:unset_env(erlpy, pools)
+    end,
     ok.
 
 os_pid_alive(OsPid) ->
