@@ -110,7 +110,7 @@ call_main_after_exec(_) ->
     ?assertEqual({ok, 42}, py:call(<<"__main__">>, <<"api_double">>, [21])),
     ?assertEqual({ok, 10}, py:eval(<<"api_double(5)">>)),
     %% every worker of the default pool has it
-    Results = pmap(fun(_) -> py:call('__main__', api_double, [1]) end, lists:seq(1, 8)),
+    Results = erlpy_test:pmap(fun(_) -> py:call('__main__', api_double, [1]) end, lists:seq(1, 8)),
     ?assertEqual(lists:duplicate(8, {ok, 2}), Results).
 
 dotted_module(_) ->
@@ -219,8 +219,8 @@ badarg_bad_names_nothing_executed(Config) ->
 
 badarg_name_not_binary(_) ->
     erlpy_test:doc("names that are neither atom nor binary: {error, {badarg, _}} (BUG: thrown)"),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call(math, 123, []) end)),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call("math", sqrt, [1]) end)).
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call(math, 123, []) end)),
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call("math", sqrt, [1]) end)).
 
 error_no_pool(_) ->
     erlpy_test:doc("an unknown pool is {error, {no_pool, Name}} for every entry point"),
@@ -265,23 +265,23 @@ call_options_proplist(_) ->
 
 badarg_non_list_args(_) ->
     erlpy_test:doc("a non-list Args is {error, {badarg, _}} (BUG: thrown at the caller)"),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call(math, sqrt, 16) end)),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call(math, sqrt, foo) end)).
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call(math, sqrt, 16) end)),
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call(math, sqrt, foo) end)).
 
 badarg_bad_code(_) ->
     erlpy_test:doc("eval/exec of a non-text code is {error, {badarg, _}} (BUG: error:badarg)"),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:eval(123) end)),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:exec(make_ref()) end)).
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:eval(123) end)),
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:exec(make_ref()) end)).
 
 badarg_bad_kwargs(_) ->
     erlpy_test:doc("non-map, non-proplist kwargs are {error, {badarg, _}} (BUG: crash)"),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call(math, sqrt, [1], "abc") end)),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:call(math, sqrt, [1], 42) end)).
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call(math, sqrt, [1], "abc") end)),
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:call(math, sqrt, [1], 42) end)).
 
 badarg_bad_locals(_) ->
     erlpy_test:doc("locals with a non atom/binary key are {error, {badarg, _}} (BUG: thrown)"),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:eval(<<"1">>, #{1 => 2}) end)),
-    ?assertMatch({error, {badarg, _}}, catch_all(fun() -> py:eval(<<"1">>, [1]) end)).
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{1 => 2}) end)),
+    ?assertMatch({error, {badarg, _}}, erlpy_test:catch_all(fun() -> py:eval(<<"1">>, [1]) end)).
 
 %%====================================================================
 %% Erlang functions called from Python
@@ -415,7 +415,7 @@ default_pool_from_app_env(_) ->
     #{workers := Workers} = py:info(default),
     ?assertEqual(2, length(Workers)),
     OsPids = lists:sort([P || #{os_pid := P} <- Workers]),
-    Seen = lists:usort(pmap(fun(_) ->
+    Seen = lists:usort(erlpy_test:pmap(fun(_) ->
         {ok, P} = py:eval(<<"(__import__('time').sleep(0.1), __import__('os').getpid())[1]">>),
         P
     end, lists:seq(1, 8))),
@@ -424,22 +424,6 @@ default_pool_from_app_env(_) ->
 %%====================================================================
 %% helpers
 %%====================================================================
-
-catch_all(F) ->
-    try F() of
-        R -> R
-    catch
-        C:R:_ -> {raised, C, R}
-    end.
-
-pmap(F, L) ->
-    Self = self(),
-    Refs = [begin
-                Ref = make_ref(),
-                spawn_link(fun() -> Self ! {Ref, F(X)} end),
-                Ref
-            end || X <- L],
-    [receive {Ref, R} -> R after 30000 -> error(pmap_timeout) end || Ref <- Refs].
 
 add_handler() ->
     _ = logger:remove_handler(?MODULE),

@@ -303,26 +303,16 @@ encode_error_test_() ->
 %% error, whatever the container, and never runs out of stack doing so.
 too_deep_test_() ->
     [
-        ?_assertEqual(nest(list, 500), dec_all(enc(nest(list, 500)))),
-        ?_assertEqual(nest(tuple, 500), dec_all(enc(nest(tuple, 500)))),
-        ?_assertEqual(nest(map, 500), dec_all(enc(nest(map, 500)))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(list, 501))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(tuple, 501))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(map, 501))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(mixed, 501))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(list, 100000))),
-        ?_assertThrow({badarg, {too_deep, 500}}, enc(nest(tuple, 100000)))
+        ?_assertEqual(erlpy_test:nest(list, 500), dec_all(enc(erlpy_test:nest(list, 500)))),
+        ?_assertEqual(erlpy_test:nest(tuple, 500), dec_all(enc(erlpy_test:nest(tuple, 500)))),
+        ?_assertEqual(erlpy_test:nest(map, 500), dec_all(enc(erlpy_test:nest(map, 500)))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(list, 501))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(tuple, 501))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(map, 501))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(mixed, 501))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(list, 100000))),
+        ?_assertThrow({badarg, {too_deep, 500}}, enc(erlpy_test:nest(tuple, 100000)))
     ].
-
-%% N containers nested in each other around an integer.
-nest(Kind, N) -> nest(Kind, N, 0).
-nest(_, 0, Inner) -> Inner;
-nest(list, N, Inner) -> nest(list, N - 1, [Inner]);
-nest(tuple, N, Inner) -> nest(tuple, N - 1, {Inner});
-nest(map, N, Inner) -> nest(map, N - 1, #{k => Inner});
-nest(mixed, N, Inner) ->
-    Next = case N rem 3 of 0 -> [Inner]; 1 -> {Inner}; 2 -> #{k => Inner} end,
-    nest(mixed, N - 1, Next).
 
 %%====================================================================
 %% Decoding

@@ -166,15 +166,6 @@ def where():
     return os.getpid()
 ">>.
 
-take(Ref, N) -> take(Ref, N, 10000).
-take(_, 0, _) -> [];
-take(Ref, N, Timeout) ->
-    receive
-        {py_stream, Ref, {data, V}} -> [V | take(Ref, N - 1, Timeout)];
-        {py_stream, Ref, Other} -> error({unexpected_terminal, Other})
-    after Timeout -> error({no_item, N})
-    end.
-
 %% Skip data until the terminal message (the data skipped are counted).
 terminal(Ref) -> terminal(Ref, 0).
 terminal(Ref, N) ->
@@ -299,7 +290,7 @@ async def dist_shout(inbox):
 ">>, #{pool => {default, B}}),
     {ok, Chat} = py:stream_start('__main__', dist_shout, [], #{pool => {default, B}, input => true}),
     ok = py:stream_send(Chat, <<"hi">>),
-    [<<"HI">>] = take(Chat, 1),
+    [<<"HI">>] = erlpy_test:take(Chat, 1),
     ok = py:stream_send(Chat, <<"bye">>),
     ok = py:stream_close(Chat),
     {done, [<<"BYE">>]} = erlpy_test:collect(Chat),
@@ -313,7 +304,7 @@ remote_stream_cancel(Config) ->
     lists:foreach(
         fun(Gen) ->
             {ok, Ref} = py:stream_start('__main__', Gen, [self(), Gen], #{pool => {default, B}}),
-            [0, 1, 2] = take(Ref, 3),
+            [0, 1, 2] = erlpy_test:take(Ref, 3),
             ok = py:stream_cancel(Ref),
             {{error, cancelled}, _} = terminal(Ref),
             %% The finally block ran in B's Python.
@@ -370,10 +361,10 @@ remote_window_ack(Config) ->
     erlpy_test:doc("window => N and stream_ack/2 across nodes"),
     B = peer_node(?config(b, Config)),
     {ok, Win} = py:stream_start(builtins, range, [10], #{pool => {default, B}, window => 4}),
-    [0, 1, 2, 3] = take(Win, 4),
+    [0, 1, 2, 3] = erlpy_test:take(Win, 4),
     assert_silent(Win, 300),
     ok = py:stream_ack(Win, 2),
-    [4, 5] = take(Win, 2),
+    [4, 5] = erlpy_test:take(Win, 2),
     assert_silent(Win, 300),
     ok = py:stream_ack(Win, 10),
     {done, [6, 7, 8, 9]} = erlpy_test:collect(Win),
@@ -525,8 +516,8 @@ node_down_mid_stream(Config) ->
     Holder = spawn(D, ?MODULE, hold_stream, [self(), {default, B}, [self(), held]]),
     HeldRef = receive {holding, Holder, R} -> R after 10000 -> ct:fail(no_holder) end,
     receive {holder_got_data, HeldRef} -> ok after 10000 -> ct:fail(holder_got_nothing) end,
-    _ = take(OnD, 5),
-    _ = take(OnB, 5),
+    _ = erlpy_test:take(OnD, 5),
+    _ = erlpy_test:take(OnB, 5),
     %% A call in flight on D.
     Me = self(),
     spawn(fun() -> Me ! {slow, py:eval(<<"__import__('time').sleep(30)">>, #{}, #{pool => {default, D}})} end),
@@ -540,7 +531,7 @@ node_down_mid_stream(Config) ->
     BDefaultPid = closed(held),
     ok = idle({default, B}),
     %% The stream on B goes on.
-    [_, _, _] = take(OnB, 3),
+    [_, _, _] = erlpy_test:take(OnB, 3),
     ok = py:stream_cancel(OnB),
     {{error, cancelled}, _} = terminal(OnB),
     BPid = closed(b),

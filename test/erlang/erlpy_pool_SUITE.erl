@@ -105,7 +105,7 @@ exec_on_every_worker_of_4(_) ->
 
 %% Many concurrent calls of whoami: the set of OS pids that answered.
 answering_pids(P) ->
-    Results = pmap(fun(I) -> py:call('__main__', whoami, [I], #{}, #{pool => P}) end,
+    Results = erlpy_test:pmap(fun(I) -> py:call('__main__', whoami, [I], #{}, #{pool => P}) end,
                    lists:seq(1, 24)),
     ?assertEqual([{ok, {I, O}} || {I, {ok, {_, O}}} <- lists:zip(lists:seq(1, 24), Results)],
                  Results),
@@ -235,7 +235,7 @@ pool_options_env_cd_path_init(Config) ->
         init => <<"init_defined = 7\nimport os\n">>
     }),
     O = #{pool => P},
-    Each = fun(F) -> pmap(fun(_) -> F() end, lists:seq(1, 6)) end,
+    Each = fun(F) -> erlpy_test:pmap(fun(_) -> F() end, lists:seq(1, 6)) end,
     ?assertEqual(lists:duplicate(6, {ok, <<"from-erlang">>}),
                  Each(fun() -> py:call(os, getenv, [<<"ERLPY_POOL_TEST_VAR">>], #{}, O) end)),
     {ok, CdBin} = py:call('os.path', realpath, [list_to_binary(Cd)], #{}, O),
@@ -368,17 +368,17 @@ no_pool_after_stop_pool(_) ->
     P = no_pool_after_stop_pool,
     {ok, _} = py:start_pool(P, #{size => 1}),
     ok = py:stop_pool(P),
-    ?assertEqual({error, {no_pool, P}}, catch_all(fun() -> py:call(math, sqrt, [4], #{}, #{pool => P}) end)),
-    ?assertEqual({error, {no_pool, P}}, catch_all(fun() -> py:info(P) end)),
-    ?assertMatch(#{default := _}, catch_all(fun() -> py:info() end)),
-    ?assertNot(maps:is_key(P, catch_all(fun() -> py:info() end))).
+    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:call(math, sqrt, [4], #{}, #{pool => P}) end)),
+    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
+    ?assertMatch(#{default := _}, erlpy_test:catch_all(fun() -> py:info() end)),
+    ?assertNot(maps:is_key(P, erlpy_test:catch_all(fun() -> py:info() end))).
 
 no_pool_after_failed_start(_) ->
     erlpy_test:doc("a pool whose start failed is unknown afterwards: {error, {no_pool, P}}"),
     P = no_pool_after_failed_start,
     {error, _} = py:start_pool(P, #{size => 1, init => <<"1/0">>}),
-    ?assertEqual({error, {no_pool, P}}, catch_all(fun() -> py:info(P) end)),
-    ?assertEqual({error, {no_pool, P}}, catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)).
+    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
+    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)).
 
 bad_option_types_are_bad_option(_) ->
     erlpy_test:doc("ill-typed path/env/cd values are {error, {bad_option, Key}} "
@@ -405,18 +405,3 @@ workers(P) ->
 
 os_pids(P) -> [O || #{os_pid := O} <- workers(P)].
 
-catch_all(F) ->
-    try F() of
-        R -> R
-    catch
-        C:R:_ -> {raised, C, R}
-    end.
-
-pmap(F, L) ->
-    Self = self(),
-    Refs = [begin
-                Ref = make_ref(),
-                spawn_link(fun() -> Self ! {Ref, F(X)} end),
-                Ref
-            end || X <- L],
-    [receive {Ref, R} -> R after 30000 -> error(pmap_timeout) end || Ref <- Refs].

@@ -142,16 +142,6 @@ assert_silent(Ref) ->
     timer:sleep(300),
     ?assertEqual([], [M || M <- erlpy_test:flush(), element(2, M) =:= Ref]).
 
-%% Receive N data items of Ref.
-take(Ref, N) -> take(Ref, N, 10000).
-take(_, 0, _) -> [];
-take(Ref, N, Timeout) ->
-    receive
-        {py_stream, Ref, {data, V}} -> [V | take(Ref, N - 1, Timeout)];
-        {py_stream, Ref, Other} -> error({unexpected_terminal, Other})
-    after Timeout -> error({no_item, N})
-    end.
-
 data_messages(Pid, Ref) ->
     {messages, Ms} = erlang:process_info(Pid, messages),
     [V || {py_stream, R, {data, V}} <- Ms, R =:= Ref].
@@ -317,7 +307,7 @@ idle_timeout_not_hit_by_steady_stream(Config) ->
 cancel_after_100(Fun, Config) ->
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, Fun, [Mark]),
-    First = take(Ref, 100),
+    First = erlpy_test:take(Ref, 100),
     ?assertEqual(lists:seq(0, 99), First),
     ok = py:stream_cancel(Ref),
     {Terminal, Rest} = erlpy_test:collect(Ref, 10000),
@@ -347,7 +337,7 @@ cancel_sync_busy_generator(Config) ->
                    "interrupted, its finally runs, and the worker goes on serving"),
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, busy, [Mark]),
-    [0] = take(Ref, 1),
+    [0] = erlpy_test:take(Ref, 1),
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
     ?assertEqual(1, read(Mark)),
@@ -359,7 +349,7 @@ cancel_twice_and_after_end(Config) ->
     erlpy_test:doc("stream_cancel twice, or after the stream ended, is ok and sends nothing more"),
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, aendless_paced, [Mark, 0.01]),
-    _ = take(Ref, 3),
+    _ = erlpy_test:take(Ref, 3),
     ok = py:stream_cancel(Ref),
     ok = py:stream_cancel(Ref),
     {{error, cancelled}, _} = erlpy_test:collect(Ref, 10000),
@@ -465,7 +455,7 @@ window_end_held_until_acked(_) ->
     erlpy_test:doc("window => 10 on a 15-item stream: 10 items and no done; ack 5 gives the "
                    "last 5 items and then done"),
     {ok, Ref} = py:stream_start(?M, count, [15], #{window => 10}),
-    ?assertEqual(lists:seq(0, 9), take(Ref, 10)),
+    ?assertEqual(lists:seq(0, 9), erlpy_test:take(Ref, 10)),
     assert_silent(Ref),
     ok = py:stream_ack(Ref, 5),
     ?assertEqual({done, lists:seq(10, 14)}, erlpy_test:collect(Ref, 10000)),
@@ -475,10 +465,10 @@ window_end_held_until_acked(_) ->
 window_one(_) ->
     erlpy_test:doc("window => 1: one item per ack"),
     {ok, Ref} = py:stream_start(?M, acount, [3], #{window => 1}),
-    ?assertEqual([0], take(Ref, 1)),
+    ?assertEqual([0], erlpy_test:take(Ref, 1)),
     assert_silent(Ref),
     ok = py:stream_ack(Ref, 1),
-    ?assertEqual([1], take(Ref, 1)),
+    ?assertEqual([1], erlpy_test:take(Ref, 1)),
     assert_silent(Ref),
     ok = py:stream_ack(Ref, 1),
     ?assertEqual({done, [2]}, erlpy_test:collect(Ref)).
@@ -533,7 +523,7 @@ input_interactive(_) ->
     lists:foreach(
         fun(Msg) ->
             ok = py:stream_send(Ref, Msg),
-            ?assertEqual([<<"re:", Msg/binary>>], take(Ref, 1))
+            ?assertEqual([<<"re:", Msg/binary>>], erlpy_test:take(Ref, 1))
         end,
         [<<"hello">>, <<"how are you">>, <<"bye">>]
     ),
@@ -546,7 +536,7 @@ input_send_unencodable(_) ->
                    "{error, {badarg, _}}"),
     {ok, Ref} = py:stream_start(?M, proc, [], #{input => true}),
     ok = py:stream_send(Ref, 1),
-    [2] = take(Ref, 1),
+    [2] = erlpy_test:take(Ref, 1),
     ok = py:stream_send(Ref, [1 | improper]),
     ?assertMatch({{error, {badarg, _}}, []}, erlpy_test:collect(Ref, 10000)),
     assert_silent(Ref).
@@ -562,7 +552,7 @@ worker_killed_mid_stream(Config) ->
     [OsPid] = os_pids(kill_pool),
     {ok, Ref} = py:stream_start(?M, aendless_paced, [path(Config, "closed"), 0.005],
                                 #{pool => kill_pool}),
-    _ = take(Ref, 5),
+    _ = erlpy_test:take(Ref, 5),
     _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
     {Terminal, _} = erlpy_test:collect(Ref, 10000),
     ?assertMatch({error, {worker_exited, _}}, Terminal),
@@ -635,7 +625,7 @@ cancel_stuck_in_c_code(Config) ->
     [OsPid] = os_pids(kill_pool),
     Sleeping = path(Config, "sleeping"),
     {ok, Ref} = py:stream_start(?M, stuck, [Sleeping], #{pool => kill_pool}),
-    [<<"first">>] = take(Ref, 1),
+    [<<"first">>] = erlpy_test:take(Ref, 1),
     ok = erlpy_test:wait_until(fun() -> read(Sleeping) =:= 1 end),
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
@@ -747,7 +737,7 @@ async_cancelled_after_finally(Config) ->
                    "{error, cancelled} must come after its finally ran, it comes before"),
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, aendless_slow_finally, [Mark], #{window => 5}),
-    ?assertEqual(lists:seq(0, 4), take(Ref, 5)),
+    ?assertEqual(lists:seq(0, 4), erlpy_test:take(Ref, 5)),
     timer:sleep(200),
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
@@ -757,7 +747,7 @@ async_cancelled_after_finally(Config) ->
 held_stream(Opts, Config) ->
     start_one_pool(one, Config),
     {ok, Ref} = py:stream_start(?M, count, [15], Opts#{window => 10, pool => one}),
-    ?assertEqual(lists:seq(0, 9), take(Ref, 10)),
+    ?assertEqual(lists:seq(0, 9), erlpy_test:take(Ref, 10)),
     timer:sleep(200),
     %% A call running on the same worker meanwhile must not be disturbed.
     Self = self(),
@@ -854,7 +844,7 @@ paused_sync_stream_does_not_block_worker(Config) ->
                    "the worker's main thread: no other sync request on that worker runs"),
     start_one_pool(one, Config),
     {ok, Ref} = py:stream_start(?M, count, [100], #{pool => one, window => 1}),
-    ?assertEqual([0], take(Ref, 1)),
+    ?assertEqual([0], erlpy_test:take(Ref, 1)),
     ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4], #{}, #{pool => one, timeout => 3000})),
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)).
@@ -890,47 +880,37 @@ import asyncio
 import os
 import time
 
-
 def _write(path, value):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
         f.write(str(value))
     os.replace(tmp, path)
 
-
 def count(n):
     for i in range(n):
         yield i
-
 
 async def acount(n):
     for i in range(n):
         yield i
 
-
 def returns_list(n):
     return list(range(n))
-
 
 def returns_tuple(n):
     return tuple(range(n))
 
-
 def returns_iter(n):
     return iter(list(range(n)))
-
 
 def returns_range(n):
     return range(n)
 
-
 def returns_agen(n):
     return acount(n)
 
-
 def returns_generator_expr(n):
     return (i for i in range(n))
-
 
 class AIterable:
     def __init__(self, n):
@@ -938,7 +918,6 @@ class AIterable:
 
     def __aiter__(self):
         return AIterator(self.n)
-
 
 class AIterator:
     def __init__(self, n):
@@ -954,35 +933,28 @@ class AIterator:
         self.i += 1
         return self.i - 1
 
-
 def returns_aiterable(n):
     return AIterable(n)
 
-
 def returns_aiterator(n):
     return AIterator(n)
-
 
 async def coro_returns_list(n):
     await asyncio.sleep(0)
     return list(range(n))
 
-
 async def coro_returns_agen(n):
     await asyncio.sleep(0)
     return acount(n)
-
 
 def kw(a, b=0, c=0):
     yield a
     yield b
     yield c
 
-
 async def akw(a, b=0, c=0):
     for v in (a, b, c):
         yield v
-
 
 def endless(mark):
     i = 0
@@ -993,7 +965,6 @@ def endless(mark):
     finally:
         _write(mark, i)
 
-
 async def aendless(mark):
     i = 0
     try:
@@ -1002,7 +973,6 @@ async def aendless(mark):
             yield i - 1
     finally:
         _write(mark, i)
-
 
 def endless_paced(mark, delay):
     i = 0
@@ -1014,7 +984,6 @@ def endless_paced(mark, delay):
     finally:
         _write(mark, i)
 
-
 async def aendless_paced(mark, delay):
     i = 0
     try:
@@ -1025,7 +994,6 @@ async def aendless_paced(mark, delay):
     finally:
         _write(mark, i)
 
-
 async def aendless_slow_finally(mark):
     i = 0
     try:
@@ -1035,7 +1003,6 @@ async def aendless_slow_finally(mark):
     finally:
         await asyncio.sleep(0.3)   # an async clean-up, e.g. closing a connection
         _write(mark, i)
-
 
 def endless_counted(path):
     i = 0
@@ -1048,7 +1015,6 @@ def endless_counted(path):
     finally:
         _write(path, i)
 
-
 async def aendless_counted(path):
     i = 0
     try:
@@ -1060,13 +1026,11 @@ async def aendless_counted(path):
     finally:
         _write(path, i)
 
-
 def stuck(mark):
     yield 'first'
     _write(mark, 1)
     time.sleep(60)   # C code: not interruptible
     yield 'never'
-
 
 def busy(mark):
     try:
@@ -1076,12 +1040,10 @@ def busy(mark):
     finally:
         _write(mark, 1)
 
-
 def counted(n, path):
     for i in range(n):
         _write(path, i + 1)
         yield i
-
 
 def slow(n, delay, dirname):
     for i in range(n):
@@ -1090,14 +1052,12 @@ def slow(n, delay, dirname):
         _write(os.path.join(dirname, 'produced_%d' % i), i)
         yield i
 
-
 async def aslow(n, delay, dirname):
     for i in range(n):
         if i:
             await asyncio.sleep(delay)
         _write(os.path.join(dirname, 'produced_%d' % i), i)
         yield i
-
 
 def stalled(mark):
     try:
@@ -1107,7 +1067,6 @@ def stalled(mark):
     finally:
         _write(mark, 1)
 
-
 async def astalled(mark):
     try:
         yield 'first'
@@ -1115,12 +1074,10 @@ async def astalled(mark):
     finally:
         _write(mark, 1)
 
-
 def raise_after(n):
     for i in range(n):
         yield i
     raise ValueError('boom after %d' % n)
-
 
 async def araise_after(n):
     for i in range(n):
@@ -1128,20 +1085,16 @@ async def araise_after(n):
         await asyncio.sleep(0)
     raise ValueError('boom after %d' % n)
 
-
 class Opaque:
     pass
-
 
 def unencodable():
     yield 1
     yield Opaque()
 
-
 async def proc(inp):
     async for v in inp:
         yield v * 2
-
 
 async def tag_proc(inp, tag):
     async for v in inp:

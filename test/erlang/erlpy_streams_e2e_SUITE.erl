@@ -60,15 +60,6 @@ path(Config, Name) ->
 
 closed(Path) -> filelib:is_file(Path).
 
-take(Ref, N) -> take(Ref, N, 10000).
-take(_, 0, _) -> [];
-take(Ref, N, Timeout) ->
-    receive
-        {py_stream, Ref, {data, V}} -> [V | take(Ref, N - 1, Timeout)];
-        {py_stream, Ref, Other} -> error({unexpected_terminal, Other})
-    after Timeout -> error({no_item, N})
-    end.
-
 assert_silent(Ref) ->
     timer:sleep(300),
     ?assertEqual([], [M || M <- erlpy_test:flush(), element(2, M) =:= Ref]).
@@ -174,7 +165,7 @@ stream_content_with_delay(_) ->
     erlpy_test:doc("streams.stream_content(content=[\"Hi\", \"there\"], with_delay_sec=0.5): "
                    "the first item comes at once, the second later"),
     {ok, Ref} = py:stream_start(?M, stream_content_delayed, []),
-    ?assertEqual([<<"Hi">>], take(Ref, 1, 10000)),
+    ?assertEqual([<<"Hi">>], erlpy_test:take(Ref, 1, 10000)),
     %% The second item is 0.5 s away: not there yet.
     timer:sleep(100),
     ?assertEqual([], [M || M <- element(2, erlang:process_info(self(), messages)),
@@ -208,7 +199,7 @@ input_dequeue_processor_cancelled(Config) ->
     lists:foreach(
         fun(I) ->
             ok = py:stream_send(Ref, I),
-            ?assertEqual([#{<<"in">> => I, <<"out">> => I * 10}], take(Ref, 1))
+            ?assertEqual([#{<<"in">> => I, <<"out">> => I * 10}], erlpy_test:take(Ref, 1))
         end,
         lists:seq(1, 5)
     ),
@@ -237,9 +228,9 @@ input_agent_endless_until_cancelled(Config) ->
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, agent, [Mark], #{input => true}),
     ok = py:stream_send(Ref, <<"hi">>),
-    ?assertEqual([<<"echo:hi">>], take(Ref, 1)),
+    ?assertEqual([<<"echo:hi">>], erlpy_test:take(Ref, 1)),
     ok = py:stream_send(Ref, <<"again">>),
-    ?assertEqual([<<"echo:again">>], take(Ref, 1)),
+    ?assertEqual([<<"echo:again">>], erlpy_test:take(Ref, 1)),
     ok = py:stream_close(Ref),
     assert_silent(Ref),
     ok = py:stream_cancel(Ref),
@@ -253,7 +244,7 @@ endless_stream_cancelled(Config) ->
                    "stream_cancel ends it with {error, cancelled} and closes it"),
     Mark = path(Config, "closed"),
     {ok, Ref} = py:stream_start(?M, wait_forever, [Mark]),
-    ?assertEqual([<<"ready">>], take(Ref, 1)),
+    ?assertEqual([<<"ready">>], erlpy_test:take(Ref, 1)),
     assert_silent(Ref),
     ok = py:stream_cancel(Ref),
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
@@ -264,7 +255,7 @@ merge_cancelled_from_erlang_closes_sources(Config) ->
                    "both sources and the generator are closed"),
     Dir = path(Config, ""),
     {ok, Ref} = py:stream_start(?M, merge_endless, [Dir]),
-    Items = take(Ref, 10),
+    Items = erlpy_test:take(Ref, 10),
     ?assertEqual(10, length(Items)),
     ok = py:stream_cancel(Ref),
     {Terminal, _} = erlpy_test:collect(Ref, 10000),
@@ -301,11 +292,9 @@ import os
 from erlpy import streams
 from erlpy.content import ContentStream, ProcessorPart, as_text
 
-
 def _touch(path, text='closed'):
     with open(path, 'w') as f:
         f.write(text)
-
 
 async def _timed(prefix, start, step, n=3):
     await asyncio.sleep(start)
@@ -314,21 +303,17 @@ async def _timed(prefix, start, step, n=3):
             await asyncio.sleep(step)
         yield f'{prefix}{i}'
 
-
 async def merged_timed(step):
     async for item in streams.merge(_timed('a', 0, step), _timed('b', step / 2, step)):
         yield item
 
-
 def merge_of_timed(step):
     return streams.merge(_timed('a', 0, step), _timed('b', step / 2, step))
-
 
 def merge_list():
     stream1 = ContentStream(content=['Hello', 'World'])
     stream2 = streams.stream_content(['Hi', 'there'], with_delay_sec=0.01)
     return streams.merge([stream1, stream2])
-
 
 async def _endless(mark, item='tick', delay=0.001):
     try:
@@ -337,7 +322,6 @@ async def _endless(mark, item='tick', delay=0.001):
             await asyncio.sleep(delay)
     finally:
         _touch(mark)
-
 
 async def merge_stop_on_first(mark):
     short = streams.stream_content(['x', 'y'], with_delay_sec=0.02)
@@ -353,7 +337,6 @@ async def merge_stop_on_first(mark):
     async for item in streams.merge(short, watched(), stop_on_first=True):
         yield item
 
-
 async def merge_failing():
     async def good():
         for i in range(1000):
@@ -367,7 +350,6 @@ async def merge_failing():
 
     async for item in streams.merge(good(), bad()):
         yield item
-
 
 async def concat_slow_fast(dirname):
     produced = {'slow': 0}
@@ -388,7 +370,6 @@ async def concat_slow_fast(dirname):
     async for part in streams.concat(slow(), fast()):
         yield part
 
-
 async def split_two(content):
     stream1, stream2 = streams.split(ContentStream(content=content), n=2)
 
@@ -399,7 +380,6 @@ async def split_two(content):
     async for item in streams.concat(tagged(1, stream1), tagged(2, stream2)):
         yield item
 
-
 async def split_mutation(with_copy):
     s1, s2 = streams.split(ContentStream(content=[{'n': 1}]), n=2, with_copy=with_copy)
     first = []
@@ -409,14 +389,11 @@ async def split_mutation(with_copy):
     second = await streams.gather_stream(s2)
     return [first, second]
 
-
 def content_stream():
     return ContentStream(content=['Hello', 'World'])
 
-
 def stream_content_delayed():
     return streams.stream_content(content=['Hi', 'there'], with_delay_sec=0.5)
-
 
 async def gather_text():
     async def model(input_stream):
@@ -427,10 +404,8 @@ async def gather_text():
     parts = await streams.gather_stream(model(input_stream))
     return as_text(parts)
 
-
 def enumerated(items):
     return streams.aenumerate(ContentStream(content=items), start=1)
-
 
 async def queue_copy(items):
     q = asyncio.Queue()
@@ -446,7 +421,6 @@ async def queue_copy(items):
         yield item
     await task
 
-
 async def queue_processor(inp, mark):
     q = asyncio.Queue()
     pump = asyncio.create_task(streams.enqueue(inp, q))
@@ -457,14 +431,12 @@ async def queue_processor(inp, mark):
         pump.cancel()
         _touch(mark)
 
-
 async def agent(inp, mark):
     try:
         async for v in streams.merge(inp, streams.endless_stream()):
             yield f'echo:{v}'
     finally:
         _touch(mark)
-
 
 async def wait_forever(mark):
     try:
@@ -473,7 +445,6 @@ async def wait_forever(mark):
             pass  # Never ends unless cancelled
     finally:
         _touch(mark)
-
 
 async def merge_endless(dirname):
     a = _endless(os.path.join(dirname, 'a_closed'), 'a', 0.002)

@@ -1,7 +1,8 @@
 %% Helpers shared by the Common Test suites.
 -module(erlpy_test).
 -export([doc/1, collect/1, collect/2, flush/0, wait_until/1, wait_until/2,
-         python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1]).
+         python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1,
+         take/2, take/3, catch_all/1, pmap/2, nest/2]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -65,3 +66,41 @@ state_of(OsPid) ->
             binary_to_list(binary:part(Rest, 0, 1));
         _ -> "X"
     end.
+
+%% The next N data items of stream Ref (an error if it ends first).
+take(Ref, N) -> take(Ref, N, 10000).
+take(_, 0, _) -> [];
+take(Ref, N, Timeout) ->
+    receive
+        {py_stream, Ref, {data, V}} -> [V | take(Ref, N - 1, Timeout)];
+        {py_stream, Ref, Other} -> error({unexpected_terminal, Other})
+    after Timeout -> error({no_item, N})
+    end.
+
+%% What F returns, or {raised, Class, Reason}.
+catch_all(F) ->
+    try F() of
+        R -> R
+    catch
+        C:R:_ -> {raised, C, R}
+    end.
+
+%% F applied to each element in its own process; results in order.
+pmap(F, L) ->
+    Self = self(),
+    Refs = [begin
+                Ref = make_ref(),
+                spawn_link(fun() -> Self ! {Ref, F(X)} end),
+                Ref
+            end || X <- L],
+    [receive {Ref, R} -> R after 30000 -> error(pmap_timeout) end || Ref <- Refs].
+
+%% N containers (list, tuple, map or mixed) nested in each other around an integer.
+nest(Kind, N) -> nest(Kind, N, 0).
+nest(_, 0, Inner) -> Inner;
+nest(list, N, Inner) -> nest(list, N - 1, [Inner]);
+nest(tuple, N, Inner) -> nest(tuple, N - 1, {Inner});
+nest(map, N, Inner) -> nest(map, N - 1, #{k => Inner});
+nest(mixed, N, Inner) ->
+    Next = case N rem 3 of 0 -> [Inner]; 1 -> {Inner}; 2 -> #{k => Inner} end,
+    nest(mixed, N - 1, Next).

@@ -77,15 +77,6 @@ restarts(Pool) ->
     #{workers := Workers} = py:info(Pool),
     lists:sort([{OsPid, R} || #{os_pid := OsPid, restarts := R} <- Workers]).
 
-nest(Kind, N) -> nest(Kind, N, 0).
-nest(_, 0, Inner) -> Inner;
-nest(list, N, Inner) -> nest(list, N - 1, [Inner]);
-nest(tuple, N, Inner) -> nest(tuple, N - 1, {Inner});
-nest(map, N, Inner) -> nest(map, N - 1, #{k => Inner});
-nest(mixed, N, Inner) ->
-    Next = case N rem 3 of 0 -> [Inner]; 1 -> {Inner}; 2 -> #{k => Inner} end,
-    nest(mixed, N - 1, Next).
-
 contains(Bin, Part) -> binary:match(Bin, Part) =/= nomatch.
 
 %%====================================================================
@@ -373,13 +364,13 @@ deep_nesting_erlang_to_python(_) ->
     erlpy_test:doc("terms nested 100,000 deep are refused before they reach Python"),
     Restarts = restarts(default),
     [begin
-         Deep = nest(Kind, 100000),
+         Deep = erlpy_test:nest(Kind, 100000),
          ?assertEqual({error, {badarg, {too_deep, 500}}}, py:eval(<<"x">>, #{x => Deep})),
          ?assertEqual({error, {badarg, {too_deep, 500}}}, py:call(builtins, len, [Deep]))
      end || Kind <- [list, tuple, map, mixed]],
     %% what fits in the request's own nesting still goes through
-    ?assertEqual({ok, nest(list, 450)}, ident(nest(list, 450))),
-    ?assertEqual({ok, nest(map, 450)}, ident(nest(map, 450))),
+    ?assertEqual({ok, erlpy_test:nest(list, 450)}, ident(erlpy_test:nest(list, 450))),
+    ?assertEqual({ok, erlpy_test:nest(map, 450)}, ident(erlpy_test:nest(map, 450))),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>)),
     ?assertEqual(Restarts, restarts(default)).
 
@@ -405,8 +396,8 @@ deep_nesting_python_to_erlang(_) ->
      end || Kind <- [<<"list">>, <<"tuple">>, <<"dict">>, <<"mixed">>]],
     ?assertEqual(Restarts, restarts(types_deep)),
     %% moderately deep values arrive intact
-    ?assertEqual({ok, nest(list, 400)}, py:call('__main__', deep, [400, <<"list">>], #{}, Opts)),
-    ?assertEqual({ok, nest(tuple, 400)}, py:call('__main__', deep, [400, <<"tuple">>], #{}, Opts)),
+    ?assertEqual({ok, erlpy_test:nest(list, 400)}, py:call('__main__', deep, [400, <<"list">>], #{}, Opts)),
+    ?assertEqual({ok, erlpy_test:nest(tuple, 400)}, py:call('__main__', deep, [400, <<"tuple">>], #{}, Opts)),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, Opts)).
 
 %% Python's unpackb keeps ~32 KiB of parser stack on the C stack per nested tuple: tuples
@@ -414,10 +405,10 @@ deep_nesting_python_to_erlang(_) ->
 deep_tuples_round_trip(_) ->
     erlpy_test:doc("tuples nested up to the encoder's limit reach Python and come back"),
     Restarts = restarts(default),
-    [?assertEqual({Kind, N, {ok, nest(Kind, N)}}, {Kind, N, ident(nest(Kind, N))})
+    [?assertEqual({Kind, N, {ok, erlpy_test:nest(Kind, N)}}, {Kind, N, ident(erlpy_test:nest(Kind, N))})
      || Kind <- [tuple, mixed], N <- [100, 200, 300, 497]],
     ?assertEqual({ok, 497}, py:eval(<<"(lambda f, t: f(f, t))(lambda f, t: 1 + f(f, t[0]) if isinstance(t, tuple) else 0, x)">>,
-                                    #{x => nest(tuple, 497)})),
+                                    #{x => erlpy_test:nest(tuple, 497)})),
     ?assertEqual(Restarts, restarts(default)).
 
 big_binaries(_) ->

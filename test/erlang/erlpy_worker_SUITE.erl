@@ -248,7 +248,7 @@ async_calls_run_concurrently(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"async def nap(i):\n    await asyncio.sleep(0.5)\n    return i\n">>, opts(P)),
     T0 = erlang:monotonic_time(millisecond),
-    Results = pmap(fun(I) -> py:call('__main__', nap, [I], #{}, opts(P)) end, lists:seq(1, 20)),
+    Results = erlpy_test:pmap(fun(I) -> py:call('__main__', nap, [I], #{}, opts(P)) end, lists:seq(1, 20)),
     Elapsed = erlang:monotonic_time(millisecond) - T0,
     ct:log("20 naps took ~b ms", [Elapsed]),
     ?assertEqual([{ok, I} || I <- lists:seq(1, 20)], Results),
@@ -347,7 +347,7 @@ in_flight_counters_settle(Config) ->
     erlpy_test:doc("after timeouts, kills and errors the in-flight counters return to 0"),
     P = ?config(pool, Config),
     ok = py:exec(<<"import time, ctypes">>, opts(P)),
-    _ = pmap(fun(I) ->
+    _ = erlpy_test:pmap(fun(I) ->
         case I rem 4 of
             0 -> py:eval(<<"time.sleep(0.5)">>, #{}, opts(P, 50));
             1 -> py:eval(<<"ctypes.CDLL(None).sleep(5)">>, #{}, opts(P, 50));
@@ -431,6 +431,3 @@ spawn_call(Parent, F) ->
     spawn_link(fun() -> Parent ! {Ref, F()} end),
     Ref.
 
-pmap(F, L) ->
-    Refs = [spawn_call(self(), fun() -> F(X) end) || X <- L],
-    [receive {Ref, R} -> R after 30000 -> error(pmap_timeout) end || Ref <- Refs].
