@@ -160,8 +160,7 @@ checkout(#{tab := Tab, counters := Counters, size := Size, max_queue := MaxQueue
     case least_busy(Counters, Workers, Size, Start, 0, none, 0) of
         {_, none, _} ->
             {error, no_workers};
-        {Min, Index, Total} when Min > 0, Total - Size >= MaxQueue ->
-            _ = Index,
+        {Min, _, Total} when Min > 0, Total - Size >= MaxQueue ->
             {error, overloaded};
         {_, Index, _} ->
             atomics:add(Counters, Index, 1),

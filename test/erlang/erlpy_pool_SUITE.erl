@@ -14,6 +14,7 @@ all() ->
         start_pool_already_started,
         child_spec_map_own_supervisor,
         nomsgpack_start_failed_detail,
+        max_memory_below_use_fails_start,
         nomsgpack_error_shape,
         bad_option_error_shape,
         python_not_found_detail,
@@ -65,6 +66,16 @@ end_per_testcase(Case, Config) ->
         Dir -> os:cmd("rm -rf " ++ Dir)
     end,
     ok.
+
+max_memory_below_use_fails_start(_) ->
+    erlpy_test:doc("max_memory below what Python already uses: the pool does not start, "
+                   "and the error says so"),
+    Result = py:start_pool(max_memory_below_use_fails_start, #{size => 1, max_memory => 1 bsl 20}),
+    ?assertMatch({error, {python_start_failed, {setup, {python, <<"MemoryError">>, _, _}}}}, Result),
+    {error, {_, {setup, {python, _, Message, _}}}} = Result,
+    ?assertMatch({match, _}, re:run(Message, "already uses")),
+    ?assertEqual({error, {no_pool, max_memory_below_use_fails_start}},
+                 py:eval(<<"1">>, #{}, #{pool => max_memory_below_use_fails_start})).
 
 %% Stops a pool; see the workaround note in erlpy_worker_SUITE:end_per_testcase/2.
 stop_pool(P) ->
