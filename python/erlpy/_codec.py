@@ -267,6 +267,32 @@ def pack(message: Any) -> bytes:
     return data
 
 
+# A bytes or str result at least this long skips the packer (see pack_parts).
+_BIG_RESULT: Final = 1 << 16
+
+
+def pack_parts(message: list[Any]) -> list[bytes]:
+    """Encode a message (a short list) whose last element may be a large ``bytes`` or
+    ``str``: that one becomes a part of its own, handed to the writer as it is instead of
+    being copied into the packer's buffer and out again."""
+    last = message[-1]
+    if type(last) is bytes and _BIG_RESULT <= len(last) < 1 << 32:
+        head, payload = b"\xc6", last
+    elif type(last) is str and _BIG_RESULT <= len(last):
+        try:
+            payload = last.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return [pack(message)]  # which says what cannot travel
+        head = b"\xdb"
+        if len(payload) >= 1 << 32:
+            return [pack(message)]
+    else:
+        return [pack(message)]
+    packer = thread_packer()
+    header = [bytes([0x90 | len(message)]), *map(packer.pack, message[:-1])]
+    return [b"".join(header) + head + len(payload).to_bytes(4, "big"), payload]
+
+
 def packb(obj: Any) -> bytes:
     """Encode one value (creates a packer; use :func:`new_packer` on hot paths)."""
     try:

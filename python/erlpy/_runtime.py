@@ -37,7 +37,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from . import _protocol as P
-from ._codec import Atom, EncodeError, new_unpacker, pack, thread_packer, unpack_all
+from ._codec import (
+    Atom,
+    EncodeError,
+    new_unpacker,
+    pack,
+    pack_parts,
+    thread_packer,
+    unpack_all,
+)
 from ._output import LogHandler, LogStream
 from ._stream import BATCH_ITEMS, InputStream, Stream
 from ._wire import FrameReader, FrameWriter, TooBig
@@ -217,7 +225,7 @@ class Runtime:
         self.loop.add_reader(self.fd_in, on_readable)
         self.loop.run_forever()
 
-    def _dispatch_frame(self, frame: bytearray) -> None:
+    def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
         # Each frame is decoded on its own, so a damaged one cannot swallow the next.
         try:
             if len(frame) > FrameReader.BIG:
@@ -263,11 +271,11 @@ class Runtime:
 
     def reply(self, job: Job, value: Any) -> None:
         try:
-            data = pack([P.RESULT, job.id, value])
+            parts = pack_parts([P.RESULT, job.id, value])
         except EncodeError as exc:
             self.error(job, exc)
             return
-        self.writer.send(data)
+        self.writer.send(*parts)
 
     def error(self, job: Job, exc: BaseException) -> None:
         tb = exc.__traceback__

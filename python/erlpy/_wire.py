@@ -5,33 +5,42 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Final
+from typing import Final, TypeAlias
 
 _HEADER: Final = 4
 _SMALL: Final = 1 << 16
 _READ: Final = 1 << 18
+_IOV_MAX: Final = 1024
+
+# What a frame is made of: anything with the buffer protocol.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 class FrameReader:
     """Reads frames from a non-blocking pipe.
 
     Small frames are cut out of a shared buffer; a frame larger than ``BIG`` is read
-    straight into a buffer of its own size, so a 100 MB payload is not copied around.
+    straight into a buffer of its own, so a 100 MB payload is not copied around. That
+    buffer is kept for the next large frame (up to ``KEEP`` bytes): the frame handed out
+    is a view of it, valid until the next call of :meth:`read`, which is all a decoder
+    needs (decoded values never point into the frame).
     """
 
     BIG: Final = 1 << 20
+    KEEP: Final = 64 << 20
     HEAD: Final = 64
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
-        self._big: bytearray | None = None
+        self._big: memoryview | None = None  # the large frame being read
+        self._spare = bytearray()  # the buffer large frames are read into
         self._filled = 0
         # A frame too big to hold (max_memory): its first bytes, and how much to skip.
         self._skip_head = b""
         self._skip_left = 0
 
-    def read(self) -> list[bytearray | TooBig] | None:
+    def read(self) -> list[bytearray | memoryview | TooBig] | None:
         """Frames completed by one read (maybe none); None at end of file.
 
         Raises:
@@ -45,7 +54,7 @@ class FrameReader:
             return [] if self._skip_left else [TooBig(self._skip_head)]
         big = self._big
         if big is not None:
-            n = os.readv(self._fd, [memoryview(big)[self._filled :]])
+            n = os.readv(self._fd, [big[self._filled :]])
             if n == 0:
                 return None
             self._filled += n
@@ -58,7 +67,7 @@ class FrameReader:
             return None
         buf = self._buf
         buf += data
-        frames: list[bytearray | TooBig] = []
+        frames: list[bytearray | memoryview | TooBig] = []
         pos = 0
         end = len(buf)
         while end - pos >= _HEADER:
@@ -67,7 +76,7 @@ class FrameReader:
             if available < size:
                 if size > self.BIG:
                     try:
-                        big = bytearray(size)
+                        big = self._buffer(size)
                     except MemoryError:
                         # Cannot hold it: skip it, keeping its head to say which request
                         # it was.
@@ -85,6 +94,16 @@ class FrameReader:
             del buf[:pos]
         return frames
 
+    def _buffer(self, size: int) -> memoryview:
+        """A view of ``size`` bytes to read a large frame into."""
+        if len(self._spare) < size:
+            self._spare = bytearray()  # let the old one go before taking a bigger one
+            spare = bytearray(size)
+            if size <= self.KEEP:
+                self._spare = spare
+            return memoryview(spare)
+        return memoryview(self._spare)[:size]
+
 
 class TooBig:
     """Stands for a frame that was too big to read into memory; ``head`` is its start."""
@@ -101,29 +120,32 @@ class FrameWriter:
     Whoever finds the pipe idle becomes the writer and drains everything queued, including
     what other threads queue while it writes: a fast producer gets large frames, a slow one
     gets its message out at once, and nobody waits on a dedicated writer thread.
+
+    A message may come in several parts (a header and a large payload): small parts are
+    joined, large ones are handed to ``writev`` as they are, never copied.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
-        self._pending: list[bytes] = []
+        self._pending: list[Buffer] = []
         self._writing = False
 
     @property
     def fd(self) -> int:
         return self._fd
 
-    def enqueue(self, message: bytes) -> bool:
+    def enqueue(self, *parts: Buffer) -> bool:
         """Queue a message; returns True when the caller must call :meth:`drain`."""
         with self._lock:
-            self._pending.append(message)
+            self._pending.extend(parts)
             if self._writing:
                 return False
             self._writing = True
             return True
 
-    def send(self, message: bytes) -> None:
-        if self.enqueue(message):
+    def send(self, *parts: Buffer) -> None:
+        if self.enqueue(*parts):
             self.drain()
 
     def drain(self) -> None:
@@ -134,23 +156,41 @@ class FrameWriter:
                     self._writing = False
                     return
                 self._pending = []
-            payload = batch[0] if len(batch) == 1 else b"".join(batch)
-            self._write_frame(payload)
+            try:
+                self._write_frame(batch)
+            except OSError:
+                # Erlang closed the pipe: the port is gone, and so is our reason to live.
+                os._exit(0)
 
-    def _write_frame(self, payload: bytes) -> None:
-        header = len(payload).to_bytes(_HEADER, "big")
-        try:
-            if len(payload) <= _SMALL:
-                self._write_all(header + payload)
+    def _write_frame(self, batch: list[Buffer]) -> None:
+        size = sum(map(len, batch))
+        header = size.to_bytes(_HEADER, "big")
+        if size <= _SMALL:
+            data = b"".join([header, *batch])
+            written = os.write(self._fd, data)
+            if written < len(data):  # a signal cut the write short
+                self._write_all([data[written:]])
+            return
+        parts: list[Buffer] = [header]
+        run: list[Buffer] = []
+        for part in batch:
+            if len(part) > _SMALL:
+                if run:
+                    parts.append(b"".join(run))
+                    run = []
+                parts.append(part)
             else:
-                self._write_all(header)
-                self._write_all(payload)
-        except OSError:
-            # Erlang closed the pipe: the port is gone, and so is our reason to live.
-            os._exit(0)
+                run.append(part)
+        if run:
+            parts.append(b"".join(run))
+        self._write_all(parts)
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+    def _write_all(self, parts: list[Buffer]) -> None:
+        views = [memoryview(part) for part in parts]
+        while views:
+            written = os.writev(self._fd, views[:_IOV_MAX])
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
