@@ -277,6 +277,14 @@ special_float(1, 0) -> neg_infinity.
 -spec dec_array(non_neg_integer(), binary(), atom(), new_atom_fun(), list()) ->
     {list(), binary()}.
 dec_array(0, R, _, _, Acc) -> {lists:reverse(Acc), R};
+%% Small ints and floats, the bulk of a streamed chunk, decoded in the loop: no {Value,
+%% Rest} tuple per item, and the match context stays put.
+dec_array(C, <<I, R/binary>>, N, A, Acc) when I < 16#80 -> dec_array(C - 1, R, N, A, [I | Acc]);
+dec_array(C, <<I:8/signed, R/binary>>, N, A, Acc) when I >= -32 ->
+    dec_array(C - 1, R, N, A, [I | Acc]);
+dec_array(C, <<16#cd, I:16, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [I | Acc]);
+dec_array(C, <<16#ce, I:32, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [I | Acc]);
+dec_array(C, <<16#cb, F:64/float, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [F | Acc]);
 dec_array(C, R0, N, A, Acc) ->
     {V, R} = dec(R0, N, A),
     dec_array(C - 1, R, N, A, [V | Acc]).

@@ -135,6 +135,32 @@ class Job:
     fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
 
 
+def _produce(
+    stream: Stream, next_item: Callable[[], Any], pack_item: Callable[[Any], bytes], limit: int
+) -> tuple[int, bool]:
+    """Pull up to ``limit`` items from a sync generator and queue them, stopping early when
+    one must be flushed at once (returns how many, and whether the generator ended).
+
+    Runs inside the interruptible window, so the window is entered once per batch, not
+    once per item. Writing stays outside it: an interrupt must never land while holding
+    the writer. What the window does hold here is safe to drop: an interrupt only comes
+    to cancel the stream, and a cancelled stream's pending items are dropped with it.
+    """
+    count = 0
+    while True:
+        try:
+            item = next_item()
+        except StopIteration:
+            return count, True
+        try:
+            data = pack_item(item)
+        except ValueError as exc:
+            raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+        count += 1
+        if stream.queue(data, on_loop=False) or count >= limit:
+            return count, False
+
+
 class Runtime:
     def __init__(self, fd_in: int = 3, fd_out: int = 4) -> None:
         self.fd_in = fd_in
@@ -590,16 +616,11 @@ class Runtime:
                     stream.flush()
                     self._sync.put(job)
                     return
-                try:
-                    item = self._user(job, next_item)
-                except StopIteration:
+                count, ended = self._user(job, _produce, stream, next_item, pack_item, BATCH_ITEMS)
+                produced += count
+                if ended:
                     break
-                try:
-                    data = pack_item(item)
-                except ValueError as exc:
-                    raise EncodeError(f"cannot send value to Erlang: {exc}") from None
-                stream.push(data, on_loop=False)
-                produced += 1
+                stream.flush()
         except BaseException as exc:
             self._end_sync_stream(job, iterator, exc)
             return

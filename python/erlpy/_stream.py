@@ -53,6 +53,12 @@ class Stream:
 
     def push(self, data: bytes, on_loop: bool) -> None:
         """Queue one packed item; flush now when it is urgent, else soon."""
+        if self.queue(data, on_loop):
+            self.flush()
+
+    def queue(self, data: bytes, on_loop: bool) -> bool:
+        """Queue one packed item and make sure a flush comes soon; returns True when the
+        caller must flush now (the first item, a full batch, or the credit used up)."""
         with self.lock:
             self._items.append(data)
             self._bytes += len(data)
@@ -71,13 +77,12 @@ class Stream:
                     self._rt.loop.call_soon(self.flush)
                 else:
                     self._rt.loop.call_soon_threadsafe(self.flush)
-        if urgent:
-            self._started = True
-            self.flush()
+        return urgent
 
     def flush(self) -> None:
         with self.lock:
             self._flush_scheduled = False
+            self._started = True
             items = self._items
             if not items:
                 return
