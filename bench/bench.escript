@@ -41,7 +41,8 @@ scenarios(#{quick := Quick}) ->
     Big = case Quick of true -> 1000000; false -> 10000000 end,
     [
         {floor, "pipe floor (minimal Python loop) p50/p99", "(reference)",
-         fun() -> pipe_floor(20000) end},
+         fun() -> Request = <<16#96, 1, 7, 16#a4, "math", 16#a4, "sqrt", 16#91, 16, 16#80>>,
+                  pipe_floor(fun(Port) -> port_command(Port, Request) end, 20000) end},
         {call_seq, "py:call(math, sqrt, [16]) sequential p50/p99", "<=20/<=40 us",
          fun() -> latency(fun() -> {ok, 4.0} = py:call(math, sqrt, [16]) end, 20000) end},
         {eval_seq, "py:eval(<<\"1+1\">>) sequential p50", "<=22 us",
@@ -60,9 +61,15 @@ scenarios(#{quick := Quick}) ->
          fun() -> timed(fun() -> {ok, L} = py:stream(bench_gen, count, [100000]), 100000 = length(L) end) end},
         {stream_eval, "py:stream_eval genexp, 100k", "<=12 ms",
          fun() -> timed(fun() -> {ok, L} = py:stream_eval(<<"(x for x in range(100000))">>), 100000 = length(L) end) end},
+        {floor_1m, "pipe floor: 1 MiB echoed by a minimal loop", "(reference)",
+         fun() -> B = <<"E", (crypto_bytes(1 bsl 20))/binary>>,
+                  pipe_floor(fun(Port) -> port_command(Port, B) end, 200) end},
         {roundtrip_1m, "1 MiB binary identity round trip", "<=0.5 ms",
          fun() -> B = crypto_bytes(1 bsl 20),
                   latency(fun() -> {ok, B} = py:call(bench_gen, identity, [B]) end, 200) end},
+        {floor_10m, "pipe floor: 10 MiB in, its length out", "(reference)",
+         fun() -> B = <<"L", (crypto_bytes(10 bsl 20))/binary>>,
+                  pipe_floor(fun(Port) -> port_command(Port, B) end, 50) end},
         {len_10m, "py:call(builtins, len, [Bin]) 10 MiB", "<=4 ms",
          fun() -> B = crypto_bytes(10 bsl 20),
                   latency(fun() -> {ok, _} = py:call(builtins, len, [B]) end, 50) end},
@@ -85,7 +92,8 @@ summarize(Name, Results) when Name =:= call_seq; Name =:= floor ->
 summarize(Name, Results) when Name =:= eval_seq; Name =:= first_item ->
     P50 = median([P || #{p50 := P} <- Results]),
     {io_lib:format("~.1f us", [P50]), #{p50_us => P50}};
-summarize(Name, Results) when Name =:= roundtrip_1m; Name =:= len_10m ->
+summarize(Name, Results) when Name =:= roundtrip_1m; Name =:= len_10m; Name =:= floor_1m;
+                              Name =:= floor_10m ->
     P50 = median([P || #{p50 := P} <- Results]),
     {io_lib:format("~.2f ms", [P50 / 1000]), #{p50_ms => P50 / 1000}};
 summarize(call_par, Results) ->
@@ -105,16 +113,15 @@ summarize(_, Results) ->
 mb(Samples) ->
     io_lib:format("~w-~wMB", [round(lists:min(Samples) / 1048576), round(lists:max(Samples) / 1048576)]).
 
-%% A sequential round trip to a minimal Python loop (bench/floor.py) over the same kind of
-%% port: the floor erlpy's call latency is compared with.
-pipe_floor(N) ->
+%% Sequential round trips to a minimal Python loop (bench/floor.py) over the same kind of
+%% port: the floors erlpy's latencies are compared with.
+pipe_floor(Send, N) ->
     Here = filename:dirname(filename:absname(escript:script_name())),
     #{python := Python} = erlpy_pool:meta(default),
     Port = open_port({spawn_executable, Python}, [{args, [filename:join(Here, "floor.py")]},
                                                    {packet, 4}, binary, nouse_stdio]),
-    Request = <<16#96, 1, 7, 16#a4, "math", 16#a4, "sqrt", 16#91, 16, 16#80>>,
-    RoundTrip = fun() -> true = port_command(Port, Request), receive {Port, {data, _}} -> ok end end,
-    _ = [RoundTrip() || _ <- lists:seq(1, 1000)],
+    RoundTrip = fun() -> true = Send(Port), receive {Port, {data, _}} -> ok end end,
+    _ = [RoundTrip() || _ <- lists:seq(1, min(N, 1000))],
     Result = latency(RoundTrip, N),
     port_close(Port),
     Result.
