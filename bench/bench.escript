@@ -16,9 +16,10 @@ main(Args) ->
               [erlang:system_info(otp_release), PyVsn, erlang:system_info(schedulers_online),
                Size, maps:get(runs, Opts)]),
     Rows = [run(S, Opts) || {Name, _, _, _} = S <- scenarios(Opts), selected(Name, Opts)],
-    io:format("~n~-44s ~22s ~14s~n", ["scenario", "median", "target"]),
-    io:format("~s~n", [lists:duplicate(82, $-)]),
-    [io:format("~-44s ~22s ~14s~n", [Label, Fmt, Target]) || {_, Label, Fmt, Target, _} <- Rows],
+    io:format("~n~-44s ~22s ~16s~n", ["scenario", "median", "target"]),
+    io:format("~s~n", [lists:duplicate(84, $-)]),
+    [io:format("~-44s ~ts ~ts~n", [Label, string:pad(Fmt, 22, leading), string:pad(Target, 16, leading)])
+     || {_, Label, Fmt, Target, _} <- Rows],
     case maps:get(json, Opts) of
         undefined -> ok;
         File ->
@@ -207,6 +208,8 @@ median(L) -> lists:nth((length(L) + 1) div 2, lists:sort(L)).
 
 json(Term) when is_map(Term) ->
     ["{", lists:join(",", [[json(K), ":", json(V)] || {K, V} <- maps:to_list(Term)]), "}"];
+json([C | _] = S) when is_integer(C) ->  % a label or a target: text
+    ["\"", [case Ch of $" -> "\\\""; $\\ -> "\\\\"; _ -> Ch end || Ch <- S], "\""];
 json(L) when is_list(L) -> ["[", lists:join(",", [json(X) || X <- L]), "]"];
 json(A) when is_atom(A) -> ["\"", atom_to_list(A), "\""];
 json(N) when is_integer(N) -> integer_to_list(N);
