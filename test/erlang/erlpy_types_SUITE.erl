@@ -35,9 +35,10 @@ all() ->
         deep_nesting_python_to_erlang,
         deep_tuples_round_trip,
         big_binaries,
+        big_binaries_of_changing_sizes,
      {group, regressions}].
 
-%% Bugs outside the codec, shown by failing tests; run them with
+%% Bugs outside the codec that these tests found, kept as regressions; run them alone with
 %% rebar3 ct --suite=test/erlang/erlpy_types_SUITE --group=regressions
 groups() ->
     [{regressions, [], [unencodable_exception_message, async_unencodable_exception_message,
@@ -424,15 +425,38 @@ big_binaries(_) ->
      end || B <- [Random1, Random20, Text1, Text20]],
     ?assertEqual({ok, [Random1, Text1]}, ident([Random1, Text1])).
 
+big_binaries_of_changing_sizes(_) ->
+    erlpy_test:doc("large payloads of growing and shrinking sizes, back to back on one worker "
+                   "and mixed with small calls, all come back exactly (the worker reuses its "
+                   "buffer for large frames and writes large results without copying them)"),
+    ok = start_pool(types_sizes, #{size => 1}),
+    Opts = #{pool => types_sizes},
+    ok = py:exec(<<"def ident(x):\n    return x\n">>, Opts),
+    _ = rand:seed(exsss, {1, 2, 3}),
+    Sizes = [3 bsl 20, (1 bsl 20) + 1, 5 bsl 20, 65536, 65535, (2 bsl 20) - 3, 70000, 4 bsl 20],
+    [begin
+         Bytes = <<255, (rand:bytes(N - 1))/binary>>,
+         Text = binary:part(binary:copy(<<"ünïcode "/utf8>>, N div 10 + 1), 0, N),
+         ?assertEqual({N, {ok, Bytes}}, {N, py:call('__main__', ident, [Bytes], #{}, Opts)}),
+         ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, Opts)),
+         ?assertEqual({N, {ok, Text}}, {N, py:call('__main__', ident, [Text], #{}, Opts)}),
+         ?assertEqual({N, {ok, [Text, Bytes]}}, {N, py:call('__main__', ident, [[Text, Bytes]], #{}, Opts)})
+     end || N <- Sizes],
+    %% Several at once: the replies' parts must not interleave on the pipe.
+    Blobs = [rand:bytes(N) || N <- [2 bsl 20, 3 bsl 20, 100000, 1 bsl 20]],
+    Results = erlpy_test:pmap(fun(B) -> py:call('__main__', ident, [B], #{}, Opts) end, Blobs),
+    ?assertEqual([{ok, B} || B <- Blobs], Results),
+    ok = py:stop_pool(types_sizes).
+
 %%====================================================================
-%% Known bugs (group regressions, not in all/0)
+%% Regressions: bugs these tests found (all fixed)
 %%====================================================================
 
-%% erlpy._runtime: Runtime.error() packs str(exc); a message with a lone surrogate cannot
-%% be packed, the EncodeError escapes _run_sync's handler and kills the worker's main
-%% loop. Expected: an {error, {python, ...}} reply, the worker alive.
+%% Was: Runtime.error() packed str(exc); a message with a lone surrogate could not be
+%% packed and the EncodeError killed the worker's main loop. Now: an {error, {python, ...}}
+%% reply, the worker alive.
 unencodable_exception_message(_) ->
-    erlpy_test:doc("KNOWN BUG: an exception whose message is not UTF-8 kills the worker"),
+    erlpy_test:doc("an exception whose message is not UTF-8 is reported; the worker lives on"),
     Restarts = restarts(default),
     Result = py:eval(<<"(_ for _ in ()).throw(ValueError('\\ud800'))">>, #{}, #{timeout => 10000}),
     ct:log("~p", [Result]),
@@ -440,11 +464,10 @@ unencodable_exception_message(_) ->
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>)),
     ?assertEqual(Restarts, restarts(default)).
 
-%% erlpy_pool:new_atom_fun/1 counts a name against max_atoms before binary_to_atom/2 runs,
-%% and does not give the count back when the name cannot be an atom (too long): such
-%% names use up the budget although no atom was created.
+%% Was: erlpy_pool:new_atom_fun/1 counted a name against max_atoms even when it could not
+%% be an atom (too long), so such names used up the budget without creating atoms.
 bad_atom_names_use_up_budget(_) ->
-    erlpy_test:doc("KNOWN BUG: names that cannot become atoms still use up max_atoms"),
+    erlpy_test:doc("names that cannot become atoms do not use up max_atoms"),
     ok = start_pool(types_atoms, #{max_atoms => 5}),
     Opts = #{pool => types_atoms},
     [?assertMatch({error, {badarg, _}}, py:eval(<<"erlang.atom('a' * 300)">>, #{}, Opts))
@@ -456,10 +479,10 @@ bad_atom_names_use_up_budget(_) ->
                                   Other -> Other
                               end).
 
-%% The same in async code: Runtime._await_call's error handler raises, the task dies and
-%% no reply is ever sent, so the caller waits for its timeout.
+%% Was, in async code: Runtime._await_call's error handler raised, the task died and no
+%% reply was sent, so the caller waited for its timeout.
 async_unencodable_exception_message(_) ->
-    erlpy_test:doc("KNOWN BUG: an async function's exception that is not UTF-8 gets no reply"),
+    erlpy_test:doc("an async function's exception that is not UTF-8 gets a reply"),
     ok = start_pool(types_bugs, #{}),
     Opts = #{pool => types_bugs, timeout => 5000},
     ok = py:exec(<<"async def boom():\n    raise ValueError('\\ud800')\n">>, Opts),
@@ -467,12 +490,11 @@ async_unencodable_exception_message(_) ->
     ct:log("~p", [Result]),
     ?assertMatch({error, {python, <<"ValueError">>, _, _}}, Result).
 
-%% erlpy_worker: a callback message from Python whose arguments do not decode (a forged
-%% opaque term, an atom over the max_atoms budget) is logged and dropped as an unexpected
-%% message; Python's erlang.call() never gets a reply and the request hangs until its
-%% timeout. Expected: erlang.call() raises (ErlangError carrying the badarg).
+%% Was: a callback message from Python whose arguments did not decode (a forged opaque
+%% term, an atom over the max_atoms budget) was dropped, and erlang.call() never returned.
+%% Now: erlang.call() raises (ErlangError carrying the badarg).
 callback_with_undecodable_args(_) ->
-    erlpy_test:doc("KNOWN BUG: erlang.call() with arguments Erlang cannot decode never returns"),
+    erlpy_test:doc("erlang.call() with arguments Erlang cannot decode raises"),
     ok = py:register_function(types_echo, fun([X]) -> X end),
     try
         ok = start_pool(types_bugs, #{max_atoms => 0}),
