@@ -16,7 +16,7 @@
 %% caller's `NewAtom' fun, which enforces the pool's `max_atoms' budget.
 -module(erlpy_codec).
 
--export([encode/2, decode/3, skip/1]).
+-export([encode/2, decode/3, decode_items/4, skip/1]).
 -export_type([new_atom_fun/0]).
 
 -define(EXT_ATOM, 1).
@@ -227,10 +227,30 @@ decode(Bin, NoneAtom, NewAtom) ->
         error:badarg -> throw({badarg, malformed})
     end.
 
+%% @doc Decode `Bin', one msgpack array, prepending its elements to `Acc' in reverse
+%% order (a caller collecting chunk after chunk reverses once, at the end). Throws like
+%% decode/3, also for bytes after the array.
+-spec decode_items(Bin, Acc, NoneAtom, NewAtom) -> list() when
+    Bin :: binary(), Acc :: list(), NoneAtom :: atom(), NewAtom :: new_atom_fun().
+decode_items(Bin, Acc, NoneAtom, NewAtom) ->
+    try items(Bin, Acc, NoneAtom, NewAtom) of
+        {Items, <<>>} -> Items;
+        {_, _} -> throw({badarg, malformed})
+    catch
+        error:function_clause -> throw({badarg, malformed});
+        error:{badmatch, _} -> throw({badarg, malformed});
+        error:badarg -> throw({badarg, malformed})
+    end.
+
+-spec items(binary(), list(), atom(), new_atom_fun()) -> {list(), binary()}.
+items(<<2#1001:4, C:4, R/binary>>, Acc, N, A) -> dec_rev(C, R, N, A, Acc);
+items(<<16#dc, C:16, R/binary>>, Acc, N, A) -> dec_rev(C, R, N, A, Acc);
+items(<<16#dd, C:32, R/binary>>, Acc, N, A) -> dec_rev(C, R, N, A, Acc).
+
 -spec dec(binary(), atom(), new_atom_fun()) -> {term(), binary()}.
 dec(<<I, R/binary>>, _, _) when I < 16#80 -> {I, R};
 dec(<<2#101:3, S:5, B:S/binary, R/binary>>, _, _) -> {copy(B), R};
-dec(<<2#1001:4, C:4, R/binary>>, N, A) -> dec_array(C, R, N, A, []);
+dec(<<2#1001:4, C:4, R/binary>>, N, A) -> dec_array(C, R, N, A);
 dec(<<2#1000:4, C:4, R/binary>>, N, A) -> dec_map(C, R, N, A, #{});
 dec(<<I:8/signed, R/binary>>, _, _) when I >= -32 -> {I, R};
 dec(<<16#c0, R/binary>>, N, _) -> {N, R};
@@ -254,8 +274,8 @@ dec(<<16#db, S:32, B:S/binary, R/binary>>, _, _) -> {copy(B), R};
 dec(<<16#c4, S, B:S/binary, R/binary>>, _, _) -> {copy(B), R};
 dec(<<16#c5, S:16, B:S/binary, R/binary>>, _, _) -> {copy(B), R};
 dec(<<16#c6, S:32, B:S/binary, R/binary>>, _, _) -> {copy(B), R};
-dec(<<16#dc, C:16, R/binary>>, N, A) -> dec_array(C, R, N, A, []);
-dec(<<16#dd, C:32, R/binary>>, N, A) -> dec_array(C, R, N, A, []);
+dec(<<16#dc, C:16, R/binary>>, N, A) -> dec_array(C, R, N, A);
+dec(<<16#dd, C:32, R/binary>>, N, A) -> dec_array(C, R, N, A);
 dec(<<16#de, C:16, R/binary>>, N, A) -> dec_map(C, R, N, A, #{});
 dec(<<16#df, C:32, R/binary>>, N, A) -> dec_map(C, R, N, A, #{});
 dec(<<16#d4, T, B:1/binary, R/binary>>, N, A) -> {dec_ext(T, B, N, A), R};
@@ -274,20 +294,25 @@ special_float(_, Mantissa) when Mantissa =/= 0 -> nan;
 special_float(0, 0) -> infinity;
 special_float(1, 0) -> neg_infinity.
 
--spec dec_array(non_neg_integer(), binary(), atom(), new_atom_fun(), list()) ->
+-spec dec_array(non_neg_integer(), binary(), atom(), new_atom_fun()) ->
     {list(), binary()}.
-dec_array(0, R, _, _, Acc) -> {lists:reverse(Acc), R};
-%% Small ints and floats, the bulk of a streamed chunk, decoded in the loop: no {Value,
-%% Rest} tuple per item, and the match context stays put.
-dec_array(C, <<I, R/binary>>, N, A, Acc) when I < 16#80 -> dec_array(C - 1, R, N, A, [I | Acc]);
-dec_array(C, <<I:8/signed, R/binary>>, N, A, Acc) when I >= -32 ->
-    dec_array(C - 1, R, N, A, [I | Acc]);
-dec_array(C, <<16#cd, I:16, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [I | Acc]);
-dec_array(C, <<16#ce, I:32, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [I | Acc]);
-dec_array(C, <<16#cb, F:64/float, R/binary>>, N, A, Acc) -> dec_array(C - 1, R, N, A, [F | Acc]);
-dec_array(C, R0, N, A, Acc) ->
+dec_array(C, R0, N, A) ->
+    {Reversed, R} = dec_rev(C, R0, N, A, []),
+    {lists:reverse(Reversed), R}.
+
+%% C elements onto Acc, in reverse order. Small ints and floats, the bulk of a streamed
+%% chunk, are decoded in the loop: no {Value, Rest} tuple per item, and the match context
+%% stays put.
+-spec dec_rev(non_neg_integer(), binary(), atom(), new_atom_fun(), list()) -> {list(), binary()}.
+dec_rev(0, R, _, _, Acc) -> {Acc, R};
+dec_rev(C, <<I, R/binary>>, N, A, Acc) when I < 16#80 -> dec_rev(C - 1, R, N, A, [I | Acc]);
+dec_rev(C, <<I:8/signed, R/binary>>, N, A, Acc) when I >= -32 -> dec_rev(C - 1, R, N, A, [I | Acc]);
+dec_rev(C, <<16#cd, I:16, R/binary>>, N, A, Acc) -> dec_rev(C - 1, R, N, A, [I | Acc]);
+dec_rev(C, <<16#ce, I:32, R/binary>>, N, A, Acc) -> dec_rev(C - 1, R, N, A, [I | Acc]);
+dec_rev(C, <<16#cb, F:64/float, R/binary>>, N, A, Acc) -> dec_rev(C - 1, R, N, A, [F | Acc]);
+dec_rev(C, R0, N, A, Acc) ->
     {V, R} = dec(R0, N, A),
-    dec_array(C - 1, R, N, A, [V | Acc]).
+    dec_rev(C - 1, R, N, A, [V | Acc]).
 
 -spec dec_map(non_neg_integer(), binary(), atom(), new_atom_fun(), map()) -> {map(), binary()}.
 dec_map(0, R, _, _, Acc) -> {Acc, R};

@@ -28,7 +28,10 @@
 }).
 
 -opaque stream() :: #stream{}.
--type owner() :: pid() | {collect, reference(), [term()]}.
+%% {collect, Alias}: a stream collected whole (py:stream, py:stream_eval). Python sends its
+%% items as packed chunks, which go to the caller as they are: the caller decodes them
+%% into its own heap, so the list is never built here and copied over.
+-type owner() :: pid() | {collect, reference()}.
 
 %% A local owner with more messages than this in its mailbox gets no more items until it
 %% catches up (streams without a window; with a window the owner sets the pace itself).
@@ -50,10 +53,12 @@ ref(#stream{ref = Ref}) -> Ref.
 -spec owner(stream()) -> owner().
 owner(#stream{owner = Owner}) -> Owner.
 
-%% @doc Items arrived from Python: send what the window allows, hold the rest.
--spec deliver([term()], stream()) -> stream().
-deliver(Items, #stream{owner = {collect, Alias, Acc}} = S) ->
-    S#stream{owner = {collect, Alias, lists:reverse(Items, Acc)}, owed = S#stream.owed + length(Items)};
+%% @doc Items arrived from Python: send what the window allows, hold the rest. A
+%% collected stream's items come as one packed chunk (a binary).
+-spec deliver([term()] | binary(), stream()) -> stream().
+deliver(Chunk, #stream{owner = {collect, Alias}} = S) when is_binary(Chunk) ->
+    Alias ! {Alias, {chunk, Chunk}},
+    S;
 deliver(Items, #stream{granted = infinity, owner = Owner, ref = Ref} = S) ->
     N = send_all(Owner, Ref, Items, 0),
     S#stream{owed = S#stream.owed + N};

@@ -16,7 +16,7 @@
 -behaviour(gen_statem).
 
 -export([start_link/3, await_ready/2, info/1]).
--export([call/4, multi_call/4, collect/4, stream_start/4, stream_command/2]).
+-export([call/4, multi_call/4, collect/5, stream_start/4, stream_command/2]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
 
 -include("erlpy_protocol.hrl").
@@ -100,10 +100,61 @@ info(Worker) ->
 call(Worker, Id, Request, Timeout) ->
     request(Worker, {'$erlpy_call', Id, Request}, Id, Timeout).
 
-%% @doc Run a stream and collect everything it yields.
--spec collect(pid(), id(), iodata(), timeout()) -> {ok, [term()]} | {error, term()}.
-collect(Worker, Id, Request, Timeout) ->
-    request(Worker, {'$erlpy_collect', Id, Request}, Id, Timeout).
+%% @doc Run a stream and collect everything it yields. The worker forwards the packed
+%% chunks Python sends; `Decode(Chunk, Acc)' adds a chunk's items to `Acc' in reverse
+%% order, here in the caller, while Python makes the next chunk.
+-spec collect(pid(), id(), iodata(), timeout(), Decode) -> {ok, [term()]} | {error, term()} when
+    Decode :: fun((binary(), [term()]) -> [term()]).
+collect(Worker, Id, Request, Timeout, Decode) ->
+    %% Many messages come through this alias, so it stays active until unaliased.
+    Alias = erlang:monitor(process, Worker, [{alias, explicit_unalias}]),
+    Worker ! {'$erlpy_collect', Alias, Id, Request},
+    Deadline =
+        case Timeout of
+            infinity -> infinity;
+            _ -> erlang:monotonic_time(millisecond) + Timeout
+        end,
+    Result = collect_loop(Worker, Alias, Id, Deadline, Decode, []),
+    unalias(Alias),
+    erlang:demonitor(Alias, [flush]),
+    flush_alias(Alias),
+    Result.
+
+-spec collect_loop(pid(), reference(), id(), integer() | infinity, Decode, [term()]) ->
+    {ok, [term()]} | {error, term()} when Decode :: fun((binary(), [term()]) -> [term()]).
+collect_loop(Worker, Alias, Id, Deadline, Decode, Acc) ->
+    Wait =
+        case Deadline of
+            infinity -> infinity;
+            _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
+        end,
+    receive
+        {Alias, {chunk, Chunk}} ->
+            try Decode(Chunk, Acc) of
+                Acc1 -> collect_loop(Worker, Alias, Id, Deadline, Decode, Acc1)
+            catch
+                throw:{badarg, Reason} ->
+                    Worker ! {'$erlpy_cancel', Id},
+                    {error, {badarg, Reason}}
+            end;
+        {Alias, done} ->
+            {ok, lists:reverse(Acc)};
+        {Alias, {error, _} = Error} ->
+            Error;
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Wait ->
+        Worker ! {'$erlpy_cancel', Id},
+        {error, timeout}
+    end.
+
+%% Messages that came through the alias before it was deactivated (a request given up).
+-spec flush_alias(reference()) -> ok.
+flush_alias(Alias) ->
+    receive
+        {Alias, _} -> flush_alias(Alias)
+    after 0 -> ok
+    end.
 
 %% @doc Start a stream whose events go to `Owner'; returns its reference at once.
 -spec stream_start(pid(), id(), map(), timeout()) -> {ok, reference()} | {error, term()}.
@@ -217,7 +268,7 @@ handle_event(info, {'$erlpy_call', Alias, Id, Request}, ready, D) ->
     Calls = (D#data.calls)#{Id => #call{alias = Alias}},
     {keep_state, enqueue(Request, D#data{calls = Calls})};
 handle_event(info, {'$erlpy_collect', Alias, Id, Request}, ready, D) ->
-    Collect = erlpy_stream:new(Alias, {collect, Alias, []}, infinity, ?COLLECT_CREDIT),
+    Collect = erlpy_stream:new(Alias, {collect, Alias}, infinity, ?COLLECT_CREDIT),
     Entry = #entry{stream = Collect, idle = infinity},
     {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry}})};
 handle_event(info, {'$erlpy_stream', Alias, Id, Stream}, ready, D) ->
@@ -631,8 +682,7 @@ finish_stream(Id, #entry{stopping = Reason} = Entry, _, D) ->
 end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = Stopping}, Final, D) ->
     Ref = erlpy_stream:ref(S),
     case erlpy_stream:owner(S) of
-        {collect, Alias, Items} when Final =:= done -> Alias ! {Alias, {ok, lists:reverse(Items)}};
-        {collect, Alias, _} -> Alias ! {Alias, Final};
+        {collect, Alias} -> Alias ! {Alias, Final};
         _ when Stopping =:= owner_down -> ok;
         Owner -> Owner ! {py_stream, Ref, Final}
     end,

@@ -356,13 +356,19 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
         {Kind, Timeout, Request} ->
             case erlpy_pool:checkout(Meta) of
                 {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
-                {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout);
+                {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
                 {error, no_workers} -> {error, {worker_exited, no_workers}};
                 {error, _} = Error -> Error
             end
     catch
         throw:{badarg, Detail} -> {error, {badarg, Detail}}
     end.
+
+%% How a collecting caller decodes the chunks of items its worker forwards.
+-spec decoder(erlpy_pool:meta()) -> fun((binary(), [term()]) -> [term()]).
+decoder(#{none_atom := NoneAtom} = Meta) ->
+    NewAtom = erlpy_pool:new_atom_fun(Meta),
+    fun(Chunk, Acc) -> erlpy_codec:decode_items(Chunk, Acc, NoneAtom, NewAtom) end.
 
 -spec start_stream(name(), name(), list(), map()) -> {ok, reference()} | {error, error()}.
 start_stream(Module, Function, Args, Opts) ->

@@ -583,12 +583,11 @@ class Runtime:
         stream = job.stream
         iterator = job.iterator
         assert stream is not None and iterator is not None
-        prefix = b"\x93" + pack(P.DATA) + pack(job.id)
         try:
             while True:
                 chunk = self._user(job, list, itertools.islice(iterator, COLLECT_CHUNK))
                 if chunk:
-                    self.writer.send(prefix + pack(chunk))
+                    self.writer.send(*stream.data_parts(pack(chunk)))
                 if len(chunk) < COLLECT_CHUNK:
                     break
         except BaseException as exc:

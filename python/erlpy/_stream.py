@@ -88,10 +88,18 @@ class Stream:
                 return
             self._items = []
             self._bytes = 0
-            message = self._prefix + _array_header(len(items)) + b"".join(items)
-            drain = self._rt.writer.enqueue(message)
+            body = _array_header(len(items)) + b"".join(items)
+            drain = self._rt.writer.enqueue(*self.data_parts(body))
         if drain:
             self._rt.writer.drain()
+
+    def data_parts(self, items: bytes) -> tuple[bytes, bytes]:
+        """The DATA message for packed items (one msgpack array). A stream collected whole
+        sends the array as a binary: Erlang hands it to the caller as it is, and the
+        caller decodes it into its own heap."""
+        if self.limited:
+            return self._prefix, items
+        return self._prefix + b"\xc6" + len(items).to_bytes(4, "big"), items
 
     def park(self) -> bool:
         """A sync producer out of credit: park it unless credit came meanwhile."""

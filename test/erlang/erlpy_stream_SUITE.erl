@@ -81,6 +81,7 @@ groups() ->
             error_collect_raising,
             error_stream_eval_raising,
             error_unencodable_item,
+            collect_undecodable_items,
             cancel_unknown_ref,
             bad_options
         ]},
@@ -705,6 +706,27 @@ error_unencodable_item(_) ->
     ct:log("unencodable: ~p", [Terminal]),
     ?assertNotEqual(nomatch, binary:match(Msg, <<"Opaque">>)),
     assert_silent(Ref).
+
+collect_undecodable_items(Config) ->
+    erlpy_test:doc("py:stream_eval whose items Erlang refuses (atoms over max_atoms, sync and "
+                   "async): {error, {badarg, _}}, the generator is stopped, nothing left in the "
+                   "caller's mailbox, the pool serves on"),
+    start_one_pool(one, #{max_atoms => 3}, Config),
+    O = #{pool => one},
+    U = integer_to_binary(erlang:unique_integer([positive])),
+    Locals = #{u => U},
+    Sync = <<"(erlang.atom(f'collect_{u}_{i}') for i in range(100000))">>,
+    Async = <<"(erlang.atom(f'acollect_{u}_{i}') async for i in erlang_agen(100000))">>,
+    ok = py:exec(<<"async def erlang_agen(n):\n    for i in range(n):\n        yield i\n">>, O),
+    [begin
+         Result = py:stream_eval(Expr, Locals, O),
+         ct:log("~p", [Result]),
+         ?assertMatch({error, {badarg, _}}, Result),
+         ok = erlpy_test:wait_until(fun() -> in_flight(one) =:= 0 end)
+     end || Expr <- [Sync, Async]],
+    timer:sleep(100),
+    ?assertEqual([], erlpy_test:flush()),
+    ?assertEqual({ok, [0, 1, 2]}, py:stream_eval(<<"(i for i in range(3))">>, #{}, O)).
 
 cancel_unknown_ref(_) ->
     erlpy_test:doc("stream_cancel/ack/send/close of an unknown reference are ok and harmless"),
