@@ -377,6 +377,23 @@ decode_rest_test_() ->
         ?_assertEqual({<<"ab">>, <<"cd">>}, dec(<<16#a2, "abcd">>))
     ].
 
+%% decode_items/4: a chunk of a batch stream, prepended to what came before, reversed.
+decode_items_test_() ->
+    Items = fun(B, Acc) -> erlpy_codec:decode_items(B, Acc, none, ?NO_NEW_ATOM) end,
+    Chunk1 = enc([1, 200, -5, 70000, 1.5, <<"x">>, none, [2, 3], {a, 4}]),
+    Chunk2 = enc(lists:seq(1, 70000)),
+    [
+        ?_assertEqual([{a, 4}, [2, 3], none, <<"x">>, 1.5, 70000, -5, 200, 1], Items(Chunk1, [])),
+        ?_assertEqual([3, 2, 1, old], Items(enc([1, 2, 3]), [old])),
+        %% (compared with =:=, so a failure does not print 70,000 numbers)
+        ?_assert([1, 200] ++ lists:seq(1, 70000) =:=
+                     lists:reverse(Items(Chunk2, Items(enc([1, 200]), [])))),
+        ?_assertEqual([], Items(enc([]), [])),
+        ?_assertThrow({badarg, malformed}, Items(<<Chunk1/binary, 0>>, [])),
+        ?_assertThrow({badarg, malformed}, Items(enc(7), [])),
+        ?_assertThrow({badarg, _}, Items(binary:part(Chunk1, 0, byte_size(Chunk1) - 1), []))
+    ].
+
 %% Decoding never creates an atom itself: names that are not atoms yet go to NewAtom.
 decode_new_atom_test() ->
     Name = iolist_to_binary(["erlpy_codec_tests_never_an_atom_", integer_to_list(erlang:unique_integer([positive]))]),
