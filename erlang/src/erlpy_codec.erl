@@ -16,8 +16,10 @@
 %% caller's `NewAtom' fun, which enforces the pool's `max_atoms' budget.
 -module(erlpy_codec).
 
--export([encode/2, decode/3, decode_items/4, skip/1]).
+-export([encode/2, message/2, decode/3, decode_items/4, skip/1]).
 -export_type([new_atom_fun/0]).
+
+-include("erlpy_protocol.hrl").
 
 -define(EXT_ATOM, 1).
 -define(EXT_TUPLE, 2).
@@ -42,6 +44,17 @@
 -spec encode(Term, NoneAtom) -> iodata() when Term :: term(), NoneAtom :: atom().
 encode(Term, NoneAtom) ->
     enc(Term, NoneAtom, ?MAX_DEPTH).
+
+%% @doc Encode one protocol message (a list of fields). Throws `{badarg, {too_large,
+%% Bytes}}' when it would not fit in a frame: Python would never see it, and a port fed
+%% more than {packet, 4} can carry closes.
+-spec message(list(), atom()) -> iodata().
+message(Fields, NoneAtom) ->
+    Data = encode(Fields, NoneAtom),
+    case iolist_size(Data) of
+        Size when Size > ?MAX_FRAME -> throw({badarg, {too_large, Size}});
+        _ -> Data
+    end.
 
 -spec enc(term(), atom(), non_neg_integer()) -> iodata().
 enc(I, _, _) when is_integer(I) -> enc_int(I);

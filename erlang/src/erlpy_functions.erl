@@ -28,10 +28,10 @@ run_async(Worker, CallbackId, Name, Args, NoneAtom) ->
         {Ok, Value} = run(Name, Args),
         Reply =
             try
-                erlpy_codec:encode([?OP_REPLY, CallbackId, Ok, Value], NoneAtom)
+                erlpy_codec:message([?OP_REPLY, CallbackId, Ok, Value], NoneAtom)
             catch
                 throw:{badarg, Detail} ->
-                    erlpy_codec:encode([?OP_REPLY, CallbackId, false, {badarg, Detail}], NoneAtom)
+                    erlpy_codec:message([?OP_REPLY, CallbackId, false, {badarg, Detail}], NoneAtom)
             end,
         Worker ! {'$erlpy_out', Reply}
     end).

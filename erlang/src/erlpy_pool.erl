@@ -273,7 +273,7 @@ init({Name, Config}) ->
 -spec handle_call(term(), gen_server:from(), meta()) -> {reply, term(), meta()}.
 handle_call({exec, Code, Timeout}, _From, #{tab := Tab, counters := Counters} = Meta) ->
     Id = erlang:unique_integer([positive]),
-    Request = erlpy_codec:encode([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
+    Request = erlpy_codec:message([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
     Targets = indexed_workers(Meta),
     _ = [atomics:add(Counters, I, 1) || {_, I} <- Targets],
     Results = erlpy_worker:multi_call([W || {W, _} <- Targets], Id, Request, Timeout),

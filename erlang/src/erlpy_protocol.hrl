@@ -25,6 +25,9 @@
 -define(OP_FAIL, 8).
 -define(OP_FATAL, 99).
 
+%% The largest frame {packet, 4} can carry.
+-define(MAX_FRAME, 16#ffffffff).
+
 %% Items Python may run ahead of the worker on a stream without a window.
 -define(STREAM_CREDIT, 8192).
 %% The credit of a stream that the caller collects whole (py:stream, py:stream_eval).

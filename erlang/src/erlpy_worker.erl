@@ -59,6 +59,7 @@
     monitors = #{} :: #{reference() => id()},
     grace = #{} :: #{id() => reference()},
     out = [] :: [iodata()],
+    out_size = 0 :: non_neg_integer(),
     kill_reason :: term(),
     restarts = 0 :: non_neg_integer(),
     retry = 1000 :: pos_integer(),
@@ -475,7 +476,7 @@ fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
         Streams
     ),
     maps:foreach(fun(_, TRef) -> erlang:cancel_timer(TRef) end, D1#data.grace),
-    D1#data{calls = #{}, grace = #{}, out = [], pending_init = 0}.
+    D1#data{calls = #{}, grace = #{}, out = [], out_size = 0, pending_init = 0}.
 
 %%====================================================================
 %% Output: messages are queued and written as one frame once the mailbox is drained
@@ -484,15 +485,19 @@ fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
 -spec enqueue(iodata(), #data{}) -> #data{}.
 enqueue(Message, #data{out = []} = D) ->
     self() ! '$erlpy_flush',
-    D#data{out = [Message]};
-enqueue(Message, #data{out = Out} = D) ->
-    D#data{out = [Message | Out]}.
+    D#data{out = [Message], out_size = iolist_size(Message)};
+enqueue(Message, #data{out = Out, out_size = Size} = D) ->
+    case Size + iolist_size(Message) of
+        %% A frame holds under 4 GiB ({packet, 4}): write what is queued first.
+        Total when Total > ?MAX_FRAME -> enqueue(Message, flush(D));
+        Total -> D#data{out = [Message | Out], out_size = Total}
+    end.
 
 -spec flush(#data{}) -> #data{}.
 flush(#data{out = []} = D) ->
     D;
 flush(#data{port = undefined} = D) ->
-    D#data{out = []};
+    D#data{out = [], out_size = 0};
 flush(#data{port = Port, out = Out} = D) ->
     try
         erlang:port_command(Port, lists:reverse(Out))
@@ -500,11 +505,11 @@ flush(#data{port = Port, out = Out} = D) ->
         %% Python just died and closed the port; its exit message is on the way.
         error:badarg -> ok
     end,
-    D#data{out = []}.
+    D#data{out = [], out_size = 0}.
 
--spec encode(term(), #data{}) -> iodata().
-encode(Term, #data{meta = #{none_atom := NoneAtom}}) ->
-    erlpy_codec:encode(Term, NoneAtom).
+-spec encode(list(), #data{}) -> iodata().
+encode(Message, #data{meta = #{none_atom := NoneAtom}}) ->
+    erlpy_codec:message(Message, NoneAtom).
 
 %%====================================================================
 %% Input: frames from Python

@@ -351,7 +351,7 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
     Id = erlang:unique_integer([positive]),
     try
         {Kind, Op, Fields, #{timeout := Timeout}} = Build(Opts),
-        {Kind, Timeout, erlpy_codec:encode([Op, Id | Fields], NoneAtom)}
+        {Kind, Timeout, erlpy_codec:message([Op, Id | Fields], NoneAtom)}
     of
         {Kind, Timeout, Request} ->
             case erlpy_pool:checkout(Meta) of
@@ -381,7 +381,7 @@ start_stream(Module, Function, Args, Opts) ->
                 name(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
                 Credit, maps:get(input, Opts, false) =:= true
             ],
-            erlpy_codec:encode([?OP_STREAM_CALL, Id | Fields], NoneAtom)
+            erlpy_codec:message([?OP_STREAM_CALL, Id | Fields], NoneAtom)
         of
             Request ->
                 Stream = #{

@@ -28,6 +28,15 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 # Protocol frames may carry large binaries; the limit is the frame size Erlang accepts.
 MAX_MESSAGE: Final = 2**31 - 1
+# The most one frame can hold ({packet, 4}); a message must fit in one.
+MAX_FRAME: Final = 2**32 - 1
+
+
+def check_size(size: int, limit: int | None = None) -> None:
+    """Refuse a message too large for a frame, before it is queued for writing."""
+    limit = MAX_FRAME if limit is None else limit
+    if size > limit:
+        raise EncodeError(f"value too large to send: {size} bytes (a frame holds {limit})")
 
 
 class EncodeError(TypeError):
@@ -264,6 +273,7 @@ def pack(message: Any) -> bytes:
         raise EncodeError(f"cannot send value to Erlang: {exc}") from None
     if len(data) > _BIG_MESSAGE:
         _local.packer = new_packer()
+        check_size(len(data))
     return data
 
 
@@ -290,7 +300,9 @@ def pack_parts(message: list[Any]) -> list[bytes]:
         return [pack(message)]
     packer = thread_packer()
     header = [bytes([0x90 | len(message)]), *map(packer.pack, message[:-1])]
-    return [b"".join(header) + head + len(payload).to_bytes(4, "big"), payload]
+    first = b"".join(header) + head + len(payload).to_bytes(4, "big")
+    check_size(len(first) + len(payload))
+    return [first, payload]
 
 
 def packb(obj: Any) -> bytes:

@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _protocol as P
-from ._codec import pack
+from ._codec import MAX_FRAME, check_size, pack
 
 if TYPE_CHECKING:
     from ._runtime import Job, Runtime
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 # sooner, whenever the event loop gets control (see Stream.push).
 BATCH_ITEMS: Final = 1024
 BATCH_BYTES: Final = 1 << 16
+# An item must leave room in its frame for the batch it may join.
+MAX_ITEM: Final = MAX_FRAME - 2 * BATCH_BYTES
 
 
 def _array_header(n: int) -> bytes:
@@ -59,6 +61,8 @@ class Stream:
     def queue(self, data: bytes, on_loop: bool) -> bool:
         """Queue one packed item and make sure a flush comes soon; returns True when the
         caller must flush now (the first item, a full batch, or the credit used up)."""
+        if len(data) > BATCH_BYTES:
+            check_size(len(data), MAX_ITEM)
         with self.lock:
             self._items.append(data)
             self._bytes += len(data)

@@ -253,7 +253,7 @@ error_eval_syntax(_) ->
     ?assertMatch({error, {python, <<"NameError">>, _, _}}, py:eval(<<"undefined_name_xyz">>)).
 
 %%====================================================================
-%% known bugs: bad input must give {error, {badarg, _}}, not crash the caller
+%% regressions: bad input must give {error, {badarg, _}}, not crash the caller
 %%====================================================================
 
 call_options_proplist(_) ->

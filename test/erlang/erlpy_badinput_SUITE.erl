@@ -35,10 +35,11 @@ all() ->
         injected_names_run_nothing,
         garbage_messages_into_python,
         garbage_frames_from_python,
+        too_large_for_a_frame,
      {group, regressions}].
 
 groups() ->
-    %% Not in all/0: product bugs (see each case's doc and docs/reliability.md).
+    %% Product bugs these tests found, all fixed since; each case's comment says what it was.
     [{regressions, [], [
         truncated_frame_swallows_next_request,
         random_frames_into_python,
@@ -462,8 +463,29 @@ garbage_frames_from_python(_) ->
     ?assertMatch([#{pid := Worker, restarts := 0}], workers()),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, ?OPTS)).
 
+too_large_for_a_frame(_) ->
+    erlpy_test:doc("a request over 4 GiB ({packet, 4}'s limit) is refused with "
+                   "{badarg, {too_large, Bytes}} before it reaches the worker; so is a "
+                   "stream's start and its input, and the pool serves on"),
+    %% 65 references to one 64 MiB binary: over 4 GiB of message, 64 MiB of memory.
+    B = binary:copy(<<0>>, 64 bsl 20),
+    Huge = lists:duplicate(65, B),
+    Restarts = restarts(),
+    ?assertMatch({error, {badarg, {too_large, _}}}, py:call(builtins, len, [Huge], #{}, ?OPTS)),
+    ?assertMatch({error, {badarg, {too_large, _}}}, py:eval(<<"len(x)">>, #{x => Huge}, ?OPTS)),
+    ?assertMatch({error, {badarg, {too_large, _}}}, py:stream(builtins, iter, [Huge], #{}, ?OPTS)),
+    ?assertMatch({error, {badarg, {too_large, _}}}, py:stream_start(builtins, iter, [Huge], ?OPTS)),
+    ok = py:exec(<<"async def input_lengths(inp):\n    async for x in inp:\n        yield len(x)\n">>,
+                 ?OPTS),
+    {ok, Ref} = py:stream_start('__main__', input_lengths, [], ?OPTS#{input => true}),
+    ok = py:stream_send(Ref, [B]),
+    ok = py:stream_send(Ref, Huge),
+    ?assertMatch({{error, {badarg, {too_large, _}}}, _}, erlpy_test:collect(Ref)),
+    ?assertEqual({ok, 3}, py:call(builtins, len, [[1, 2, 3]], #{}, ?OPTS)),
+    ?assertEqual(Restarts, restarts()).
+
 %%====================================================================
-%% known bugs
+%% regressions: bugs these tests found (fixed)
 %%====================================================================
 
 %% erlpy._runtime.Runtime._run_loop feeds every frame into one long-lived msgpack

@@ -377,6 +377,14 @@ decode_rest_test_() ->
         ?_assertEqual({<<"ab">>, <<"cd">>}, dec(<<16#a2, "abcd">>))
     ].
 
+%% message/2: what {packet, 4} cannot carry is refused before it reaches a port. The
+%% list refers to one 64 MiB binary 65 times: over 4 GiB of message, 64 MiB of memory.
+message_too_large_test() ->
+    B = binary:copy(<<0>>, 64 bsl 20),
+    ?assertMatch([_ | _], erlpy_codec:message([1, 2, lists:duplicate(63, B)], none)),
+    ?assertThrow({badarg, {too_large, Size}} when Size > 16#ffffffff,
+                 erlpy_codec:message([1, 2, lists:duplicate(65, B)], none)).
+
 %% decode_items/4: a chunk of a batch stream, prepended to what came before, reversed.
 decode_items_test_() ->
     Items = fun(B, Acc) -> erlpy_codec:decode_items(B, Acc, none, ?NO_NEW_ATOM) end,

@@ -57,7 +57,7 @@ groups() ->
             max_memory_too_small_to_start,
             max_requests_recycles_sequential
         ]},
-        %% Not in all/0: product bugs (see each case's doc and docs/reliability.md).
+        %% Product bugs these tests found, all fixed since; each case's comment says what it was.
         {regressions, [], [
             max_requests_concurrent_overloaded,
             max_memory_request_too_big_hangs,
@@ -433,7 +433,7 @@ runs([Y | T], _, N) -> [N | runs(T, Y, 1)];
 runs([], _, N) -> [N].
 
 %%====================================================================
-%% known bugs
+%% regressions: bugs these tests found (fixed)
 %%====================================================================
 
 %% erlpy_pool:checkout/1 adds the ?DRAINING offset (1 bsl 40) of a worker waiting to be

@@ -371,7 +371,7 @@ bad_option_error_shape(_) ->
     ?assertMatch({error, {bad_option, _}}, py:start_pool(bad_option_error_shape, not_options)).
 
 %%====================================================================
-%% known bugs
+%% regressions: bugs these tests found (fixed)
 %%====================================================================
 
 no_pool_after_stop_pool(_) ->

@@ -364,7 +364,7 @@ in_flight_counters_settle(Config) ->
     ?assertEqual([], erlpy_test:flush()).
 
 %%====================================================================
-%% known bugs
+%% regressions: bugs these tests found (fixed)
 %%====================================================================
 
 callback_reentrant_single_worker(Config) ->

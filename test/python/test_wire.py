@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from erlpy import _codec
 from erlpy._codec import EncodeError, pack_parts
 from erlpy._wire import FrameReader, FrameWriter
 
@@ -100,3 +101,12 @@ def test_pack_parts_hands_a_large_payload_over_without_copying_it() -> None:
 def test_pack_parts_refuses_a_large_str_with_a_lone_surrogate() -> None:
     with pytest.raises(EncodeError):
         pack_parts([1, 2, "a" * 100000 + "\ud800"])
+
+
+def test_pack_parts_refuses_what_no_frame_can_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codec, "MAX_FRAME", 100_000)
+    assert len(b"".join(pack_parts([1, 2, b"x" * 99_000]))) < 100_000
+    with pytest.raises(EncodeError, match="too large"):
+        pack_parts([1, 2, b"x" * 100_000])
+    with pytest.raises(EncodeError, match="too large"):
+        pack_parts([1, 2, "y" * 100_000])
