@@ -7,11 +7,6 @@ Erlang as a FATAL message naming the module and the interpreter, instead of a ba
 import os
 import sys
 
-# glibc's largest allowed mmap threshold on 64-bit; blocks above it are mapped afresh.
-_MMAP_THRESHOLD = 32 << 20
-# Free memory an allocator arena keeps before it returns some to the kernel.
-_TRIM_THRESHOLD = 64 << 20
-
 
 def _fatal(detail: dict[str, str]) -> None:
     # Hand-encoded msgpack [99, {str: str}]: msgpack itself may be what is missing.
@@ -52,14 +47,8 @@ def main() -> None:
         import ctypes
         import signal
 
-        libc = ctypes.CDLL(None)
         # Die with the VM even if fd 3 never reports EOF (Linux: parent-death signal).
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        # Keep freed memory for the next large payload instead of handing it back to the
-        # kernel after every request: a fresh page costs a fault, and a 10 MiB payload
-        # touched afresh spends more time in faults than in copying (docs/performance.md).
-        libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

@@ -166,6 +166,7 @@ def _produce(
 class Runtime:
     def __init__(self, fd_in: int = 3, fd_out: int = 4) -> None:
         self.fd_in = fd_in
+        self.reader = FrameReader(fd_in)  # used by the loop thread only
         self.writer = FrameWriter(fd_out)
         self.loop = asyncio.new_event_loop()
         self.worker_pid: Any = None
@@ -196,6 +197,7 @@ class Runtime:
         sys.modules.setdefault("erlang", erlang)  # `import erlang`, as in erlang_python
         self.main_module.__dict__.update(asyncio=asyncio, erlang=erlang)
         self._redirect_output()
+        _keep_freed_memory(True)
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
         sys.setswitchinterval(SWITCH_INTERVAL)
         for fd in (self.fd_in, self.writer.fd):
@@ -232,7 +234,7 @@ class Runtime:
     def _run_loop(self) -> None:
         self._loop_ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
-        reader = FrameReader(self.fd_in)
+        reader = self.reader
 
         def on_readable() -> None:
             # Drain the pipe: a large frame arrives in many reads, no need to go back to
@@ -376,7 +378,10 @@ class Runtime:
             job = Job(msg[1], msg)
             self.worker_pid = msg[2]
             try:
-                _apply_limits(msg[3])
+                if _apply_limits(msg[3]):
+                    # Memory kept is memory a later request cannot have.
+                    _keep_freed_memory(False)
+                    self.reader.keep = 0
             except Exception as exc:
                 self.error(job, exc)
             else:
@@ -822,18 +827,41 @@ class Runtime:
                 waiter.set_exception(error)
 
 
-def _apply_limits(limits: dict[Any, Any]) -> None:
+def _apply_limits(limits: dict[Any, Any]) -> bool:
     """Resource limits the pool asks for: ``max_memory`` caps the address space, so an
-    allocation beyond it raises MemoryError instead of waking the OOM killer."""
+    allocation beyond it raises MemoryError instead of waking the OOM killer. Returns
+    whether the address space is capped."""
     max_memory = limits.get("max_memory")
-    if isinstance(max_memory, int):
-        used = _address_space()
-        if max_memory <= used:
-            raise MemoryError(
-                f"max_memory is {max_memory} bytes, but this Python process already uses "
-                f"{used} bytes of address space"
-            )
-        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+    if not isinstance(max_memory, int):
+        return False
+    used = _address_space()
+    if max_memory <= used:
+        raise MemoryError(
+            f"max_memory is {max_memory} bytes, but this Python process already uses "
+            f"{used} bytes of address space"
+        )
+    resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+    return True
+
+
+# glibc's largest mmap threshold on 64-bit (blocks above it are always mapped afresh), the
+# free memory an allocator arena may keep, and glibc's default for both.
+_MMAP_THRESHOLD: Final = 32 << 20
+_TRIM_THRESHOLD: Final = 64 << 20
+_GLIBC_DEFAULT: Final = 128 << 10
+
+
+def _keep_freed_memory(keep: bool) -> None:
+    """Have malloc keep freed memory for the next large payload instead of handing it back
+    to the kernel after every request: a fresh page costs a fault, and a 10 MiB payload
+    touched afresh spends more time in faults than in copying (docs/performance.md).
+    Not for a worker whose address space is capped."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, _MMAP_THRESHOLD if keep else _GLIBC_DEFAULT)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, _TRIM_THRESHOLD if keep else _GLIBC_DEFAULT)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its own defaults
 
 
 def _address_space() -> int:

@@ -21,13 +21,13 @@ class FrameReader:
 
     Small frames are cut out of a shared buffer; a frame larger than ``BIG`` is read
     straight into a buffer of its own, so a 100 MB payload is not copied around. That
-    buffer is kept for the next large frame (up to ``KEEP`` bytes): the frame handed out
-    is a view of it, valid until the next call of :meth:`read`, which is all a decoder
-    needs (decoded values never point into the frame).
+    buffer is kept for the next large frame (up to ``keep`` bytes; 0 when the worker's
+    address space is capped): the frame handed out is a view of it, valid until the next
+    call of :meth:`read`, which is all a decoder needs (decoded values never point into
+    the frame).
     """
 
     BIG: Final = 1 << 20
-    KEEP: Final = 64 << 20
     HEAD: Final = 64
 
     def __init__(self, fd: int) -> None:
@@ -35,6 +35,7 @@ class FrameReader:
         self._buf = bytearray()
         self._big: memoryview | None = None  # the large frame being read
         self._spare = bytearray()  # the buffer large frames are read into
+        self.keep = 64 << 20
         self._filled = 0
         # A frame too big to hold (max_memory): its first bytes, and how much to skip.
         self._skip_head = b""
@@ -99,7 +100,7 @@ class FrameReader:
         if len(self._spare) < size:
             self._spare = bytearray()  # let the old one go before taking a bigger one
             spare = bytearray(size)
-            if size <= self.KEEP:
+            if size <= self.keep:
                 self._spare = spare
             return memoryview(spare)
         return memoryview(self._spare)[:size]

@@ -54,6 +54,7 @@ groups() ->
         ]},
         {limits, [], [
             max_memory_error_keeps_serving,
+            max_memory_large_payloads_leave_no_memory_behind,
             max_memory_too_small_to_start,
             max_requests_recycles_sequential
         ]},
@@ -381,6 +382,26 @@ max_memory_error_keeps_serving(Config) ->
     ?assertEqual(Old, os_pids(P)),
     ?assertEqual(0, restarts(P)),
     assert_serving_and_replayed(P).
+
+max_memory_large_payloads_leave_no_memory_behind(Config) ->
+    erlpy_test:doc("with max_memory, a worker does not keep the memory of large payloads "
+                   "for reuse (as it does without a cap): the address space after three "
+                   "60 MiB requests is what it was, and what is left can be allocated"),
+    P = start_pool(Config, #{size => 1, max_memory => 700 bsl 20}),
+    O = #{pool => P},
+    VmSize = fun() ->
+        {ok, KB} = py:eval(<<"int(open('/proc/self/status').read().split('VmSize:')[1].split()[0])">>,
+                           #{}, O),
+        KB * 1024
+    end,
+    Before = VmSize(),
+    Big = binary:copy(<<255>>, 60 bsl 20),
+    [?assertEqual({ok, 60 bsl 20}, py:call(builtins, len, [Big], #{}, O)) || _ <- [1, 2, 3]],
+    After = VmSize(),
+    ct:log("VmSize before ~w MB, after ~w MB", [Before bsr 20, After bsr 20]),
+    ?assert(After - Before < 20 bsl 20),
+    Free = (700 bsl 20) - After - (40 bsl 20),
+    ?assertEqual({ok, Free}, py:eval(<<"len(bytearray(n))">>, #{n => Free}, O)).
 
 max_memory_too_small_to_start(Config) ->
     erlpy_test:doc("max_memory too small for Python itself: start_pool fails, or (the limit "
