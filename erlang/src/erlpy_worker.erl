@@ -27,6 +27,8 @@
 
 -record(call, {
     alias :: reference() | {internal, setup | init | exec},
+    %% The caller: a caller that dies (killed, not timed out) cancels its request.
+    monitor :: reference() | undefined,
     cancelled = false :: boolean()
 }).
 
@@ -99,7 +101,7 @@ info(Worker) ->
 %% @doc Run one request (call, eval or exec) and wait for its reply.
 -spec call(pid(), id(), iodata(), timeout()) -> {ok, term()} | {error, term()}.
 call(Worker, Id, Request, Timeout) ->
-    request(Worker, {'$erlpy_call', Id, Request}, Id, Timeout).
+    request(Worker, {'$erlpy_call', Id, {self(), Request}}, Id, Timeout).
 
 %% @doc Run a stream and collect everything it yields. The worker forwards the packed
 %% chunks Python sends; `Decode(Chunk, Acc)' adds a chunk's items to `Acc' in reverse
@@ -109,7 +111,7 @@ call(Worker, Id, Request, Timeout) ->
 collect(Worker, Id, Request, Timeout, Decode) ->
     %% Many messages come through this alias, so it stays active until unaliased.
     Alias = erlang:monitor(process, Worker, [{alias, explicit_unalias}]),
-    Worker ! {'$erlpy_collect', Alias, Id, Request},
+    Worker ! {'$erlpy_collect', Alias, Id, {self(), Request}},
     Deadline =
         case Timeout of
             infinity -> infinity;
@@ -171,7 +173,7 @@ stream_command(Ref, Command) ->
 %% @doc Run the same request on several workers at once (the pool's `exec').
 -spec multi_call([pid()], id(), iodata(), timeout()) -> [{ok, term()} | {error, term()}].
 multi_call(Workers, Id, Request, Timeout) ->
-    Sent = [{W, send_request(W, {'$erlpy_call', Id, Request})} || W <- Workers],
+    Sent = [{W, send_request(W, {'$erlpy_call', Id, {self(), Request}})} || W <- Workers],
     Deadline =
         case Timeout of
             infinity -> infinity;
@@ -265,13 +267,17 @@ handle_event(info, {Tag, Alias, _, _}, failed, D) when
     Alias ! {Alias, {error, {python_start_failed, D#data.start_error}}},
     erlpy_pool:done(D#data.meta, D#data.index),
     keep_state_and_data;
-handle_event(info, {'$erlpy_call', Alias, Id, Request}, ready, D) ->
-    Calls = (D#data.calls)#{Id => #call{alias = Alias}},
-    {keep_state, enqueue(Request, D#data{calls = Calls})};
-handle_event(info, {'$erlpy_collect', Alias, Id, Request}, ready, D) ->
+handle_event(info, {'$erlpy_call', Alias, Id, {Caller, Request}}, ready, D) ->
+    Mon = erlang:monitor(process, Caller),
+    Calls = (D#data.calls)#{Id => #call{alias = Alias, monitor = Mon}},
+    {keep_state, enqueue(Request, D#data{calls = Calls, monitors = (D#data.monitors)#{Mon => Id}})};
+handle_event(info, {'$erlpy_collect', Alias, Id, {Caller, Request}}, ready, D) ->
     Collect = erlpy_stream:new(Alias, {collect, Alias}, infinity, ?COLLECT_CREDIT),
-    Entry = #entry{stream = Collect, idle = infinity},
-    {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry}})};
+    %% A caller that dies (killed, not timed out) takes its stream with it, like an owner.
+    Mon = erlang:monitor(process, Caller),
+    Entry = #entry{stream = Collect, idle = infinity, monitor = Mon},
+    {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry},
+                                         monitors = (D#data.monitors)#{Mon => Id}})};
 handle_event(info, {'$erlpy_stream', Alias, Id, Stream}, ready, D) ->
     {keep_state, start_stream(Alias, Id, Stream, D)};
 %% --- cancellation, stream commands, owners, timers
@@ -457,12 +463,15 @@ fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
         fun
             (_, #call{alias = {internal, _}}) ->
                 ok;
-            (_, #call{alias = Alias, cancelled = Cancelled}) ->
+            (_, #call{alias = Alias, monitor = Mon, cancelled = Cancelled}) ->
                 Cancelled orelse (Alias ! {Alias, {error, Error}}),
+                erlang:demonitor(Mon, [flush]),
                 erlpy_pool:done(D#data.meta, D#data.index)
         end,
         Calls
     ),
+    Monitors = maps:without([Mon || #call{monitor = Mon} <- maps:values(Calls), Mon =/= undefined],
+                            D#data.monitors),
     D1 = maps:fold(
         fun(Id, Entry, Acc) ->
             Final =
@@ -472,7 +481,7 @@ fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
                 end,
             end_stream(Id, Entry, Final, Acc)
         end,
-        D,
+        D#data{monitors = Monitors},
         Streams
     ),
     maps:foreach(fun(_, TRef) -> erlang:cancel_timer(TRef) end, D1#data.grace),
@@ -656,10 +665,11 @@ finish_call(_, #call{alias = {internal, Kind}}, Result, D) ->
         {ok, _} -> D1;
         {error, Error} -> D1#data{start_error = {Kind, Error}}
     end;
-finish_call(Id, #call{alias = Alias, cancelled = Cancelled}, Result, D) ->
+finish_call(Id, #call{alias = Alias, monitor = Mon, cancelled = Cancelled}, Result, D) ->
     Cancelled orelse (Alias ! {Alias, Result}),
+    erlang:demonitor(Mon, [flush]),
     erlpy_pool:done(D#data.meta, D#data.index),
-    stop_grace(Id, D#data{served = D#data.served + 1}).
+    stop_grace(Id, D#data{served = D#data.served + 1, monitors = maps:remove(Mon, D#data.monitors)}).
 
 -spec finish_stream(id(), #entry{}, term(), #data{}) -> #data{}.
 finish_stream(Id, #entry{stopping = false, stream = S} = Entry, Result, D) ->

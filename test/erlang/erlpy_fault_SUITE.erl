@@ -42,7 +42,8 @@ groups() ->
         ]},
         {owners, [], [
             owner_killed_many_streams,
-            owner_killed_generator_stuck_in_c
+            owner_killed_generator_stuck_in_c,
+            caller_killed_mid_call
         ]},
         {stop, [], [
             pool_stopped_in_flight
@@ -358,6 +359,39 @@ python_cannot_restart_then_recovers(Config) ->
     _ = script(Dir, "python", Good),
     ok = erlpy_test:wait_until(fun() -> [ready] =:= [S || #{state := S} <- workers(P)] end, 20000),
     assert_serving_and_replayed(P).
+
+caller_killed_mid_call(Config) ->
+    erlpy_test:doc("a process killed while its call runs (sync and async, timeout infinity) "
+                   "takes the work with it: the Python code is interrupted, its finally runs, "
+                   "the worker is free and keeps serving"),
+    P = start_pool(Config, #{size => 1}),
+    O = #{pool => P},
+    Dir = ?config(priv_dir, Config),
+    ok = py:exec(<<"
+def long_work(mark):
+    try:
+        for _ in range(600000):
+            time.sleep(0.001)
+    finally:
+        open(mark, 'w').write('stopped')
+
+async def along_work(mark):
+    try:
+        await asyncio.sleep(600)
+    finally:
+        open(mark, 'w').write('stopped')
+">>, O),
+    [begin
+         Mark = unicode:characters_to_binary(filename:join(Dir, atom_to_list(F) ++ ".stopped")),
+         Caller = spawn(fun() -> py:call('__main__', F, [Mark], #{}, O#{timeout => infinity}) end),
+         ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+         timer:sleep(200),  % the function is running
+         exit(Caller, kill),
+         ok = erlpy_test:wait_until(fun() -> file:read_file(Mark) =:= {ok, <<"stopped">>} end),
+         ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 0 end)
+     end || F <- [long_work, along_work]],
+    ?assertEqual(0, restarts(P)),
+    ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, O)).
 
 %%====================================================================
 %% resource limits

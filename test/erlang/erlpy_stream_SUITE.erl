@@ -70,6 +70,7 @@ groups() ->
             idle_timeout_sync,
             collect_timeout_sync,
             collect_timeout_async,
+            collect_caller_killed,
             cancel_stuck_in_c_code
         ]},
         {errors, [], [
@@ -618,6 +619,20 @@ collect_timeout_async(Config) ->
     erlpy_test:doc("py:stream of an endless async generator with a timeout: {error, timeout}, "
                    "the generator is closed, no late reply"),
     collect_timeout(aendless_paced, Config).
+
+collect_caller_killed(Config) ->
+    erlpy_test:doc("a process killed in the middle of py:stream (no timeout) takes the "
+                   "stream with it: the generator is closed and the worker is free"),
+    [begin
+         Mark = path(Config, atom_to_list(Fun) ++ "_closed"),
+         Caller = spawn(fun() -> py:stream(?M, Fun, [Mark, 0.001], #{}, infinity) end),
+         ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 1 end),
+         timer:sleep(200),  % the generator is running (one that never started has no finally)
+         exit(Caller, kill),
+         ok = erlpy_test:wait_until(fun() -> read(Mark) =/= undefined end),
+         ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end)
+     end || Fun <- [endless_paced, aendless_paced]],
+    ?assertEqual({ok, [0, 1]}, py:stream(?M, count, [2])).
 
 cancel_stuck_in_c_code(Config) ->
     erlpy_test:doc("stream_cancel of a sync generator stuck in C code (time.sleep): after "
