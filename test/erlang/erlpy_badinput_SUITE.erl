@@ -581,13 +581,11 @@ python_memory_kept_after_big_reply(_) ->
 %% helpers
 %%====================================================================
 
-workers() ->
-    #{workers := Ws} = py:info(?POOL),
-    Ws.
+workers() -> erlpy_test:workers(?POOL).
 
-os_pids() -> [O || #{os_pid := O} <- workers()].
+os_pids() -> erlpy_test:os_pids(?POOL).
 
-restarts() -> lists:sum([R || #{restarts := R} <- workers()]).
+restarts() -> erlpy_test:restarts(?POOL).
 
 big_binary_holders() ->
     [{P, process_info(P, [registered_name, current_function, initial_call]), [S || {_, S, _} <- B, S > 1000000]}

@@ -185,12 +185,8 @@ assert_silent(Ref, Ms) ->
 closed(Tag) ->
     receive {closed, Tag, OsPid} -> OsPid after 10000 -> ct:fail({not_closed, Tag}) end.
 
-in_flight(Pool) ->
-    #{workers := Ws} = py:info(Pool),
-    lists:sum([F || #{in_flight := F} <- Ws]).
-
 idle(Pool) ->
-    erlpy_test:wait_until(fun() -> in_flight(Pool) =:= 0 end).
+    erlpy_test:wait_until(fun() -> erlpy_test:in_flight(Pool) =:= 0 end).
 
 members(Node, Name) ->
     erpc:call(Node, pg, get_members, [erlpy, {erlpy_pool, Name}]).
@@ -521,7 +517,7 @@ node_down_mid_stream(Config) ->
     %% A call in flight on D.
     Me = self(),
     spawn(fun() -> Me ! {slow, py:eval(<<"__import__('time').sleep(30)">>, #{}, #{pool => {default, D}})} end),
-    ok = erlpy_test:wait_until(fun() -> in_flight({default, D}) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight({default, D}) =:= 1 end),
     %% D goes down (erlang:halt, as peer:stop does).
     ok = peer:stop(element(1, DPeer)),
     {{error, {worker_exited, {nodedown, D}}}, _} = terminal(OnD),

@@ -110,7 +110,7 @@ sigkill_mid_calls_and_streams(Config) ->
     erlpy_test:doc("kill -9 of both Pythons with 22 calls and streams in flight: one reply "
                    "each, one terminal per stream, restarted with exec state"),
     P = start_pool(Config, #{size => 2}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Streams = [stream_job(P, Fun, Args)
                || {Fun, Args} <- lists:duplicate(2, {gen, [1000000, 0.005]})
                                  ++ lists:duplicate(4, {agen, [1000000, 0.005]})],
@@ -120,7 +120,7 @@ sigkill_mid_calls_and_streams(Config) ->
                                             ++ lists:duplicate(4, {echo, []})],
     Collects = [collect_job(P, agen, [1000000, 0.005]) || _ <- lists:seq(1, 4)],
     All = Streams ++ Calls ++ Collects,
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= length(All) end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= length(All) end),
     [kill9(O) || O <- Old],
     Results = await_jobs(All),
     assert_all(Results, fun worker_exited/1),
@@ -131,7 +131,7 @@ segfault_mid_stream(Config) ->
     erlpy_test:doc("a generator segfaults (ctypes.string_at(0)) after 5 items while other "
                    "requests are in flight: each gets one worker_exited, 139"),
     P = start_pool(Config, #{size => 1}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Others = [stream_job(P, agen, [1000000, 0.005]), call_job(P, asleep_echo, [30])],
     ok = await_first_items([hd(Others)]),
     Dying = stream_job(P, die_after, [5, <<"segv">>]),
@@ -152,9 +152,9 @@ os_exit_in_async_generator(Config) ->
 
 os_exit_in_generator(Fun, Config) ->
     P = start_pool(Config, #{size => 1}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Call = call_job(P, asleep_echo, [30]),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     Dying = stream_job(P, Fun, [3, <<"exit">>]),
     Results = await_jobs([Dying, Call]),
     assert_all(Results, fun(R) -> exit_status(R, 7) end),
@@ -165,7 +165,7 @@ stuck_in_c_with_others_in_flight(Config) ->
     erlpy_test:doc("a sync call stuck in C past its timeout: {error, timeout} at once, the "
                    "worker killed after cancel_grace, the others in flight get cancel_timeout"),
     P = start_pool(Config, #{size => 1, cancel_grace => 500}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Others = [stream_job(P, agen, [1000000, 0.005]) | [call_job(P, asleep_echo, [30]) || _ <- [1, 2]]],
     ok = await_first_items([hd(Others)]),
     Mark = iolist_to_binary(filename:join(?config(dir, Config), "stuck")),
@@ -187,7 +187,7 @@ owner_killed_many_streams(Config) ->
     erlpy_test:doc("the owner of 10 streams (sync and async) is killed: every started "
                    "generator is closed, no Python work goes on, no worker is killed"),
     P = start_pool(Config, #{size => 2}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Dir = ?config(dir, Config),
     Mark = fun(I, What) -> iolist_to_binary(filename:join(Dir, What ++ integer_to_list(I))) end,
     Parent = self(),
@@ -207,7 +207,7 @@ owner_killed_many_streams(Config) ->
     Ready = receive owner_ready -> ok after 20000 -> owner_not_ready end,
     ?assertEqual(ok, Ready),
     exit(Owner, kill),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 0 end, 20000),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end, 20000),
     Started = [I || I <- lists:seq(1, 10), filelib:is_file(Mark(I, "started"))],
     ct:log("generators started: ~p", [Started]),
     ?assert(length(Started) >= 6),
@@ -218,8 +218,8 @@ owner_killed_many_streams(Config) ->
     %% nothing runs any more: no generator started late, no count moved
     ?assertEqual(Started, [I || I <- lists:seq(1, 10), filelib:is_file(Mark(I, "started"))]),
     ?assertEqual(Counts, [read_file(Mark(I, "closed")) || I <- Started]),
-    ?assertEqual(Old, os_pids(P)),
-    ?assertEqual(0, restarts(P)),
+    ?assertEqual(Old, erlpy_test:os_pids(P)),
+    ?assertEqual(0, erlpy_test:restarts(P)),
     ?assertEqual([], erlpy_test:flush()),
     assert_serving_and_replayed(P).
 
@@ -227,7 +227,7 @@ owner_killed_generator_stuck_in_c(Config) ->
     erlpy_test:doc("the owner of a generator stuck in C is killed: after cancel_grace the "
                    "Python is killed and replaced, the other request in flight gets one answer"),
     P = start_pool(Config, #{size => 1, cancel_grace => 500}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Mark = iolist_to_binary(filename:join(?config(dir, Config), "stuck")),
     Call = call_job(P, asleep_echo, [30]),
     Owner = spawn(fun() ->
@@ -251,14 +251,14 @@ pool_stopped_in_flight(Config) ->
     erlpy_test:doc("stop_pool with calls, streams, collects and an exec in flight and callers "
                    "hammering it: one answer each, no Python left, the name reusable"),
     P = start_pool(Config, #{size => 2}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Streams = [stream_job(P, Fun, [1000000, 0.005]) || Fun <- [gen, agen, agen]],
     ok = await_first_items(Streams),
     Calls = [call_job(P, F, A) || {F, A} <- lists:duplicate(3, {sleep_echo, [30]})
                                             ++ lists:duplicate(3, {asleep_echo, [30]})],
     Collects = [collect_job(P, agen, [1000000, 0.005]) || _ <- [1, 2]],
     Exec = job(fun() -> py:exec(<<"time.sleep(30)">>, #{pool => P}) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) >= 13 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) >= 13 end),
     %% callers that keep calling while the pool goes away
     Hammers = [job(fun() -> hammer(P, 0) end) || _ <- lists:seq(1, 4)],
     timer:sleep(100),
@@ -344,20 +344,20 @@ python_cannot_restart_then_recovers(Config) ->
     Good = "#!/bin/sh\nexec " ++ erlpy_test:python() ++ " \"$@\"\n",
     Wrapper = script(Dir, "python", Good),
     P = start_pool(Config, #{size => 1, python => Wrapper}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     Call = call_job(P, asleep_echo, [30]),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     _ = script(Dir, "python", "#!/bin/sh\nexit 5\n"),
     kill9(hd(Old)),
     assert_all(await_jobs([Call]), fun worker_exited/1),
-    ok = erlpy_test:wait_until(fun() -> [failed] =:= [S || #{state := S} <- workers(P)] end),
+    ok = erlpy_test:wait_until(fun() -> [failed] =:= [S || #{state := S} <- erlpy_test:workers(P)] end),
     Failing = [call_job(P, echo, []) || _ <- lists:seq(1, 5)],
     assert_all(await_jobs(Failing),
                fun({error, {python_start_failed, {exit_status, 5}}}) -> true;
                   ({error, {python_start_failed, {port_closed, _}}}) -> true;
                   (_) -> false end),
     _ = script(Dir, "python", Good),
-    ok = erlpy_test:wait_until(fun() -> [ready] =:= [S || #{state := S} <- workers(P)] end, 20000),
+    ok = erlpy_test:wait_until(fun() -> [ready] =:= [S || #{state := S} <- erlpy_test:workers(P)] end, 20000),
     assert_serving_and_replayed(P).
 
 caller_killed_mid_call(Config) ->
@@ -384,13 +384,13 @@ async def along_work(mark):
     [begin
          Mark = unicode:characters_to_binary(filename:join(Dir, atom_to_list(F) ++ ".stopped")),
          Caller = spawn(fun() -> py:call('__main__', F, [Mark], #{}, O#{timeout => infinity}) end),
-         ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+         ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
          timer:sleep(200),  % the function is running
          exit(Caller, kill),
          ok = erlpy_test:wait_until(fun() -> file:read_file(Mark) =:= {ok, <<"stopped">>} end),
-         ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 0 end)
+         ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end)
      end || F <- [long_work, along_work]],
-    ?assertEqual(0, restarts(P)),
+    ?assertEqual(0, erlpy_test:restarts(P)),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, O)).
 
 %%====================================================================
@@ -401,7 +401,7 @@ max_memory_error_keeps_serving(Config) ->
     erlpy_test:doc("max_memory => 1 GiB: allocating 4 GiB in a call, an async call and a "
                    "generator is a MemoryError; the same Python keeps serving"),
     P = start_pool(Config, #{size => 1, max_memory => 1 bsl 30}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     O = #{pool => P},
     MemoryError = fun({error, {python, <<"MemoryError">>, _, _}}) -> true; (_) -> false end,
     ?assert(MemoryError(py:eval(<<"len(bytearray(4 * 2**30))">>, #{}, O))),
@@ -413,8 +413,8 @@ max_memory_error_keeps_serving(Config) ->
     ?assertEqual([0, 1, 2], Items),
     %% below the limit works
     ?assertEqual({ok, 100 bsl 20}, py:eval(<<"len(bytearray(100 * 2**20))">>, #{}, O)),
-    ?assertEqual(Old, os_pids(P)),
-    ?assertEqual(0, restarts(P)),
+    ?assertEqual(Old, erlpy_test:os_pids(P)),
+    ?assertEqual(0, erlpy_test:restarts(P)),
     assert_serving_and_replayed(P).
 
 max_memory_large_payloads_leave_no_memory_behind(Config) ->
@@ -448,7 +448,7 @@ max_memory_too_small_to_start(Config) ->
         {ok, _} ->
             Results = [py:eval(<<"1 + 1">>, #{}, #{pool => P, timeout => 10000}) || _ <- lists:seq(1, 5)],
             ct:log("limit ~p", [py:eval(<<"(__import__('resource').getrlimit(__import__('resource').RLIMIT_AS), open('/proc/self/status').read().split('VmSize:')[1].split()[0])">>, #{}, #{pool => P, timeout => 10000})]),
-            ct:log("start_pool succeeded; requests: ~p; workers: ~p", [Results, workers(P)]),
+            ct:log("start_pool succeeded; requests: ~p; workers: ~p", [Results, erlpy_test:workers(P)]),
             [?assertMatch({error, {E, _}} when E =:= worker_exited; E =:= python_start_failed, R)
              || R <- Results, R =/= {ok, 2}]
     end,
@@ -476,7 +476,7 @@ max_requests_recycles_sequential(Config) ->
     ?assert(length(Runs) >= 8),
     ?assert(lists:all(fun(N) -> N =< 5 end, Runs)),
     ?assertEqual(length(Runs), length(lists:usort(Pids))),
-    [#{recycled := Recycled, restarts := 0}] = workers(P),
+    [#{recycled := Recycled, restarts := 0}] = erlpy_test:workers(P),
     ?assert(Recycled >= 8),
     ?assertEqual([], erlpy_test:flush()).
 
@@ -534,15 +534,15 @@ killed_while_starting_refuses_requests(Config) ->
     erlpy_test:doc("BUG: a Python killed while starting makes its worker refuse requests "
                    "with python_start_failed for a second or more"),
     P = start_pool(Config, #{size => 1, init => <<"import time; time.sleep(0.5)">>}),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     kill9(Old),
     ok = erlpy_test:wait_until(fun() ->
-        case workers(P) of
+        case erlpy_test:workers(P) of
             [#{state := starting, os_pid := New}] -> New =/= Old;
             _ -> false
         end
     end),
-    [Starting] = os_pids(P),
+    [Starting] = erlpy_test:os_pids(P),
     kill9(Starting),
     timer:sleep(100),
     ?assertMatch({ok, <<"replayed">>}, py:eval(<<"replay_marker">>, #{}, #{pool => P})).
@@ -563,7 +563,7 @@ flush_after_port_closed_crashes_worker(Config) ->
     erlpy_test:doc("BUG: the worker process crashes (badarg in port_command) when it flushes "
                    "to a port that closed because Python died"),
     P = start_pool(Config, #{size => 1}),
-    [#{pid := Worker, os_pid := OsPid}] = workers(P),
+    [#{pid := Worker, os_pid := OsPid}] = erlpy_test:workers(P),
     [Port] = [Pt || Pt <- erlang:ports(), erlang:port_info(Pt, os_pid) =:= {os_pid, OsPid}],
     ok = sys:suspend(Worker),
     Call = call_job(P, echo, []),
@@ -576,8 +576,8 @@ flush_after_port_closed_crashes_worker(Config) ->
     ok = sys:resume(Worker),
     [{Result, _}] = await_jobs([Call]),
     ct:log("caller got ~p", [Result]),
-    ok = erlpy_test:wait_until(fun() -> [ready] =:= [S || #{state := S} <- workers(P)] end),
-    ?assertMatch([#{pid := Worker}], workers(P)).
+    ok = erlpy_test:wait_until(fun() -> [ready] =:= [S || #{state := S} <- erlpy_test:workers(P)] end),
+    ?assertMatch([#{pid := Worker}], erlpy_test:workers(P)).
 
 %%====================================================================
 %% jobs: one process per request, reporting its result and any stray message
@@ -675,29 +675,19 @@ exit_status(_, _) -> false.
 %% helpers
 %%====================================================================
 
-workers(P) ->
-    #{workers := Ws} = py:info(P),
-    Ws.
-
-os_pids(P) -> [O || #{os_pid := O} <- workers(P)].
-
-in_flight(P) -> lists:sum([F || #{in_flight := F} <- workers(P)]).
-
-restarts(P) -> lists:sum([R || #{restarts := R} <- workers(P)]).
-
 kill9(OsPid) -> _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)), ok.
 
 %% Every worker runs a Python none of Old, and is ready.
 wait_restarted(P, Old) ->
     erlpy_test:wait_until(fun() ->
-        Ws = workers(P),
+        Ws = erlpy_test:workers(P),
         lists:all(fun(#{state := S, os_pid := O}) -> S =:= ready andalso not lists:member(O, Old) end, Ws)
     end, 20000).
 
 %% The pool answers, from every worker, with the exec state replayed, and nothing is left
 %% in flight.
 assert_serving_and_replayed(P) ->
-    Pids = os_pids(P),
+    Pids = erlpy_test:os_pids(P),
     Answers = [job(fun() -> py:eval(<<"time.sleep(0.1) or (os.getpid(), replay_marker)">>,
                                     #{}, #{pool => P}) end)
                || _ <- lists:seq(1, 4 * length(Pids))],
@@ -705,7 +695,7 @@ assert_serving_and_replayed(P) ->
     ?assertEqual([], [J || J <- Results, not is_answer(J)]),
     ?assertEqual([<<"replayed">>], lists:usort([M || {{ok, {_, M}}, _} <- Results])),
     ?assertEqual(lists:sort(Pids), lists:usort([O || {{ok, {O, _}}, _} <- Results])),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 0 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     ?assertMatch(#{queued := 0}, py:info(P)).
 
 is_answer({{ok, {_, _}}, []}) -> true;
@@ -734,14 +724,12 @@ import os
 import signal
 import time
 
-
 def _mark(path, text='1'):
     if path:
         tmp = path + '.tmp'
         with open(tmp, 'w') as f:
             f.write(text)
         os.replace(tmp, path)
-
 
 def _die(how):
     if how == 'exit':
@@ -752,25 +740,20 @@ def _die(how):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})
         ctypes.CDLL(None).sleep(60)
 
-
 def echo(token):
     return token
-
 
 async def aecho(token):
     await asyncio.sleep(0)
     return token
 
-
 def sleep_echo(token, seconds):
     time.sleep(seconds)
     return token
 
-
 async def asleep_echo(token, seconds):
     await asyncio.sleep(seconds)
     return token
-
 
 def gen(token, n, delay=0):
     for i in range(n):
@@ -778,19 +761,16 @@ def gen(token, n, delay=0):
             time.sleep(delay)
         yield (token, i)
 
-
 async def agen(token, n, delay=0):
     for i in range(n):
         await asyncio.sleep(delay)
         yield (token, i)
-
 
 def die_after(token, n, how, mark=None):
     for i in range(n):
         yield (token, i)
     _mark(mark)
     _die(how)
-
 
 async def adie_after(token, n, how, mark=None):
     for i in range(n):
@@ -799,12 +779,10 @@ async def adie_after(token, n, how, mark=None):
     _mark(mark)
     _die(how)
 
-
 def stuck(mark):
     _mark(mark)
     _die('stuck')
     return 'woke'
-
 
 def closing_gen(started, closed, delay):
     _mark(started)
@@ -817,7 +795,6 @@ def closing_gen(started, closed, delay):
     finally:
         _mark(closed, str(i))
 
-
 async def aclosing_gen(started, closed, delay):
     _mark(started)
     i = 0
@@ -829,25 +806,20 @@ async def aclosing_gen(started, closed, delay):
     finally:
         _mark(closed, str(i))
 
-
 def allocate(n):
     return len(bytearray(n))
-
 
 async def aallocate(n):
     await asyncio.sleep(0)
     return len(bytearray(n))
 
-
 def allocate_after(k, n):
     yield from range(k)
     yield len(bytearray(n))
 
-
 def pid_and_marker():
     import __main__
     return (os.getpid(), __main__.replay_marker)
-
 
 def pid_gen(n):
     import __main__

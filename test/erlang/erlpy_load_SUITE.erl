@@ -297,13 +297,11 @@ settled() ->
 %% helpers
 %%====================================================================
 
-workers() ->
-    #{workers := Ws} = py:info(?POOL),
-    Ws.
+workers() -> erlpy_test:workers(?POOL).
 
-in_flight() -> lists:sum([F || #{in_flight := F} <- workers()]).
+in_flight() -> erlpy_test:in_flight(?POOL).
 
-restarts() -> lists:sum([R || #{restarts := R} <- workers()]).
+restarts() -> erlpy_test:restarts(?POOL).
 
 count(List) ->
     lists:foldl(fun(X, M) -> maps:update_with(X, fun(N) -> N + 1 end, 1, M) end, #{}, List).

@@ -97,20 +97,20 @@ exec_on_every_worker_of_4(_) ->
     {ok, _} = py:start_pool(P, #{size => 4}),
     ok = py:exec(<<"import os, time\ndef whoami(tag):\n    time.sleep(0.2)\n"
                    "    return (tag, os.getpid())\n">>, #{pool => P}),
-    Before = os_pids(P),
+    Before = erlpy_test:os_pids(P),
     ?assertEqual(4, length(lists:usort(Before))),
     ?assertEqual(lists:sort(Before), answering_pids(P)),
     %% kill one Python; the worker restarts it and replays the exec log
     [Victim | _] = Before,
     os:cmd("kill -9 " ++ integer_to_list(Victim)),
     ok = erlpy_test:wait_until(fun() ->
-        Ws = workers(P),
+        Ws = erlpy_test:workers(P),
         lists:all(fun(#{state := S}) -> S =:= ready end, Ws) andalso
             not lists:member(Victim, [O || #{os_pid := O} <- Ws]) andalso
             lists:sum([R || #{restarts := R} <- Ws]) =:= 1
     end),
     ?assertNot(erlpy_test:os_pid_alive(Victim)),
-    After = os_pids(P),
+    After = erlpy_test:os_pids(P),
     ?assertEqual(3, length(Before -- (Before -- After))),
     ?assertEqual(lists:sort(After), answering_pids(P)).
 
@@ -132,7 +132,7 @@ start_stop_pool_kills_python(_) ->
     {ok, Sup} = py:start_pool(P, #{size => 2}),
     ?assert(is_pid(Sup)),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, #{pool => P})),
-    OsPids = os_pids(P),
+    OsPids = erlpy_test:os_pids(P),
     ?assertEqual(2, length(OsPids)),
     ?assert(lists:all(fun erlpy_test:os_pid_alive/1, OsPids)),
     ?assertEqual(ok, py:stop_pool(P)),
@@ -172,7 +172,7 @@ own_supervisor(Spec, Name, Size, _Config) ->
         ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, #{pool => Name})),
         ok = py:exec(<<"own = 'yes'">>, #{pool => Name}),
         ?assertEqual({ok, <<"yes">>}, py:eval(<<"own">>, #{}, #{pool => Name})),
-        OsPids = os_pids(Name),
+        OsPids = erlpy_test:os_pids(Name),
         ?assertEqual(Size, length(OsPids)),
         %% it is not a child of erlpy's supervisor
         ?assertEqual({error, {no_pool, Name}}, py:stop_pool(Name)),
@@ -256,10 +256,10 @@ pool_options_env_cd_path_init(Config) ->
     ?assertEqual(lists:duplicate(6, {ok, 7}), Each(fun() -> py:eval(<<"init_defined">>, #{}, O) end)),
     %% init code runs again on a restarted worker, before the exec log
     ok = py:exec(<<"from_exec = init_defined * 2">>, O),
-    [Victim | _] = os_pids(P),
+    [Victim | _] = erlpy_test:os_pids(P),
     os:cmd("kill -9 " ++ integer_to_list(Victim)),
     ok = erlpy_test:wait_until(fun() ->
-        Ws = workers(P),
+        Ws = erlpy_test:workers(P),
         not lists:member(Victim, [X || #{os_pid := X} <- Ws]) andalso
             lists:all(fun(#{state := S}) -> S =:= ready end, Ws)
     end),
@@ -315,7 +315,7 @@ pool_sup_killed_python_gone(_) ->
     erlpy_test:doc("killing a pool's supervisor brutally stops its Pythons; erlpy_sup restarts it"),
     P = pool_sup_killed_python_gone,
     {ok, Sup} = py:start_pool(P, #{size => 2}),
-    Old = os_pids(P),
+    Old = erlpy_test:os_pids(P),
     exit(Sup, kill),
     ok = erlpy_test:wait_until(fun() -> not lists:any(fun erlpy_test:os_pid_alive/1, Old) end),
     ok = erlpy_test:wait_until(fun() ->
@@ -409,10 +409,4 @@ init_list_of_strings(_) ->
 %%====================================================================
 %% helpers
 %%====================================================================
-
-workers(P) ->
-    #{workers := Ws} = py:info(P),
-    Ws.
-
-os_pids(P) -> [O || #{os_pid := O} <- workers(P)].
 

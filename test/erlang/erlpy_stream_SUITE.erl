@@ -148,15 +148,6 @@ data_messages(Pid, Ref) ->
     {messages, Ms} = erlang:process_info(Pid, messages),
     [V || {py_stream, R, {data, V}} <- Ms, R =:= Ref].
 
-in_flight(Pool) ->
-    lists:sum([F || #{in_flight := F} <- maps:get(workers, py:info(Pool))]).
-
-restarts(Pool) ->
-    lists:sum([R || #{restarts := R} <- maps:get(workers, py:info(Pool))]).
-
-os_pids(Pool) ->
-    [P || #{os_pid := P} <- maps:get(workers, py:info(Pool))].
-
 start_one_pool(Name, Config) ->
     start_one_pool(Name, #{}, Config).
 
@@ -344,7 +335,7 @@ cancel_sync_busy_generator(Config) ->
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
     ?assertEqual(1, read(Mark)),
     assert_silent(Ref),
-    ?assertEqual(0, restarts(default)),
+    ?assertEqual(0, erlpy_test:restarts(default)),
     ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]])).
 
 cancel_twice_and_after_end(Config) ->
@@ -371,10 +362,10 @@ owner_killed(Fun, Config) ->
     exit(Owner, kill),
     ok = erlpy_test:wait_until(fun() -> read(Mark) =/= undefined end),
     ?assert(read(Mark) >= 10),
-    ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 0 end),
     ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]])),
     ?assertEqual({ok, [0, 1, 2]}, py:stream(?M, count, [3])),
-    ?assertEqual(0, restarts(default)),
+    ?assertEqual(0, erlpy_test:restarts(default)),
     ?assertEqual([], erlpy_test:flush()).
 
 owner_killed_sync(Config) ->
@@ -494,7 +485,7 @@ unread_owner_bounded(Fun, Config) ->
     ?assert(Len2 =< 50000),
     ?assert(Produced2 =< Len2 + 30000),
     exit(Owner, kill),
-    ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 0 end),
     ?assert(read(Counter) >= Len2).
 
 unread_owner_bounded_sync(Config) ->
@@ -551,7 +542,7 @@ worker_killed_mid_stream(Config) ->
     erlpy_test:doc("SIGKILL of the worker mid-stream: exactly one {error, {worker_exited, _}}, "
                    "then nothing; the pool restarts it and serves the next request"),
     start_one_pool(kill_pool, Config),
-    [OsPid] = os_pids(kill_pool),
+    [OsPid] = erlpy_test:os_pids(kill_pool),
     {ok, Ref} = py:stream_start(?M, aendless_paced, [path(Config, "closed"), 0.005],
                                 #{pool => kill_pool}),
     _ = erlpy_test:take(Ref, 5),
@@ -562,15 +553,15 @@ worker_killed_mid_stream(Config) ->
     ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]], #{}, #{pool => kill_pool})),
     {ok, Ref2} = py:stream_start(?M, count, [3], #{pool => kill_pool}),
     ?assertEqual({done, [0, 1, 2]}, erlpy_test:collect(Ref2)),
-    ?assertEqual(1, restarts(kill_pool)),
-    ?assertNotEqual([OsPid], os_pids(kill_pool)),
+    ?assertEqual(1, erlpy_test:restarts(kill_pool)),
+    ?assertNotEqual([OsPid], erlpy_test:os_pids(kill_pool)),
     ?assertNot(erlpy_test:os_pid_alive(OsPid)).
 
 worker_killed_mid_collect(Config) ->
     erlpy_test:doc("SIGKILL of the worker during py:stream: the caller gets "
                    "{error, {worker_exited, _}}"),
     start_one_pool(kill_pool, Config),
-    [OsPid] = os_pids(kill_pool),
+    [OsPid] = erlpy_test:os_pids(kill_pool),
     Self = self(),
     spawn(fun() ->
         Self ! {collected, py:stream(?M, slow, [1000, 0.01, path(Config, "")], #{},
@@ -589,7 +580,7 @@ idle_timeout(Fun, Config) ->
     assert_silent(Ref),
     ok = erlpy_test:wait_until(fun() -> read(Mark) =:= 1 end),
     ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]])),
-    ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end).
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 0 end).
 
 idle_timeout_async(Config) ->
     erlpy_test:doc("idle_timeout => 200 on an async generator that stops producing: "
@@ -605,7 +596,7 @@ collect_timeout(Fun, Config) ->
     Mark = path(Config, "closed"),
     ?assertEqual({error, timeout}, py:stream(?M, Fun, [Mark, 0.001], #{}, 300)),
     ok = erlpy_test:wait_until(fun() -> read(Mark) =/= undefined end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 0 end),
     timer:sleep(200),
     ?assertEqual([], erlpy_test:flush()),
     ?assertEqual({ok, [0, 1]}, py:stream(?M, count, [2])).
@@ -626,11 +617,11 @@ collect_caller_killed(Config) ->
     [begin
          Mark = path(Config, atom_to_list(Fun) ++ "_closed"),
          Caller = spawn(fun() -> py:stream(?M, Fun, [Mark, 0.001], #{}, infinity) end),
-         ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 1 end),
+         ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 1 end),
          timer:sleep(200),  % the generator is running (one that never started has no finally)
          exit(Caller, kill),
          ok = erlpy_test:wait_until(fun() -> read(Mark) =/= undefined end),
-         ok = erlpy_test:wait_until(fun() -> in_flight(default) =:= 0 end)
+         ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(default) =:= 0 end)
      end || Fun <- [endless_paced, aendless_paced]],
     ?assertEqual({ok, [0, 1]}, py:stream(?M, count, [2])).
 
@@ -638,7 +629,7 @@ cancel_stuck_in_c_code(Config) ->
     erlpy_test:doc("stream_cancel of a sync generator stuck in C code (time.sleep): after "
                    "cancel_grace the worker is replaced, the owner gets {error, cancelled} once"),
     start_one_pool(kill_pool, #{cancel_grace => 300}, Config),
-    [OsPid] = os_pids(kill_pool),
+    [OsPid] = erlpy_test:os_pids(kill_pool),
     Sleeping = path(Config, "sleeping"),
     {ok, Ref} = py:stream_start(?M, stuck, [Sleeping], #{pool => kill_pool}),
     [<<"first">>] = erlpy_test:take(Ref, 1),
@@ -647,7 +638,7 @@ cancel_stuck_in_c_code(Config) ->
     ?assertEqual({{error, cancelled}, []}, erlpy_test:collect(Ref, 10000)),
     assert_silent(Ref),
     ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]], #{}, #{pool => kill_pool})),
-    ?assertEqual(1, restarts(kill_pool)),
+    ?assertEqual(1, erlpy_test:restarts(kill_pool)),
     ok = erlpy_test:wait_until(fun() -> not erlpy_test:os_pid_alive(OsPid) end).
 
 %%--------------------------------------------------------------------
@@ -737,7 +728,7 @@ collect_undecodable_items(Config) ->
          Result = py:stream_eval(Expr, Locals, O),
          ct:log("~p", [Result]),
          ?assertMatch({error, {badarg, _}}, Result),
-         ok = erlpy_test:wait_until(fun() -> in_flight(one) =:= 0 end)
+         ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(one) =:= 0 end)
      end || Expr <- [Sync, Async]],
     timer:sleep(100),
     ?assertEqual([], erlpy_test:flush()),
@@ -797,7 +788,7 @@ held_stream(Opts, Config) ->
 held_stream_checks() ->
     Call = receive {call, C} -> C after 10000 -> timeout end,
     ?assertEqual({ok, <<"ok">>}, Call),
-    ?assertEqual(0, restarts(one)).
+    ?assertEqual(0, erlpy_test:restarts(one)).
 
 cancel_window_held_keeps_worker(Config) ->
     erlpy_test:doc("regression (was a bug): stream_cancel of a window stream whose generator finished while items "
@@ -857,7 +848,7 @@ start_then_cancel_async(Config) ->
         end,
         lists:seq(1, 100)
     ),
-    ?assertEqual(0, restarts(one)).
+    ?assertEqual(0, erlpy_test:restarts(one)).
 
 queued_request_timeout_keeps_worker(Config) ->
     erlpy_test:doc("regression (was a bug): a request that times out while queued behind a running sync stream "
@@ -874,7 +865,7 @@ queued_request_timeout_keeps_worker(Config) ->
     ?assertEqual({error, timeout}, py:call(math, sqrt, [4], #{}, #{pool => one, timeout => 300})),
     Stream = receive {stream, S} -> S after 20000 -> timeout end,
     ?assertEqual({ok, lists:seq(0, 59)}, Stream),
-    ?assertEqual(0, restarts(one)).
+    ?assertEqual(0, erlpy_test:restarts(one)).
 
 paused_sync_stream_does_not_block_worker(Config) ->
     erlpy_test:doc("regression (was a bug): a sync generator stream paused by its window (owner not acking) holds "

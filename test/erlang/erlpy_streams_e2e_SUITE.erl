@@ -64,8 +64,7 @@ assert_silent(Ref) ->
     timer:sleep(300),
     ?assertEqual([], [M || M <- erlpy_test:flush(), element(2, M) =:= Ref]).
 
-in_flight() ->
-    lists:sum([F || #{in_flight := F} <- maps:get(workers, py:info(default))]).
+in_flight() -> erlpy_test:in_flight(default).
 
 %% Items of one source, in the order they came.
 of_source(Prefix, Items) ->

@@ -2,7 +2,8 @@
 -module(erlpy_test).
 -export([doc/1, collect/1, collect/2, flush/0, wait_until/1, wait_until/2,
          python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1,
-         take/2, take/3, catch_all/1, pmap/2, nest/2]).
+         take/2, take/3, catch_all/1, pmap/2, nest/2,
+         workers/1, os_pids/1, in_flight/1, restarts/1]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -104,3 +105,14 @@ nest(map, N, Inner) -> nest(map, N - 1, #{k => Inner});
 nest(mixed, N, Inner) ->
     Next = case N rem 3 of 0 -> [Inner]; 1 -> {Inner}; 2 -> #{k => Inner} end,
     nest(mixed, N - 1, Next).
+
+%% A pool's workers as py:info/1 shows them, and sums over them.
+workers(Pool) ->
+    #{workers := Ws} = py:info(Pool),
+    Ws.
+
+os_pids(Pool) -> [O || #{os_pid := O} <- workers(Pool)].
+
+in_flight(Pool) -> lists:sum([F || #{in_flight := F} <- workers(Pool)]).
+
+restarts(Pool) -> lists:sum([R || #{restarts := R} <- workers(Pool)]).

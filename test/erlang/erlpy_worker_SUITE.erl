@@ -79,13 +79,13 @@ timeout_time_sleep_no_late_reply(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import time\ndef slow(t):\n    time.sleep(t)\n"
                    "    global finished\n    finished = True\n    return 'late'\n">>, opts(P)),
-    [OsPid] = os_pids(P),
+    [OsPid] = erlpy_test:os_pids(P),
     ?assertEqual({error, timeout}, py:call('__main__', slow, [1.0], #{}, opts(P, 200))),
     timer:sleep(1800),
     ?assertEqual([], erlpy_test:flush()),
     %% the pool serves the next call, on the same Python (interrupted, not killed) ...
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
-    ?assertEqual([OsPid], os_pids(P)),
+    ?assertEqual([OsPid], erlpy_test:os_pids(P)),
     %% ... and the code after the sleep never ran
     ?assertEqual({ok, false}, py:eval(<<"'finished' in globals()">>, #{}, opts(P))),
     ?assertEqual([], erlpy_test:flush()).
@@ -95,14 +95,14 @@ timeout_interrupts_python_loop(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import time\nticks = 0\ndef spin():\n    global ticks\n"
                    "    while True:\n        ticks += 1\n        time.sleep(0.01)\n">>, opts(P)),
-    [OsPid] = os_pids(P),
+    [OsPid] = erlpy_test:os_pids(P),
     ?assertEqual({error, timeout}, py:call('__main__', spin, [], #{}, opts(P, 200))),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, opts(P))),
     {ok, T1} = py:eval(<<"ticks">>, #{}, opts(P)),
     timer:sleep(200),
     %% the loop has stopped: the counter no longer moves
     ?assertEqual({ok, T1}, py:eval(<<"ticks">>, #{}, opts(P))),
-    ?assertEqual([OsPid], os_pids(P)),
+    ?assertEqual([OsPid], erlpy_test:os_pids(P)),
     ?assertEqual([], erlpy_test:flush()).
 
 timeout_async_cancelled(Config) ->
@@ -135,14 +135,14 @@ stuck_in_c_killed_after_grace(Config) ->
     ok = py:exec(<<"import ctypes, signal\ndef stuck():\n"
                    "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGALRM})\n"
                    "    ctypes.CDLL(None).sleep(30)\n    return 'woke'\n">>, opts(P)),
-    [#{os_pid := Old, restarts := 0}] = workers(P),
+    [#{os_pid := Old, restarts := 0}] = erlpy_test:workers(P),
     T0 = erlang:monotonic_time(millisecond),
     ?assertEqual({error, timeout}, py:call('__main__', stuck, [], #{}, opts(P, 200))),
     Elapsed = erlang:monotonic_time(millisecond) - T0,
     ct:log("timeout after ~b ms", [Elapsed]),
     ?assert(Elapsed < 5000),
     ok = erlpy_test:wait_until(fun() ->
-        case workers(P) of
+        case erlpy_test:workers(P) of
             [#{os_pid := New, restarts := 1, state := ready}] -> New =/= Old;
             _ -> false
         end
@@ -160,19 +160,19 @@ stuck_in_c_killed_after_grace(Config) ->
 os_exit_worker_exited(Config) ->
     erlpy_test:doc("os._exit(1) in a call: {error, {worker_exited, _}}, the worker is restarted"),
     P = ?config(pool, Config),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     ?assertMatch({error, {worker_exited, _}}, py:call(os, '_exit', [1], #{}, opts(P))),
     ok = wait_restarted(P, Old, 1),
     ?assertNot(erlpy_test:os_pid_alive(Old)),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
     {ok, NewPid} = py:call(os, getpid, [], #{}, opts(P)),
-    ?assertEqual([NewPid], os_pids(P)),
+    ?assertEqual([NewPid], erlpy_test:os_pids(P)),
     ?assertEqual([], erlpy_test:flush()).
 
 segfault_worker_exited(Config) ->
     erlpy_test:doc("a segfault in a call: {error, {worker_exited, _}}, the worker is restarted"),
     P = ?config(pool, Config),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     ?assertMatch({error, {worker_exited, _}},
                  py:eval(<<"__import__('ctypes').string_at(0)">>, #{}, opts(P))),
     ok = wait_restarted(P, Old, 1),
@@ -183,13 +183,13 @@ crash_fails_every_request_in_flight(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import time\nasync def await_long():\n    await asyncio.sleep(30)\n"
                    "def sync_long():\n    time.sleep(30)\n">>, opts(P)),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     Self = self(),
     Async = [spawn_call(Self, fun() -> py:call('__main__', await_long, [], #{}, opts(P)) end)
              || _ <- lists:seq(1, 3)],
     Sync = spawn_call(Self, fun() -> py:call('__main__', sync_long, [], #{}, opts(P)) end),
     Queued = spawn_call(Self, fun() -> py:call(math, sqrt, [4], #{}, opts(P)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 5 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 5 end),
     os:cmd("kill -9 " ++ integer_to_list(Old)),
     Results = [receive {Ref, R} -> R after 10000 -> no_reply end
                || Ref <- Async ++ [Sync, Queued]],
@@ -197,23 +197,23 @@ crash_fails_every_request_in_flight(Config) ->
     [?assertMatch({error, {worker_exited, _}}, R) || R <- Results],
     ok = wait_restarted(P, Old, 1),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 0 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     timer:sleep(100),
     ?assertEqual([], erlpy_test:flush()).
 
 python_crash_not_counted_as_erlang_restart(Config) ->
     erlpy_test:doc("killing Python many times in a row never takes the pool down"),
     P = ?config(pool, Config),
-    [#{pid := WorkerPid}] = workers(P),
+    [#{pid := WorkerPid}] = erlpy_test:workers(P),
     lists:foreach(
         fun(N) ->
-            [Old] = os_pids(P),
+            [Old] = erlpy_test:os_pids(P),
             os:cmd("kill -9 " ++ integer_to_list(Old)),
             ok = wait_restarted(P, Old, N)
         end,
         lists:seq(1, 6)
     ),
-    ?assertMatch([#{pid := WorkerPid, restarts := 6}], workers(P)),
+    ?assertMatch([#{pid := WorkerPid, restarts := 6}], erlpy_test:workers(P)),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))).
 
 erlang_worker_killed(Config) ->
@@ -222,21 +222,21 @@ erlang_worker_killed(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import ctypes\ndef stuck():\n    ctypes.CDLL(None).sleep(30)\n"
                    "def alive():\n    return 'alive'\n">>, opts(P)),
-    [#{pid := WorkerPid, os_pid := Old}] = workers(P),
+    [#{pid := WorkerPid, os_pid := Old}] = erlpy_test:workers(P),
     Ref = spawn_call(self(), fun() -> py:call('__main__', stuck, [], #{}, opts(P, 60000)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     exit(WorkerPid, kill),
     ?assertMatch({error, {worker_exited, _}}, receive {Ref, R} -> R after 10000 -> no_reply end),
     ok = erlpy_test:wait_until(fun() -> not erlpy_test:os_pid_alive(Old) end),
     ok = erlpy_test:wait_until(fun() ->
-        try workers(P) of
+        try erlpy_test:workers(P) of
             [#{pid := New, state := ready}] -> New =/= WorkerPid;
             _ -> false
         catch _:_ -> false
         end
     end),
     ?assertEqual({ok, <<"alive">>}, py:call('__main__', alive, [], #{}, opts(P))),
-    ?assertEqual(0, in_flight(P)),
+    ?assertEqual(0, erlpy_test:in_flight(P)),
     ?assertMatch(#{queued := 0}, py:info(P)).
 
 %%====================================================================
@@ -262,7 +262,7 @@ sync_call_while_async_pending(Config) ->
                    "        await asyncio.sleep(0.01)\n    return 'released'\n"
                    "def set_flag():\n    global flag\n    flag = True\n    return 'set'\n">>, opts(P)),
     Ref = spawn_call(self(), fun() -> py:call('__main__', wait_flag, [], #{}, opts(P)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, opts(P))),
     receive {Ref, Early} -> error({async_returned_early, Early}) after 0 -> ok end,
@@ -288,7 +288,7 @@ overloaded_max_queue_0(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import time">>, opts(P)),
     Ref = spawn_call(self(), fun() -> py:eval(<<"time.sleep(1.5) or 'slept'">>, #{}, opts(P)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     ?assertEqual({error, overloaded}, py:call(math, sqrt, [16], #{}, opts(P))),
     ?assertEqual({error, overloaded}, py:eval(<<"1">>, #{}, opts(P))),
     ?assertEqual({error, overloaded}, py:stream(builtins, range, [3], #{}, opts(P))),
@@ -301,9 +301,9 @@ overloaded_max_queue_1(Config) ->
     P = ?config(pool, Config),
     ok = py:exec(<<"import time">>, opts(P)),
     Ref1 = spawn_call(self(), fun() -> py:eval(<<"time.sleep(1.5) or 1">>, #{}, opts(P)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     Ref2 = spawn_call(self(), fun() -> py:eval(<<"2">>, #{}, opts(P)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 2 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 2 end),
     ?assertMatch(#{queued := 1}, py:info(P)),
     ?assertEqual({error, overloaded}, py:eval(<<"3">>, #{}, opts(P))),
     ?assertEqual({ok, 1}, receive {Ref1, R1} -> R1 after 10000 -> no_reply end),
@@ -321,7 +321,7 @@ exec_replayed_on_restart(Config) ->
     ok = py:exec(<<"log.append('b')\ndef logged():\n    return log\n">>, opts(P)),
     ?assertEqual({ok, [<<"a">>, <<"b">>]}, py:call('__main__', logged, [], #{}, opts(P))),
     ok = py:exec(<<"log.append('c')">>, opts(P)),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     os:cmd("kill -9 " ++ integer_to_list(Old)),
     ok = wait_restarted(P, Old, 1),
     ?assertEqual({ok, [<<"a">>, <<"b">>, <<"c">>]}, py:call('__main__', logged, [], #{}, opts(P))).
@@ -335,11 +335,11 @@ exec_failure_not_replayed(Config) ->
                  py:exec(<<"partial = 1\nraise ValueError('no')">>, opts(P))),
     %% the failing code ran up to the error on this Python ...
     ?assertEqual({ok, true}, py:eval(<<"'partial' in globals()">>, #{}, opts(P))),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     os:cmd("kill -9 " ++ integer_to_list(Old)),
     ok = wait_restarted(P, Old, 1),
     %% ... but was not replayed on the new one, which started fine
-    ?assertMatch([#{state := ready}], workers(P)),
+    ?assertMatch([#{state := ready}], erlpy_test:workers(P)),
     ?assertEqual({ok, false}, py:eval(<<"'partial' in globals()">>, #{}, opts(P))),
     ?assertEqual({ok, 1}, py:eval(<<"kept">>, #{}, opts(P))).
 
@@ -381,26 +381,26 @@ queued_timeout_kills_busy_worker(Config) ->
                    "caller's healthy call (BUG: grace timer starts for a request not yet running)"),
     P = ?config(pool, Config),
     ok = py:exec(<<"import time">>, opts(P)),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     %% A: a legitimate 2 s sync call with a generous timeout
     RefA = spawn_call(self(), fun() -> py:eval(<<"time.sleep(2) or 'A done'">>, #{}, opts(P, 20000)) end),
-    ok = erlpy_test:wait_until(fun() -> in_flight(P) =:= 1 end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 1 end),
     %% B: queued behind A (sync code runs one at a time), gives up after 100 ms
     ?assertEqual({error, timeout}, py:call(math, sqrt, [4], #{}, opts(P, 100))),
     ?assertEqual({ok, <<"A done">>}, receive {RefA, R} -> R after 15000 -> no_reply end),
-    ?assertEqual([Old], os_pids(P)).
+    ?assertEqual([Old], erlpy_test:os_pids(P)).
 
 timeout_in_erlang_callback_kills_worker(Config) ->
     erlpy_test:doc("a call timing out while Python waits in erlang.call() for a slow Erlang "
                    "fun is interrupted, not killed (BUG: the wait is not interruptible)"),
     P = ?config(pool, Config),
     ok = py:register_function(slow_erlang, fun([]) -> timer:sleep(1500), done end),
-    [Old] = os_pids(P),
+    [Old] = erlpy_test:os_pids(P),
     ?assertEqual({error, timeout},
                  py:eval(<<"erlang.call('slow_erlang')">>, #{}, opts(P, 200))),
     timer:sleep(2500),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
-    ?assertEqual([Old], os_pids(P)).
+    ?assertEqual([Old], erlpy_test:os_pids(P)).
 
 %%====================================================================
 %% helpers
@@ -409,18 +409,10 @@ timeout_in_erlang_callback_kills_worker(Config) ->
 opts(P) -> #{pool => P, timeout => 10000}.
 opts(P, Timeout) -> #{pool => P, timeout => Timeout}.
 
-workers(P) ->
-    #{workers := Ws} = py:info(P),
-    Ws.
-
-os_pids(P) -> [O || #{os_pid := O} <- workers(P)].
-
-in_flight(P) -> lists:sum([F || #{in_flight := F} <- workers(P)]).
-
 %% Wait until the (single) worker runs a new Python, restarted Restarts times in all.
 wait_restarted(P, Old, Restarts) ->
     erlpy_test:wait_until(fun() ->
-        case workers(P) of
+        case erlpy_test:workers(P) of
             [#{os_pid := New, restarts := Restarts, state := ready}] -> New =/= Old;
             _ -> false
         end
