@@ -112,12 +112,7 @@ collect(Worker, Id, Request, Timeout, Decode) ->
     %% Many messages come through this alias, so it stays active until unaliased.
     Alias = erlang:monitor(process, Worker, [{alias, explicit_unalias}]),
     Worker ! {'$erlpy_collect', Alias, Id, {self(), Request}},
-    Deadline =
-        case Timeout of
-            infinity -> infinity;
-            _ -> erlang:monotonic_time(millisecond) + Timeout
-        end,
-    Result = collect_loop(Worker, Alias, Id, Deadline, Decode, []),
+    Result = collect_loop(Worker, Alias, Id, deadline(Timeout), Decode, []),
     unalias(Alias),
     erlang:demonitor(Alias, [flush]),
     flush_alias(Alias),
@@ -126,11 +121,6 @@ collect(Worker, Id, Request, Timeout, Decode) ->
 -spec collect_loop(pid(), reference(), id(), integer() | infinity, Decode, [term()]) ->
     {ok, [term()]} | {error, term()} when Decode :: fun((binary(), [term()]) -> [term()]).
 collect_loop(Worker, Alias, Id, Deadline, Decode, Acc) ->
-    Wait =
-        case Deadline of
-            infinity -> infinity;
-            _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
-        end,
     receive
         {Alias, {chunk, Chunk}} ->
             try Decode(Chunk, Acc) of
@@ -146,7 +136,7 @@ collect_loop(Worker, Alias, Id, Deadline, Decode, Acc) ->
             Error;
         {'DOWN', Alias, process, _, Reason} ->
             {error, {worker_exited, Reason}}
-    after Wait ->
+    after remaining(Deadline) ->
         Worker ! {'$erlpy_cancel', Id},
         {error, timeout}
     end.
@@ -174,18 +164,16 @@ stream_command(Ref, Command) ->
 -spec multi_call([pid()], id(), iodata(), timeout()) -> [{ok, term()} | {error, term()}].
 multi_call(Workers, Id, Request, Timeout) ->
     Sent = [{W, send_request(W, {'$erlpy_call', Id, {self(), Request}})} || W <- Workers],
-    Deadline =
-        case Timeout of
-            infinity -> infinity;
-            _ -> erlang:monotonic_time(millisecond) + Timeout
-        end,
-    [
-        wait_reply(W, Alias, Id, case Deadline of
-            infinity -> infinity;
-            _ -> max(0, Deadline - erlang:monotonic_time(millisecond))
-        end)
-     || {W, Alias} <- Sent
-    ].
+    Deadline = deadline(Timeout),
+    [wait_reply(W, Alias, Id, remaining(Deadline)) || {W, Alias} <- Sent].
+
+-spec deadline(timeout()) -> integer() | infinity.
+deadline(infinity) -> infinity;
+deadline(Timeout) -> erlang:monotonic_time(millisecond) + Timeout.
+
+-spec remaining(integer() | infinity) -> timeout().
+remaining(infinity) -> infinity;
+remaining(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
 
 -spec request(pid(), tuple(), id(), timeout()) -> {ok, term()} | {error, term()}.
 request(Worker, Message, Id, Timeout) ->

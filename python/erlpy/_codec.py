@@ -286,23 +286,20 @@ def pack_parts(message: list[Any]) -> list[bytes]:
     ``str``: that one becomes a part of its own, handed to the writer as it is instead of
     being copied into the packer's buffer and out again."""
     last = message[-1]
-    if type(last) is bytes and _BIG_RESULT <= len(last) < 1 << 32:
+    if type(last) is bytes and len(last) >= _BIG_RESULT:
         head, payload = b"\xc6", last
-    elif type(last) is str and _BIG_RESULT <= len(last):
+    elif type(last) is str and len(last) >= _BIG_RESULT:
         try:
             payload = last.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             return [pack(message)]  # which says what cannot travel
         head = b"\xdb"
-        if len(payload) >= 1 << 32:
-            return [pack(message)]
     else:
         return [pack(message)]
     packer = thread_packer()
-    header = [bytes([0x90 | len(message)]), *map(packer.pack, message[:-1])]
-    first = b"".join(header) + head + len(payload).to_bytes(4, "big")
-    check_size(len(first) + len(payload))
-    return [first, payload]
+    prefix = b"".join([bytes([0x90 | len(message)]), *map(packer.pack, message[:-1]), head])
+    check_size(len(prefix) + 4 + len(payload))  # also keeps the length within 4 bytes
+    return [prefix + len(payload).to_bytes(4, "big"), payload]
 
 
 def packb(obj: Any) -> bytes:
