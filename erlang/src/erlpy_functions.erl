@@ -21,10 +21,11 @@ unregister(Name) ->
     ok.
 
 %% @doc Run a callback for `Worker' in a new process, so that the function may itself call
-%% into Python without deadlocking the worker, and send back the encoded reply.
+%% into Python without deadlocking the worker, and send back the encoded reply. The
+%% process is linked to the worker, which ends it when nobody waits for it any more.
 -spec run_async(pid(), integer(), term(), term(), atom()) -> pid().
 run_async(Worker, CallbackId, Name, Args, NoneAtom) ->
-    spawn(fun() ->
+    spawn_link(fun() ->
         {Ok, Value} = run(Name, Args),
         Reply =
             try
@@ -33,7 +34,7 @@ run_async(Worker, CallbackId, Name, Args, NoneAtom) ->
                 throw:{badarg, Detail} ->
                     erlpy_codec:message([?OP_REPLY, CallbackId, false, {badarg, Detail}], NoneAtom)
             end,
-        Worker ! {'$erlpy_out', Reply}
+        Worker ! {'$erlpy_callback_done', CallbackId, Reply}
     end).
 
 -spec run(term(), term()) -> {boolean(), term()}.

@@ -40,6 +40,8 @@
 -include("erlpy_protocol.hrl").
 
 -define(KEY(Name), {?MODULE, Name}).
+%% The exec log outlives this process (and the workers): a pool that restarts keeps it.
+-define(LOG_KEY(Name), {?MODULE, Name, exec_log}).
 %% While a worker drains before being recycled, or cannot start Python, callers see it as
 %% very busy and go elsewhere (a pool of one still uses it: it is the least busy).
 -define(DRAINING, (1 bsl 40)).
@@ -230,13 +232,22 @@ exec_log(#{tab := Tab}) ->
 exec(#{pool := Pool}, Code, Timeout) ->
     gen_server:call(Pool, {exec, Code, Timeout}, infinity_or(Timeout)).
 
+-spec worker_info(pid()) -> [map()].
+worker_info(Worker) ->
+    try
+        [erlpy_worker:info(Worker)]
+    catch
+        exit:_ -> []
+    end.
+
 -spec infinity_or(timeout()) -> timeout().
 infinity_or(infinity) -> infinity;
 infinity_or(T) -> T + 5000.
 
+%% @doc A worker that stops while we ask (its pool is stopping) is left out.
 -spec info(meta()) -> map().
 info(#{counters := Counters, size := Size} = Meta) ->
-    Workers = [erlpy_worker:info(W) || W <- workers(Meta)],
+    Workers = [Info || W <- workers(Meta), Info <- worker_info(W)],
     InFlight = lists:sum([atomics:get(Counters, I) rem ?DRAINING || I <- lists:seq(1, Size)]),
     Python = lists:usort([V || #{python := V} <- Workers, V =/= <<>>]),
     #{
@@ -259,7 +270,7 @@ init({Name, Config}) ->
     Size = maps:get(size, Config),
     Tab = ets:new(erlpy_pool, [set, public, {read_concurrency, true}]),
     true = ets:insert(Tab, [list_to_tuple([workers | lists:duplicate(Size, undefined)]),
-                            {exec_log, []}]),
+                            {exec_log, persistent_term:get(?LOG_KEY(Name), [])}]),
     Meta = Config#{
         name => Name,
         pool => self(),
@@ -271,18 +282,19 @@ init({Name, Config}) ->
     {ok, Meta}.
 
 -spec handle_call(term(), gen_server:from(), meta()) -> {reply, term(), meta()}.
-handle_call({exec, Code, Timeout}, _From, #{tab := Tab, counters := Counters} = Meta) ->
-    Id = erlang:unique_integer([positive]),
-    Request = erlpy_codec:message([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
-    Targets = indexed_workers(Meta),
-    _ = [atomics:add(Counters, I, 1) || {_, I} <- Targets],
-    Results = erlpy_worker:multi_call([W || {W, _} <- Targets], Id, Request, Timeout),
+handle_call({exec, Code, Timeout}, _From, Meta) ->
+    Index = length(exec_log(Meta)) + 1,
+    Failed = run_exec(indexed_workers(Meta), Code, Index, Timeout, Meta),
+    %% A Python that died while running it (killed, say) gets one more try once restarted.
+    Crashed = [{W, I} || {{W, I}, {error, {worker_exited, _}}} <- Failed],
     Reply =
-        case [E || {error, _} = E <- Results] of
+        case Failed -- [F || {WI, _} = F <- Failed, lists:member(WI, Crashed)] of
             [] ->
-                true = ets:insert(Tab, {exec_log, exec_log(Meta) ++ [Code]}),
-                ok;
-            [Error | _] ->
+                case run_exec(Crashed, Code, Index, Timeout, Meta) of
+                    [] -> log_exec(Code, Meta);
+                    [{_, Error} | _] -> Error
+                end;
+            [{_, Error} | _] ->
                 Error
         end,
     {reply, Reply, Meta};
@@ -293,9 +305,35 @@ handle_call(_, _, Meta) ->
 handle_cast(_, Meta) ->
     {noreply, Meta}.
 
+-spec run_exec([{pid(), pos_integer()}], binary(), pos_integer(), timeout(), meta()) ->
+    [{{pid(), pos_integer()}, {error, term()}}].
+run_exec([], _, _, _, _) ->
+    [];
+run_exec(Targets, Code, Index, Timeout, #{counters := Counters} = Meta) ->
+    Id = erlang:unique_integer([positive]),
+    Request = erlpy_codec:message([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
+    _ = [atomics:add(Counters, I, 1) || {_, I} <- Targets],
+    Results = erlpy_worker:exec([W || {W, _} <- Targets], {Id, Request, Index}, Timeout),
+    [{Target, Error} || {Target, {error, _} = Error} <- lists:zip(Targets, Results)].
+
+%% Every worker ran it: workers started from now on replay it too.
+-spec log_exec(binary(), meta()) -> ok.
+log_exec(Code, #{name := Name, tab := Tab} = Meta) ->
+    Log = exec_log(Meta) ++ [Code],
+    persistent_term:put(?LOG_KEY(Name), Log),
+    true = ets:insert(Tab, {exec_log, Log}),
+    %% A worker whose Python restarted after it ran the code has replayed the log without
+    %% it: it runs it now.
+    lists:foreach(fun erlpy_worker:exec_sync/1, workers(Meta)).
+
 -spec terminate(term(), meta()) -> ok.
-terminate(_, #{name := Name}) ->
+terminate(Reason, #{name := Name}) ->
     _ = persistent_term:erase(?KEY(Name)),
+    %% Stopped on purpose: the next pool of this name starts afresh. Killed or crashed:
+    %% the supervisor starts it again, with its log.
+    Stopped = Reason =:= shutdown orelse Reason =:= normal orelse
+        (is_tuple(Reason) andalso element(1, Reason) =:= shutdown),
+    Stopped andalso persistent_term:erase(?LOG_KEY(Name)),
     ok.
 
 -spec indexed_workers(meta()) -> [{pid(), pos_integer()}].

@@ -23,12 +23,20 @@
 -define(OP_CALLBACK, 6).
 -define(OP_SEND, 7).
 -define(OP_FAIL, 8).
+-define(OP_CALLBACK_CANCEL, 9).
 -define(OP_FATAL, 99).
 
 %% The largest frame {packet, 4} can carry.
 -define(MAX_FRAME, 16#ffffffff).
 
-%% Items Python may run ahead of the worker on a stream without a window.
+%% Items Python may run ahead of the worker on the streams without a window of one owner,
+%% all together (erlpy_owner shares it out), and at least on each of them.
 -define(STREAM_CREDIT, 8192).
+-define(MIN_CREDIT, 32).
+%% The credit such a stream starts with, before the worker has given it its share.
+-define(START_CREDIT, 32).
+%% A local owner with more messages than this in its mailbox gets no more items until it
+%% catches up (streams without a window; with a window the owner sets the pace itself).
+-define(OWNER_BACKLOG, 8000).
 %% The credit of a stream that the caller collects whole (py:stream, py:stream_eval).
 -define(COLLECT_CREDIT, 0).

@@ -7,15 +7,16 @@
 
 -include("erlpy_protocol.hrl").
 
--export([new/4, deliver/2, ack/2, take_credit/1, finish/2, terminal/1, owner/1, ref/1]).
+-export([new/4, deliver/2, ack/2, credit_due/1, take_credit/1, take_credit/2, finish/2,
+         terminal/1, owner/1, ref/1, windowed/1]).
 -export([python_done/1, owner_backlogged/2, initial_credit/1]).
 -export_type([stream/0, owner/0]).
 
 -record(stream, {
     ref :: reference(),
     owner :: owner(),
-    %% Python-side credit: items Python may send before it hears from us again (0: no
-    %% limit, for streams collected whole).
+    %% Python-side credit: items Python could send since it last heard from us (0: no
+    %% limit, for streams collected whole). Python has `credit - owed' left.
     credit :: non_neg_integer(),
     %% Items received from Python and not yet credited back.
     owed = 0 :: non_neg_integer(),
@@ -33,14 +34,16 @@
 %% into its own heap, so the list is never built here and copied over.
 -type owner() :: pid() | {collect, reference()}.
 
-%% A local owner with more messages than this in its mailbox gets no more items until it
-%% catches up (streams without a window; with a window the owner sets the pace itself).
--define(OWNER_BACKLOG, 8000).
-
-%% @doc The credit Python starts a stream with: the owner's window, if it has one.
+%% @doc The credit Python starts a stream with: the owner's window, if it has one. Without
+%% one, a little: the first grant brings the stream up to its share of its owner's budget
+%% (erlpy_owner), known only once the worker has seen the owner's other streams.
 -spec initial_credit(pos_integer() | infinity) -> pos_integer().
-initial_credit(infinity) -> ?STREAM_CREDIT;
+initial_credit(infinity) -> ?START_CREDIT;
 initial_credit(Window) -> Window.
+
+%% @doc Does the owner set the pace with a window (stream_ack)?
+-spec windowed(stream()) -> boolean().
+windowed(#stream{granted = Granted}) -> Granted =/= infinity.
 
 %% @doc A stream for `Owner'. `Window' is the owner's window (`infinity' when none).
 -spec new(reference(), owner(), pos_integer() | infinity, non_neg_integer()) -> stream().
@@ -89,28 +92,30 @@ send_all(Owner, Ref, [Item | Items], N) ->
 send_all(_, _, [], N) ->
     N.
 
-%% @doc Credit to give back to Python now: none until a good part of the credit is used;
-%% `{wait, busy}' while a local owner without a window works through a backlog (ask again
-%% soon), `{wait, stalled}' when it has this stream's items unread and does not read (ask
-%% again later and later): a slow owner slows the generator down instead of growing its
-%% mailbox.
--spec take_credit(stream()) -> {non_neg_integer() | {wait, busy | stalled}, stream()}.
-take_credit(#stream{credit = 0} = S) ->
-    {0, S};
-take_credit(#stream{owed = Owed, credit = Credit} = S) when Owed * 2 < Credit, Owed < 512 ->
-    {0, S};
-take_credit(#stream{owed = Owed, granted = infinity, owner = Owner, ref = Ref} = S) when
-    is_pid(Owner)
-->
-    case node(Owner) =:= node() andalso owner_backlogged(Owner, Ref) of
-        false -> {Owed, S#stream{owed = 0}};
-        Why -> {{wait, Why}, S}
-    end;
-take_credit(#stream{owed = Owed} = S) ->
-    {Owed, S#stream{owed = 0}}.
+%% @doc Is it time to give credit back: a good part of it used (never for a stream
+%% collected whole)?
+-spec credit_due(stream()) -> boolean().
+credit_due(#stream{credit = 0}) -> false;
+credit_due(#stream{owed = Owed, credit = Credit}) -> Owed * 2 >= Credit orelse Owed >= 512.
 
-%% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
-%% held items must reach the owner first.
+%% @doc Credit to give back to Python now, keeping the stream's limit as it is.
+-spec take_credit(stream()) -> {non_neg_integer(), stream()}.
+take_credit(#stream{credit = Credit} = S) ->
+    take_credit(Credit, S).
+
+%% @doc Credit to give back so that Python may run `Target' items ahead again (or less,
+%% when the target went down: then Python first uses up what it has).
+-spec take_credit(pos_integer(), stream()) -> {non_neg_integer(), stream()}.
+take_credit(Target, #stream{owed = Owed, credit = Credit} = S) ->
+    case credit_due(S) of
+        false ->
+            {0, S};
+        true ->
+            Left = Credit - Owed,
+            Grant = max(0, Target - Left),
+            {Grant, S#stream{credit = Left + Grant, owed = 0}}
+    end.
+
 %% @doc Is a (local) owner too far behind with its mailbox to be sent more of stream `Ref'?
 %% `busy': it is working through the backlog; `stalled': it leaves this stream's items
 %% unread.
@@ -141,6 +146,8 @@ has_items(Owner, Ref) ->
 is_item({py_stream, Ref, {data, _}}, Ref) -> true;
 is_item(_, _) -> false.
 
+%% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
+%% held items must reach the owner first.
 -spec finish(done | {error, term()}, stream()) -> {send, done | {error, term()}} | {held, stream()}.
 finish(Final, #stream{held = Held} = S) ->
     case queue:is_empty(Held) of

@@ -16,7 +16,7 @@
 -behaviour(gen_statem).
 
 -export([start_link/3, await_ready/2, info/1]).
--export([call/4, multi_call/4, collect/5, stream_start/4, stream_command/2]).
+-export([call/4, exec/3, collect/5, stream_start/4, stream_command/2, exec_sync/1]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
 
 -include("erlpy_protocol.hrl").
@@ -24,12 +24,18 @@
 
 -type state() :: starting | ready | failed.
 -type id() :: pos_integer().
+-type request() :: {'$erlpy_call' | '$erlpy_collect' | '$erlpy_stream' | '$erlpy_exec',
+                    reference(), id(), term()}.
+-define(IS_REQUEST(Tag), (Tag =:= '$erlpy_call' orelse Tag =:= '$erlpy_collect' orelse
+                          Tag =:= '$erlpy_stream' orelse Tag =:= '$erlpy_exec')).
 
 -record(call, {
     alias :: reference() | {internal, setup | init | exec},
     %% The caller: a caller that dies (killed, not timed out) cancels its request.
     monitor :: reference() | undefined,
-    cancelled = false :: boolean()
+    cancelled = false :: boolean(),
+    %% For the pool's `exec': the place of its code in the pool's exec log.
+    exec :: pos_integer() | undefined
 }).
 
 -record(entry, {
@@ -39,9 +45,10 @@
     idle_timer :: reference() | undefined,
     %% Why the stream is being stopped, once we asked Python to stop it.
     stopping = false :: false | cancelled | timeout | owner_down | {badarg, term()},
-    recheck = false :: boolean(),
-    %% Milliseconds until the next look at a backlogged owner; doubles while it stays so.
-    backoff = 5 :: pos_integer()
+    %% Started with `input => true' (stream_send and stream_close allowed).
+    input = false :: boolean(),
+    %% Paced by its owner's backlog (a local owner, no window): see erlpy_owner.
+    gated = false :: boolean()
 }).
 
 -record(data, {
@@ -60,6 +67,14 @@
     aliases = #{} :: #{reference() => id()},
     monitors = #{} :: #{reference() => id()},
     grace = #{} :: #{id() => reference()},
+    owners = #{} :: #{pid() => erlpy_owner:owner()},
+    %% Requests that came while Python was starting, oldest first: they go to Python once
+    %% it is ready, and a caller that gives up first takes its request back.
+    waiting = queue:new() :: queue:queue(request()),
+    %% Processes running callbacks from Python into Erlang, by callback id.
+    callbacks = #{} :: #{integer() => pid()},
+    %% How many entries of the pool's exec log this Python has run (or has queued).
+    execs = 0 :: non_neg_integer(),
     out = [] :: [iodata()],
     out_size = 0 :: non_neg_integer(),
     kill_reason :: term(),
@@ -118,17 +133,23 @@ collect(Worker, Id, Request, Timeout, Decode) ->
     flush_alias(Alias),
     Result.
 
+%% The deadline holds however fast chunks arrive: it is checked before each one.
 -spec collect_loop(pid(), reference(), id(), integer() | infinity, Decode, [term()]) ->
     {ok, [term()]} | {error, term()} when Decode :: fun((binary(), [term()]) -> [term()]).
 collect_loop(Worker, Alias, Id, Deadline, Decode, Acc) ->
     receive
         {Alias, {chunk, Chunk}} ->
-            try Decode(Chunk, Acc) of
-                Acc1 -> collect_loop(Worker, Alias, Id, Deadline, Decode, Acc1)
-            catch
-                throw:{badarg, Reason} ->
-                    Worker ! {'$erlpy_cancel', Id},
-                    {error, {badarg, Reason}}
+            case remaining(Deadline) of
+                0 ->
+                    collect_timeout(Worker, Id);
+                _ ->
+                    try Decode(Chunk, Acc) of
+                        Acc1 -> collect_loop(Worker, Alias, Id, Deadline, Decode, Acc1)
+                    catch
+                        throw:{badarg, Reason} ->
+                            Worker ! {'$erlpy_cancel', Id},
+                            {error, {badarg, Reason}}
+                    end
             end;
         {Alias, done} ->
             {ok, lists:reverse(Acc)};
@@ -137,9 +158,13 @@ collect_loop(Worker, Alias, Id, Deadline, Decode, Acc) ->
         {'DOWN', Alias, process, _, Reason} ->
             {error, {worker_exited, Reason}}
     after remaining(Deadline) ->
-        Worker ! {'$erlpy_cancel', Id},
-        {error, timeout}
+        collect_timeout(Worker, Id)
     end.
+
+-spec collect_timeout(pid(), id()) -> {error, timeout}.
+collect_timeout(Worker, Id) ->
+    Worker ! {'$erlpy_cancel', Id},
+    {error, timeout}.
 
 %% Messages that came through the alias before it was deactivated (a request given up).
 -spec flush_alias(reference()) -> ok.
@@ -150,9 +175,28 @@ flush_alias(Alias) ->
     end.
 
 %% @doc Start a stream whose events go to `Owner'; returns its reference at once.
+%%
+%% A caller that times out asks the worker what became of its request, and waits for the
+%% answer (the worker answers at once): a stream that had started is its caller's after
+%% all ({ok, Ref}), one still waiting for Python is dropped ({error, timeout}). Either
+%% way no message ever arrives for a reference the caller did not get.
 -spec stream_start(pid(), id(), map(), timeout()) -> {ok, reference()} | {error, term()}.
 stream_start(Worker, Id, #{owner := _, request := _} = Stream, Timeout) ->
-    request(Worker, {'$erlpy_stream', Id, Stream}, Id, Timeout).
+    Alias = send_request(Worker, {'$erlpy_stream', Id, Stream}),
+    receive
+        {Alias, Reply} ->
+            Reply;
+        {'DOWN', Alias, process, _, Reason} ->
+            {error, {worker_exited, Reason}}
+    after Timeout ->
+        Worker ! {'$erlpy_abandon', Id},
+        receive
+            {Alias, Reply} ->
+                Reply;
+            {'DOWN', Alias, process, _, Reason} ->
+                {error, {worker_exited, Reason}}
+        end
+    end.
 
 %% @doc Send a command to a stream's worker through the stream reference.
 -spec stream_command(reference(), cancel | close | {ack, pos_integer()} | {send, term()}) -> ok.
@@ -160,12 +204,21 @@ stream_command(Ref, Command) ->
     Ref ! {'$erlpy_stream_cmd', Ref, Command},
     ok.
 
-%% @doc Run the same request on several workers at once (the pool's `exec').
--spec multi_call([pid()], id(), iodata(), timeout()) -> [{ok, term()} | {error, term()}].
-multi_call(Workers, Id, Request, Timeout) ->
-    Sent = [{W, send_request(W, {'$erlpy_call', Id, {self(), Request}})} || W <- Workers],
+%% @doc Run the pool's `exec' code, the `Index'th entry of its exec log, on several
+%% workers at once. A worker that runs it remembers so, and runs no entry twice.
+-spec exec([pid()], {id(), iodata(), pos_integer()}, timeout()) ->
+    [{ok, term()} | {error, term()}].
+exec(Workers, {Id, Request, Index}, Timeout) ->
+    Sent = [{W, send_request(W, {'$erlpy_exec', Id, {self(), Request, Index}})} || W <- Workers],
     Deadline = deadline(Timeout),
     [wait_reply(W, Alias, Id, remaining(Deadline)) || {W, Alias} <- Sent].
+
+%% @doc The pool's exec log grew: a worker whose Python started after it ran an entry, and
+%% so replayed a log without it, runs what it misses.
+-spec exec_sync(pid()) -> ok.
+exec_sync(Worker) ->
+    Worker ! '$erlpy_exec_sync',
+    ok.
 
 -spec deadline(timeout()) -> integer() | infinity.
 deadline(infinity) -> infinity;
@@ -233,8 +286,6 @@ handle_event(info, {OldPort, _}, _, _) when is_port(OldPort) ->
     keep_state_and_data;
 handle_event(info, '$erlpy_flush', _, D) ->
     {keep_state, flush(D)};
-handle_event(info, {'$erlpy_out', Message}, _, D) ->
-    {keep_state, enqueue(Message, D)};
 %% --- queries
 handle_event({call, _From}, await_ready, starting, _) ->
     {keep_state_and_data, postpone};
@@ -245,32 +296,26 @@ handle_event({call, From}, await_ready, failed, D) ->
 handle_event({call, From}, info, State, D) ->
     {keep_state_and_data, {reply, From, worker_info(State, D)}};
 %% --- requests wait while Python starts, and fail while it cannot start
-handle_event(info, {Tag, _, _, _}, starting, _) when
-    Tag =:= '$erlpy_call'; Tag =:= '$erlpy_collect'; Tag =:= '$erlpy_stream'
-->
-    {keep_state_and_data, postpone};
-handle_event(info, {Tag, Alias, _, _}, failed, D) when
-    Tag =:= '$erlpy_call'; Tag =:= '$erlpy_collect'; Tag =:= '$erlpy_stream'
-->
-    Alias ! {Alias, {error, {python_start_failed, D#data.start_error}}},
-    erlpy_pool:done(D#data.meta, D#data.index),
-    keep_state_and_data;
-handle_event(info, {'$erlpy_call', Alias, Id, {Caller, Request}}, ready, D) ->
-    Mon = erlang:monitor(process, Caller),
-    Calls = (D#data.calls)#{Id => #call{alias = Alias, monitor = Mon}},
-    {keep_state, enqueue(Request, D#data{calls = Calls, monitors = (D#data.monitors)#{Mon => Id}})};
-handle_event(info, {'$erlpy_collect', Alias, Id, {Caller, Request}}, ready, D) ->
-    Collect = erlpy_stream:new(Alias, {collect, Alias}, infinity, ?COLLECT_CREDIT),
-    %% A caller that dies (killed, not timed out) takes its stream with it, like an owner.
-    Mon = erlang:monitor(process, Caller),
-    Entry = #entry{stream = Collect, idle = infinity, monitor = Mon},
-    {keep_state, enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry},
-                                         monitors = (D#data.monitors)#{Mon => Id}})};
-handle_event(info, {'$erlpy_stream', Alias, Id, Stream}, ready, D) ->
-    {keep_state, start_stream(Alias, Id, Stream, D)};
+handle_event(info, {Tag, _, _, _} = Request, starting, D) when ?IS_REQUEST(Tag) ->
+    {keep_state, D#data{waiting = queue:in(Request, D#data.waiting)}};
+handle_event(info, {Tag, _, _, _} = Request, failed, D) when ?IS_REQUEST(Tag) ->
+    {keep_state, refuse(Request, D)};
+handle_event(info, {Tag, _, _, _} = Request, ready, D) when ?IS_REQUEST(Tag) ->
+    {keep_state, accept(Request, D)};
+handle_event(info, {'$erlpy_abandon', Id}, _, D) ->
+    %% A stream_start that timed out: drop it if it still waits; if it started, its
+    %% caller has the answer already.
+    {keep_state, take_waiting(Id, {error, timeout}, D)};
+handle_event(info, '$erlpy_exec_sync', State, D) when State =/= failed ->
+    {keep_state, exec_missing(D)};
 %% --- cancellation, stream commands, owners, timers
 handle_event(info, {'$erlpy_cancel', Id}, _, D) ->
-    {keep_state, cancel(Id, timeout, D)};
+    {keep_state, cancel(Id, timeout, take_waiting(Id, none, D))};
+handle_event(info, {'$erlpy_callback_done', CallbackId, Reply}, _, D) ->
+    case maps:take(CallbackId, D#data.callbacks) of
+        {_, Callbacks} -> {keep_state, enqueue(Reply, D#data{callbacks = Callbacks})};
+        error -> keep_state_and_data
+    end;
 handle_event(info, {'$erlpy_stream_cmd', Ref, Command}, _, D) ->
     case D#data.aliases of
         #{Ref := Id} -> {keep_state, stream_command(Id, Command, D)};
@@ -295,10 +340,15 @@ handle_event(info, {timeout, TRef, {grace, Id}}, _, D) ->
         #{} ->
             keep_state_and_data
     end;
-handle_event(info, {recheck, Id}, _, D) ->
-    case D#data.streams of
-        #{Id := Entry} -> {keep_state, give_credit(Id, Entry#entry{recheck = false}, D)};
-        #{} -> keep_state_and_data
+handle_event(info, {timeout, TRef, {owner, Owner}}, _, D) ->
+    case D#data.owners of
+        #{Owner := O} ->
+            case erlpy_owner:timer(O) of
+                TRef -> {keep_state, recheck_owner(Owner, erlpy_owner:set_timer(undefined, O), D)};
+                _ -> keep_state_and_data
+            end;
+        #{} ->
+            keep_state_and_data
     end;
 handle_event(info, retry, failed, D) ->
     {State, D1} = boot(D),
@@ -343,29 +393,46 @@ boot(#data{meta = Meta} = D) ->
 setup(#data{meta = Meta} = D) ->
     Limits = maps:with([max_memory], Meta),
     Init = [{init, Code} || Code <- maps:get(init, Meta)],
-    Execs = [{exec, Code} || Code <- erlpy_pool:exec_log(Meta)],
+    Log = erlpy_pool:exec_log(Meta),
+    Execs = [{exec, Code} || Code <- Log],
     lists:foldl(
-        fun({Kind, Message}, Acc) ->
-            Id = erlang:unique_integer([positive]),
-            Calls = (Acc#data.calls)#{Id => #call{alias = {internal, Kind}}},
-            enqueue(
-                encode(Message(Id), Acc),
-                Acc#data{calls = Calls, pending_init = Acc#data.pending_init + 1}
-            )
-        end,
-        D#data{pending_init = 0, served = 0},
+        fun({Kind, Message}, Acc) -> internal(Kind, Message, Acc) end,
+        D#data{pending_init = 0, served = 0, execs = length(Log)},
         [{setup, fun(Id) -> [?OP_SETUP, Id, self(), Limits] end} |
          [{Kind, fun(Id) -> [?OP_EXEC, Id, Code] end} || {Kind, Code} <- Init ++ Execs]]
     ).
+
+%% A request of the worker's own; in `starting', ready waits for all of them.
+-spec internal(setup | init | exec, fun((id()) -> list()), #data{}) -> #data{}.
+internal(Kind, Message, D) ->
+    Id = erlang:unique_integer([positive]),
+    Calls = (D#data.calls)#{Id => #call{alias = {internal, Kind}}},
+    enqueue(encode(Message(Id), D), D#data{calls = Calls, pending_init = D#data.pending_init + 1}).
+
+%% Run the entries of the pool's exec log that this Python has not run.
+-spec exec_missing(#data{}) -> #data{}.
+exec_missing(#data{execs = Done, meta = Meta} = D) ->
+    Log = erlpy_pool:exec_log(Meta),
+    case length(Log) of
+        N when N > Done ->
+            lists:foldl(
+                fun(Code, Acc) -> internal(exec, fun(Id) -> [?OP_EXEC, Id, Code] end, Acc) end,
+                D#data{execs = N},
+                lists:nthtail(Done, Log)
+            );
+        _ ->
+            D
+    end.
 
 -spec after_frame(state(), #data{}) -> gen_statem:event_handler_result(state()).
 after_frame(starting, #data{start_error = Error} = D) when Error =/= undefined ->
     D1 = fail_all({python_start_failed, Error}, kill_python(start_failed, D)),
     {State, D2} = start_failed(Error, D1),
     {next_state, State, D2};
-after_frame(starting, #data{booted = true, pending_init = 0} = D) ->
+after_frame(starting, #data{booted = true, pending_init = 0, waiting = Waiting} = D) ->
     D#data.draining andalso erlpy_pool:draining(D#data.meta, D#data.index, false),
-    {next_state, ready, D#data{retry = 1000, draining = false, start_crashes = 0}};
+    D1 = D#data{retry = 1000, draining = false, start_crashes = 0, waiting = queue:new()},
+    {next_state, ready, lists:foldl(fun accept/2, D1, queue:to_list(Waiting))};
 after_frame(ready, #data{meta = #{max_requests := Max}, served = Served} = D) when
     is_integer(Max), Served >= Max
 ->
@@ -380,6 +447,8 @@ python_exited(State, Detail0, D0) ->
             undefined -> Detail0;
             Killed -> Killed
         end,
+    %% Python is dead, but what it started may live on (and hold the pipes).
+    kill_leftovers(D0#data.os_pid),
     D = D0#data{port = undefined},
     case State of
         starting when D#data.start_crashes =:= undefined; D#data.start_crashes >= 3 ->
@@ -404,9 +473,11 @@ python_exited(State, Detail0, D0) ->
     end.
 
 -spec start_failed(term(), #data{}) -> {failed, #data{}}.
-start_failed(Reason, #data{retry = Retry} = D) ->
-    ?LOG_ERROR(#{what => python_start_failed, pool => D#data.pool, worker => D#data.index,
+start_failed(Reason, #data{retry = Retry, waiting = Waiting} = D0) ->
+    ?LOG_ERROR(#{what => python_start_failed, pool => D0#data.pool, worker => D0#data.index,
                  reason => Reason}),
+    D = lists:foldl(fun refuse/2, D0#data{start_error = Reason, waiting = queue:new()},
+                    queue:to_list(Waiting)),
     erlang:send_after(Retry, self(), retry),
     %% Steer callers to the other workers until Python starts again.
     D#data.draining orelse erlpy_pool:draining(D#data.meta, D#data.index, true),
@@ -432,7 +503,7 @@ recycle(D) ->
 kill_python(_, #data{port = undefined} = D) ->
     D;
 kill_python(Reason, #data{os_pid = OsPid} = D) ->
-    _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    kill_group(OsPid),
     D#data{kill_reason = Reason}.
 
 -spec stop_python(#data{}) -> ok.
@@ -441,7 +512,25 @@ stop_python(#data{port = undefined}) ->
 stop_python(#data{port = Port, os_pid = OsPid}) ->
     %% Python exits on EOF, but user code may block its event loop: make sure.
     catch port_close(Port),
-    _ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+    kill_group(OsPid).
+
+%% Python and everything it started: it leads its own process group (the port program
+%% starts in a new session), and its children stay in it unless they leave on purpose.
+%% Python's watchdog does the same when the port closes without us (docs/reliability.md).
+-spec kill_group(non_neg_integer() | undefined) -> ok.
+kill_group(undefined) ->
+    ok;
+kill_group(OsPid) ->
+    Pid = integer_to_list(OsPid),
+    _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"),
+    ok.
+
+%% After Python's exit: only the group, as its pid may already belong to another process.
+-spec kill_leftovers(non_neg_integer() | undefined) -> ok.
+kill_leftovers(undefined) ->
+    ok;
+kill_leftovers(OsPid) ->
+    _ = os:cmd("kill -9 -" ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
     ok.
 
 %% Every request in flight gets exactly one answer.
@@ -473,7 +562,60 @@ fail_all(Error, #data{calls = Calls, streams = Streams} = D) ->
         Streams
     ),
     maps:foreach(fun(_, TRef) -> erlang:cancel_timer(TRef) end, D1#data.grace),
-    D1#data{calls = #{}, grace = #{}, out = [], out_size = 0, pending_init = 0}.
+    %% Python is gone: nobody waits for its callbacks into Erlang.
+    maps:foreach(fun(_, Pid) -> exit(Pid, kill) end, D1#data.callbacks),
+    D1#data{calls = #{}, grace = #{}, out = [], out_size = 0, pending_init = 0, callbacks = #{}}.
+
+%%====================================================================
+%% Requests
+%%====================================================================
+
+%% A request goes to Python.
+-spec accept(request(), #data{}) -> #data{}.
+accept({'$erlpy_call', Alias, Id, {Caller, Request}}, D) ->
+    add_call(Id, #call{alias = Alias}, Caller, Request, D);
+accept({'$erlpy_exec', Alias, Id, {Caller, Request, Index}}, D) ->
+    add_call(Id, #call{alias = Alias, exec = Index}, Caller, Request, D);
+accept({'$erlpy_collect', Alias, Id, {Caller, Request}}, D) ->
+    Collect = erlpy_stream:new(Alias, {collect, Alias}, infinity, ?COLLECT_CREDIT),
+    %% A caller that dies (killed, not timed out) takes its stream with it, like an owner.
+    Mon = erlang:monitor(process, Caller),
+    Entry = #entry{stream = Collect, idle = infinity, monitor = Mon},
+    enqueue(Request, D#data{streams = (D#data.streams)#{Id => Entry},
+                            monitors = (D#data.monitors)#{Mon => Id}});
+accept({'$erlpy_stream', Alias, Id, Stream}, D) ->
+    start_stream(Alias, Id, Stream, D).
+
+-spec add_call(id(), #call{}, pid(), iodata(), #data{}) -> #data{}.
+add_call(Id, Call, Caller, Request, D) ->
+    Mon = erlang:monitor(process, Caller),
+    Calls = (D#data.calls)#{Id => Call#call{monitor = Mon}},
+    enqueue(Request, D#data{calls = Calls, monitors = (D#data.monitors)#{Mon => Id}}).
+
+%% Python cannot start: the request gets the reason.
+-spec refuse(request(), #data{}) -> #data{}.
+refuse({_, Alias, _, _}, D) ->
+    Alias ! {Alias, {error, {python_start_failed, D#data.start_error}}},
+    erlpy_pool:done(D#data.meta, D#data.index),
+    D.
+
+%% Take back a request that still waits for Python, and answer it with `Reply' (`none':
+%% its caller gave up and hears nothing more).
+-spec take_waiting(id(), none | {error, timeout}, #data{}) -> #data{}.
+take_waiting(Id, Reply, #data{waiting = Waiting} = D) ->
+    case queue:is_empty(Waiting) of
+        true ->
+            D;
+        false ->
+            case lists:partition(fun({_, _, I, _}) -> I =:= Id end, queue:to_list(Waiting)) of
+                {[{_, Alias, _, _}], Rest} ->
+                    Reply =:= none orelse (Alias ! {Alias, Reply}),
+                    erlpy_pool:done(D#data.meta, D#data.index),
+                    D#data{waiting = queue:from_list(Rest)};
+                {[], _} ->
+                    D
+            end
+    end.
 
 %%====================================================================
 %% Output: messages are queued and written as one frame once the mailbox is drained
@@ -520,8 +662,9 @@ handle_frame(Frame, D) ->
         {Message, Rest} ->
             handle_frame(Rest, handle_message(Message, D));
         malformed ->
+            %% The protocol is lost: this Python cannot be trusted with the next frame.
             ?LOG_ERROR(#{what => malformed_frame, pool => D#data.pool, worker => D#data.index}),
-            D
+            kill_python(malformed_frame, D)
     end.
 
 %% Messages are small arrays [Op, Id, ...]. A field that cannot be decoded (an atom over
@@ -566,8 +709,17 @@ handle_message([?OP_LOG, Level, Text], D) ->
     log(Level, Text, D),
     D;
 handle_message([?OP_CALLBACK, CallbackId, Name, Args], D) ->
-    erlpy_functions:run_async(self(), CallbackId, Name, Args, maps:get(none_atom, D#data.meta)),
-    D;
+    Pid = erlpy_functions:run_async(self(), CallbackId, Name, Args, maps:get(none_atom, D#data.meta)),
+    D#data{callbacks = (D#data.callbacks)#{CallbackId => Pid}};
+handle_message([?OP_CALLBACK_CANCEL, CallbackId], D) ->
+    %% Nobody waits for this callback any more (its request was cancelled).
+    case maps:take(CallbackId, D#data.callbacks) of
+        {Pid, Callbacks} ->
+            exit(Pid, kill),
+            D#data{callbacks = Callbacks};
+        error ->
+            D
+    end;
 handle_message([?OP_SEND, Dest, Term], D) ->
     try
         erlang:send(Dest, Term)
@@ -653,11 +805,17 @@ finish_call(_, #call{alias = {internal, Kind}}, Result, D) ->
         {ok, _} -> D1;
         {error, Error} -> D1#data{start_error = {Kind, Error}}
     end;
-finish_call(Id, #call{alias = Alias, monitor = Mon, cancelled = Cancelled}, Result, D) ->
+finish_call(Id, #call{alias = Alias, monitor = Mon, cancelled = Cancelled, exec = Index}, Result, D) ->
     Cancelled orelse (Alias ! {Alias, Result}),
     erlang:demonitor(Mon, [flush]),
     erlpy_pool:done(D#data.meta, D#data.index),
-    stop_grace(Id, D#data{served = D#data.served + 1, monitors = maps:remove(Mon, D#data.monitors)}).
+    Execs =
+        case Result of
+            {ok, _} when is_integer(Index) -> max(Index, D#data.execs);
+            _ -> D#data.execs
+        end,
+    stop_grace(Id, D#data{served = D#data.served + 1, execs = Execs,
+                          monitors = maps:remove(Mon, D#data.monitors)}).
 
 -spec finish_stream(id(), #entry{}, term(), #data{}) -> #data{}.
 finish_stream(Id, #entry{stopping = false, stream = S} = Entry, Result, D) ->
@@ -682,7 +840,9 @@ finish_stream(Id, #entry{stopping = Reason} = Entry, _, D) ->
 
 %% Send the terminal message (owners that died get none) and forget the stream.
 -spec end_stream(id(), #entry{}, done | {error, term()}, #data{}) -> #data{}.
-end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = Stopping}, Final, D) ->
+end_stream(Id, #entry{stream = S, monitor = Mon, idle_timer = Timer, stopping = Stopping} = Entry,
+           Final, D0) ->
+    D = forget_owner(Id, Entry, D0),
     Ref = erlpy_stream:ref(S),
     case erlpy_stream:owner(S) of
         {collect, Alias} -> Alias ! {Alias, Final};
@@ -711,18 +871,49 @@ start_stream(Alias, Id, #{owner := Owner, request := Request} = Opts, D) ->
     Ref = alias(),
     Mon = erlang:monitor(process, Owner),
     Idle = maps:get(idle_timeout, Opts, infinity),
+    %% A local owner without a window is paced by its backlog, with its other streams.
+    Gated = Window =:= infinity andalso node(Owner) =:= node(),
     Entry = #entry{
         stream = erlpy_stream:new(Ref, Owner, Window, Credit),
         monitor = Mon,
         idle = Idle,
-        idle_timer = idle_timer(Id, Idle)
+        idle_timer = idle_timer(Id, Idle),
+        input = maps:get(input, Opts, false),
+        gated = Gated
     },
+    Owners =
+        case Gated of
+            true -> maps:update_with(Owner, fun(O) -> erlpy_owner:add(Id, Ref, O) end,
+                                     erlpy_owner:add(Id, Ref, erlpy_owner:new()), D#data.owners);
+            false -> D#data.owners
+        end,
     Alias ! {Alias, {ok, Ref}},
     enqueue(Request, D#data{
         streams = (D#data.streams)#{Id => Entry},
         aliases = (D#data.aliases)#{Ref => Id},
-        monitors = (D#data.monitors)#{Mon => Id}
+        monitors = (D#data.monitors)#{Mon => Id},
+        owners = Owners
     }).
+
+-spec forget_owner(id(), #entry{}, #data{}) -> #data{}.
+forget_owner(_, #entry{gated = false}, D) ->
+    D;
+forget_owner(Id, #entry{stream = S}, #data{owners = Owners} = D) ->
+    Owner = erlpy_stream:owner(S),
+    case Owners of
+        #{Owner := O} ->
+            O1 = erlpy_owner:remove(Id, O),
+            case erlpy_owner:is_empty(O1) of
+                true ->
+                    Timer = erlpy_owner:timer(O1),
+                    Timer =:= undefined orelse erlang:cancel_timer(Timer),
+                    D#data{owners = maps:remove(Owner, Owners)};
+                false ->
+                    D#data{owners = Owners#{Owner := O1}}
+            end;
+        #{} ->
+            D
+    end.
 
 -spec idle_timer(id(), timeout()) -> reference() | undefined.
 idle_timer(_, infinity) -> undefined;
@@ -740,24 +931,60 @@ stream_data(Id, Items, D) ->
     end.
 
 -spec give_credit(id(), #entry{}, #data{}) -> #data{}.
+give_credit(Id, #entry{gated = false, stream = S} = Entry, D) ->
+    {N, S1} = erlpy_stream:take_credit(S),
+    send_credit(Id, N, put_entry(Id, Entry#entry{stream = S1}, D));
 give_credit(Id, #entry{stream = S} = Entry, D) ->
-    case erlpy_stream:take_credit(S) of
-        {0, S1} ->
-            put_entry(Id, Entry#entry{stream = S1}, D);
-        {{wait, _}, S1} when Entry#entry.recheck ->
-            put_entry(Id, Entry#entry{stream = S1}, D);
-        {{wait, busy}, S1} ->
-            erlang:send_after(5, self(), {recheck, Id}),
-            put_entry(Id, Entry#entry{stream = S1, recheck = true, backoff = 5}, D);
-        {{wait, stalled}, S1} ->
-            Backoff = Entry#entry.backoff,
-            erlang:send_after(Backoff, self(), {recheck, Id}),
-            Entry1 = Entry#entry{stream = S1, recheck = true, backoff = min(2 * Backoff, 200)},
-            put_entry(Id, Entry1, D);
-        {N, S1} ->
-            Entry1 = Entry#entry{stream = S1, backoff = 5},
-            put_entry(Id, Entry1, enqueue(encode([?OP_CREDIT, Id, N], D), D))
+    case erlpy_stream:credit_due(S) of
+        false ->
+            put_entry(Id, Entry, D);
+        true ->
+            Owner = erlpy_stream:owner(S),
+            #{Owner := O} = D#data.owners,
+            case erlpy_owner:check(Owner, erlpy_stream:ref(S), O) of
+                {open, O1} ->
+                    {N, S1} = erlpy_stream:take_credit(erlpy_owner:target(O1), S),
+                    D1 = put_entry(Id, Entry#entry{stream = S1}, D),
+                    send_credit(Id, N, D1#data{owners = (D1#data.owners)#{Owner := O1}});
+                {Why, O1} ->
+                    %% Held: the owner's timer asks again for all its held streams.
+                    O2 = owner_timer(Owner, Why, erlpy_owner:hold(Id, O1)),
+                    put_entry(Id, Entry, D#data{owners = (D#data.owners)#{Owner := O2}})
+            end
     end.
+
+-spec owner_timer(pid(), busy | stalled, erlpy_owner:owner()) -> erlpy_owner:owner().
+owner_timer(Owner, Why, O) ->
+    case {erlpy_owner:timer(O), Why} of
+        {undefined, _} ->
+            {Delay, O1} = erlpy_owner:backoff(Why, O),
+            erlpy_owner:set_timer(erlang:start_timer(Delay, self(), {owner, Owner}), O1);
+        {Timer, busy} ->
+            %% A stalled owner started running: look again soon, not after a long backoff.
+            erlang:cancel_timer(Timer),
+            owner_timer(Owner, busy, erlpy_owner:set_timer(undefined, O));
+        {_, stalled} ->
+            O
+    end.
+
+%% The owner's timer fired: ask again for each of its held streams.
+-spec recheck_owner(pid(), erlpy_owner:owner(), #data{}) -> #data{}.
+recheck_owner(Owner, O, D) ->
+    {Held, O1} = erlpy_owner:take_held(O),
+    lists:foldl(
+        fun(Id, Acc) ->
+            case Acc#data.streams of
+                #{Id := Entry} -> give_credit(Id, Entry, Acc);
+                #{} -> Acc
+            end
+        end,
+        D#data{owners = (D#data.owners)#{Owner := O1}},
+        Held
+    ).
+
+-spec send_credit(id(), non_neg_integer(), #data{}) -> #data{}.
+send_credit(_, 0, D) -> D;
+send_credit(Id, N, D) -> enqueue(encode([?OP_CREDIT, Id, N], D), D).
 
 -spec put_entry(id(), #entry{}, #data{}) -> #data{}.
 put_entry(Id, Entry, D) ->
@@ -778,13 +1005,24 @@ stream_command(Id, {ack, N}, D) ->
             D
     end;
 stream_command(Id, {send, Value}, D) ->
-    try encode([?OP_INPUT, Id, [Value]], D) of
-        Message -> enqueue(Message, D)
-    catch
-        throw:{badarg, Reason} -> cancel(Id, {badarg, Reason}, D)
+    case D#data.streams of
+        #{Id := #entry{input = true}} ->
+            try encode([?OP_INPUT, Id, [Value]], D) of
+                Message -> enqueue(Message, D)
+            catch
+                throw:{badarg, Reason} -> cancel(Id, {badarg, Reason}, D)
+            end;
+        #{Id := _} ->
+            cancel(Id, {badarg, no_input}, D);
+        #{} ->
+            D
     end;
 stream_command(Id, close, D) ->
-    enqueue(encode([?OP_INPUT_CLOSE, Id], D), D).
+    case D#data.streams of
+        #{Id := #entry{input = true}} -> enqueue(encode([?OP_INPUT_CLOSE, Id], D), D);
+        #{Id := _} -> cancel(Id, {badarg, no_input}, D);
+        #{} -> D
+    end.
 
 %% Ask Python to stop a request. Its answer (or the grace timer) ends it; the reason is
 %% what the owner of a stream will see.

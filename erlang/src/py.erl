@@ -293,8 +293,9 @@ pool_spec(Name, Opts) ->
 -spec info() -> #{atom() => map()}.
 info() ->
     maps:from_list([
-        {Name, erlpy_pool:info(Meta)}
-     || {{erlpy_pool, Name}, Meta} <- persistent_term:get(), is_map(Meta)
+        {Name, Info}
+     || {{erlpy_pool, Name}, Meta} <- persistent_term:get(), is_map(Meta),
+        Info <- [info(Name)], is_map(Info)
     ]).
 
 %% @doc `size', `workers' (each with `os_pid', `in_flight', `restarts', ...), `queued'
@@ -307,7 +308,14 @@ info({Name, Node}) when Node =/= node() ->
 info({Name, _}) ->
     info(Name);
 info(Name) ->
-    with_pool(#{pool => Name}, fun erlpy_pool:info/1).
+    %% A pool stopping or restarting while we look is, for that moment, no pool.
+    with_pool(#{pool => Name}, fun(Meta) ->
+        try
+            erlpy_pool:info(Meta)
+        catch
+            error:badarg -> {error, {no_pool, Name}}
+        end
+    end).
 
 %%====================================================================
 %% Internal
@@ -388,6 +396,7 @@ start_stream(Module, Function, Args, Opts) ->
                     owner => maps:get(owner, Opts, self()),
                     request => Request,
                     window => Window,
+                    input => maps:get(input, Opts, false),
                     idle_timeout => maps:get(idle_timeout, Opts, infinity)
                 },
                 case erlpy_pool:checkout(Meta) of
