@@ -1,7 +1,7 @@
 """Route ``sys.stdout``, ``sys.stderr`` and ``logging`` to Erlang's ``logger``.
 
-The protocol runs on fds 3/4, so nothing written to fds 1/2 can corrupt it; this module
-makes Python-level output useful too, by sending each line as a LOG message."""
+The protocol runs on fds of its own, so nothing written to fds 1/2 can corrupt it; this
+module makes Python-level output useful too, by sending each line as a LOG message."""
 
 from __future__ import annotations
 

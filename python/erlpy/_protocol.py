@@ -26,4 +26,5 @@ LOG: Final = 5  # [LOG, Level, Text]
 CALLBACK: Final = 6  # [CALLBACK, CallbackId, Name, Args]
 SEND: Final = 7  # [SEND, Pid, Term]
 FAIL: Final = 8  # [FAIL, Id, Reason]: an erlpy error given as an Erlang term
+CALLBACK_CANCEL: Final = 9  # [CALLBACK_CANCEL, CallbackId]
 FATAL: Final = 99  # [FATAL, Detail]: the worker cannot run

@@ -2,7 +2,7 @@
 
 Threads:
 
-* the **loop thread** runs the asyncio event loop. It reads every frame from fd 3, so
+* the **loop thread** runs the asyncio event loop. It reads every frame from Erlang, so
   control messages (cancel, credit, stream input) are handled even while sync code runs,
   and it runs async functions and async generators, interleaved.
 * the **main thread** runs sync code, one request at a time, in arrival order: plain
@@ -12,6 +12,9 @@ Threads:
   main thread goes on with other requests until Erlang grants more.
 
 Anyone may write: :class:`~erlpy._wire.FrameWriter` coalesces messages into frames.
+
+A process forked from user code is not a worker: it drops the protocol at once, and exits
+when its code comes back into the runtime, instead of answering the parent's request.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ import logging
 import os
 import queue
 import resource
+import selectors
 import sys
+import textwrap
 import threading
 import traceback
 import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from . import _protocol as P
 from ._codec import (
@@ -48,7 +53,10 @@ from ._codec import (
 )
 from ._output import LogHandler, LogStream
 from ._stream import BATCH_ITEMS, InputStream, Stream
-from ._wire import FrameReader, FrameWriter, TooBig
+from ._wire import PROTOCOL_LOST, FrameReader, FrameWriter, TooBig, die
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 # Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message:
 # big enough to pull items at C speed, small enough that Erlang decodes one chunk while
@@ -60,6 +68,9 @@ SWITCH_INTERVAL: Final = 0.001
 # Pipes this large let a big frame cross in a few system calls (Linux caps unprivileged
 # processes at /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE: Final = 1 << 20
+
+# Exit status of a worker whose event loop ended: nothing reads Erlang's messages any more.
+LOOP_DIED: Final = 71
 
 _CANCELLED: Final = Atom("cancelled")
 
@@ -93,7 +104,17 @@ def _type_name(cls: type) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _compile(code: str, mode: str) -> types.CodeType:
+    if mode == "exec" and _indented(code):
+        # Code indented to sit inside Erlang source (py:exec, a pool's `init`).
+        code = textwrap.dedent(code)
     return compile(code, "<erlpy>", mode)
+
+
+def _indented(code: str) -> bool:
+    for line in code.splitlines():
+        if line.strip():
+            return line[0] in " \t"
+    return False
 
 
 def _valid_name(name: object) -> bool:
@@ -107,9 +128,10 @@ class BadName(Exception):
 class _Pending:
     """A callback into Erlang awaited by the main thread."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("callback_id", "done", "error", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, callback_id: int) -> None:
+        self.callback_id = callback_id
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -130,6 +152,7 @@ class Job:
     msg: list[Any]
     cancelled: bool = False
     started: bool = False
+    answered: bool = False  # its terminal message is sent (see Runtime._claim)
     task: asyncio.Task[None] | None = None
     stream: Stream | None = None
     iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
@@ -138,7 +161,11 @@ class Job:
 
 
 def _produce(
-    stream: Stream, next_item: Callable[[], Any], pack_item: Callable[[Any], bytes], limit: int
+    rt: Runtime,
+    stream: Stream,
+    next_item: Callable[[], Any],
+    pack_item: Callable[[Any], bytes],
+    limit: int,
 ) -> tuple[int, bool]:
     """Pull up to ``limit`` items from a sync generator and queue them, stopping early when
     one must be flushed at once (returns how many, and whether the generator ended).
@@ -154,6 +181,8 @@ def _produce(
             item = next_item()
         except StopIteration:
             return count, True
+        if rt.forked:
+            _exit_forked(None)  # the generator forked: its child must not send the item
         try:
             data = pack_item(item)
         except ValueError as exc:
@@ -163,12 +192,76 @@ def _produce(
             return count, False
 
 
+def _exit_forked(outcome: BaseException | None) -> NoReturn:
+    """End a forked child whose code came back into the runtime (it returned, raised or
+    yielded), with the exit status the interpreter would give it."""
+    status = 0
+    try:
+        if isinstance(outcome, SystemExit):
+            if isinstance(outcome.code, int):
+                status = outcome.code
+            elif outcome.code is not None:
+                print(outcome.code, file=sys.stderr)
+                status = 1
+        elif outcome is not None:
+            traceback.print_exception(type(outcome), outcome, outcome.__traceback__)
+            status = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status & 0xFF)
+
+
+class _ForkSafeSelector(selectors.BaseSelector):
+    """The event loop's selector, which a forked child can let go of: the epoll instance
+    is shared across fork, so a child that changed it (epoll_ctl) or waited on it would
+    take events meant for the parent's loop (its reads, its self-pipe wake-ups)."""
+
+    def __init__(self) -> None:
+        self._inner: selectors.BaseSelector = selectors.DefaultSelector()
+
+    def detach_in_child(self) -> None:
+        """Start afresh; closing the child's copy of the epoll fd leaves the parent's
+        registrations alone."""
+        self._inner.close()
+        self._inner = selectors.DefaultSelector()
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        return self._inner.select(timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_key(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._inner.get_key(fileobj)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        return self._inner.get_map()
+
+
 class Runtime:
-    def __init__(self, fd_in: int = 3, fd_out: int = 4) -> None:
+    def __init__(self, fd_in: int, fd_out: int) -> None:
         self.fd_in = fd_in
         self.reader = FrameReader(fd_in)  # used by the loop thread only
         self.writer = FrameWriter(fd_out)
-        self.loop = asyncio.new_event_loop()
+        self._selector = _ForkSafeSelector()
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self._selector)
         self.worker_pid: Any = None
         self.main_module = types.ModuleType("__main__")
         self.main_module.__dict__["__builtins__"] = __builtins__
@@ -183,7 +276,10 @@ class Runtime:
         self._interrupt_lock = threading.Lock()
         self._current: Job | None = None
         self._interrupt_pending = False
+        self._answer_lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._log_handler: LogHandler | None = None
+        self.forked = False  # this is a forked copy of the worker process
 
     # ------------------------------------------------------------------ start-up
 
@@ -206,6 +302,7 @@ class Runtime:
             except OSError:
                 pass  # not a pipe, or over the system's limit: smaller frames, same result
         os.set_blocking(self.fd_in, False)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
         thread = threading.Thread(target=self._run_loop, name="erlpy-loop", daemon=True)
         thread.start()
         self.send(
@@ -228,32 +325,70 @@ class Runtime:
         sys.stdout = LogStream(emit, "notice", "<stdout>")
         sys.stderr = LogStream(emit, "warning", "<stderr>")
         root = logging.getLogger()
-        root.addHandler(LogHandler(emit))
+        self._log_handler = LogHandler(emit)
+        root.addHandler(self._log_handler)
         root.setLevel(logging.INFO)
 
+    def _after_fork_in_child(self) -> None:
+        """A fork from user code (os.fork, multiprocessing): the child is no worker. It
+        lets go of the protocol and of the parent's event loop registrations, and writes
+        to its real fds 1/2."""
+        global _runtime
+        self.forked = True
+        _runtime = None
+        # Threads that held these at fork time do not exist here.
+        self._interrupt_lock = threading.Lock()
+        self._answer_lock = threading.Lock()
+        self.writer.close_in_child()
+        try:
+            os.close(self.fd_in)
+        except OSError:
+            pass
+        if sys.__stdout__ is not None:
+            sys.stdout = sys.__stdout__
+        if sys.__stderr__ is not None:
+            sys.stderr = sys.__stderr__
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+        self._selector.detach_in_child()
+
+    def _exit_if_forked(self, outcome: BaseException | None) -> None:
+        if self.forked:
+            _exit_forked(outcome)
+
     def _run_loop(self) -> None:
-        self._loop_ident = threading.get_ident()
-        asyncio.set_event_loop(self.loop)
+        try:
+            self._loop_ident = threading.get_ident()
+            asyncio.set_event_loop(self.loop)
+            self.loop.add_reader(self.fd_in, self._on_readable)
+            self.loop.run_forever()
+            reason = "the event loop stopped"
+        except BaseException as exc:
+            reason = f"the event loop died: {exc!r}"
+        # Nobody reads Erlang's messages any more: die, so that Erlang restarts the worker
+        # instead of waiting on a deaf one.
+        die(reason, LOOP_DIED)
+
+    def _on_readable(self) -> None:
+        if self.forked:
+            return  # queued before a fork on the loop thread: the pipe is the parent's
         reader = self.reader
-
-        def on_readable() -> None:
-            # Drain the pipe: a large frame arrives in many reads, no need to go back to
-            # the selector between them.
-            while True:
-                try:
-                    frames = reader.read()
-                except BlockingIOError:
-                    return
-                if frames is None:
-                    os._exit(0)  # Erlang is gone: never outlive the port
-                for frame in frames:
-                    if isinstance(frame, TooBig):
-                        self._refuse_too_big(frame.head)
-                    else:
-                        self._dispatch_frame(frame)
-
-        self.loop.add_reader(self.fd_in, on_readable)
-        self.loop.run_forever()
+        # Drain the pipe: a large frame arrives in many reads, no need to go back to the
+        # selector between them.
+        while True:
+            try:
+                frames = reader.read()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EBADF and the like: the protocol is gone
+                die(f"cannot read from Erlang: {exc}", PROTOCOL_LOST)
+            if frames is None:
+                os._exit(0)  # Erlang is gone: never outlive the port
+            for frame in frames:
+                if isinstance(frame, TooBig):
+                    self._refuse_too_big(frame.head)
+                else:
+                    self._dispatch_frame(frame)
 
     def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
         # Each frame is decoded on its own, so a damaged one cannot swallow the next.
@@ -297,17 +432,45 @@ class Runtime:
     # ------------------------------------------------------------------ output
 
     def send(self, message: list[Any]) -> None:
-        self.writer.send(pack(message))
+        data = pack(message)
+        if self._current is None or threading.get_ident() != self._main_ident:
+            self.writer.send(data)
+            return
+        # Sync user code (print, erlang.send, erlang.call) where a cancel may interrupt
+        # it: an interrupt inside the writer would lose the frame and leave the writer
+        # taken for good. Hold interrupts off while writing, and raise a pending one after.
+        with self._interrupt_lock:
+            interrupted = self._interrupt_pending
+            if interrupted:
+                self._interrupt_pending = False
+                _set_async_exc(self._main_ident, ctypes.py_object())
+            self.writer.send(data)
+        if interrupted:
+            raise Interrupted
+
+    def _claim(self, job: Job) -> bool:
+        """Whether the caller is the one to send the job's terminal message: a cancel may
+        answer a job the main thread is still unwinding."""
+        with self._answer_lock:
+            if job.answered:
+                return False
+            job.answered = True
+            return True
 
     def reply(self, job: Job, value: Any) -> None:
+        self._exit_if_forked(None)
         try:
             parts = pack_parts([P.RESULT, job.id, value])
         except EncodeError as exc:
             self.error(job, exc)
             return
-        self.writer.send(*parts)
+        if self._claim(job):
+            self.writer.send(*parts)
 
     def error(self, job: Job, exc: BaseException) -> None:
+        self._exit_if_forked(exc)
+        if not self._claim(job):
+            return
         tb = exc.__traceback__
         # Drop the runtime's own frames so the traceback starts in user code.
         while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
@@ -327,7 +490,15 @@ class Runtime:
         self.writer.send(data)
 
     def fail(self, job: Job, reason: Any) -> None:
-        self.send([P.FAIL, job.id, reason])
+        if self.forked:
+            _exit_forked(SystemExit(1))
+        if self._claim(job):
+            self.send([P.FAIL, job.id, reason])
+
+    def done(self, job: Job) -> None:
+        self._exit_if_forked(None)
+        if self._claim(job):
+            self.send([P.DONE, job.id])
 
     def _finish(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
@@ -396,20 +567,28 @@ class Runtime:
             job.cancelled = True
             job.task.cancel()
             return
+        abandoned: _Pending | None = None
         with self._interrupt_lock:
             job.cancelled = True
-            if not job.started:
-                # Still queued behind other sync work: answer now, so Erlang's grace
-                # timer does not mistake waiting for being stuck.
-                self._finish(job)
-                self.fail(job, _CANCELLED)
+            # Still queued behind other sync work: answer now, so Erlang's grace timer
+            # does not mistake waiting for being stuck.
+            answer = not job.started
+            if job.waiting is not None:
+                # Waiting in erlpy.erlang.call(), maybe under other requests the main
+                # thread runs meanwhile: answer now too. The wait raises Interrupted once
+                # the main thread is back in it; the job's later answer is dropped.
+                abandoned = job.waiting
+                abandoned.finish(None, Interrupted())
+                answer = True
             elif self._current is job:
-                if job.waiting is not None:
-                    job.waiting.finish(None, Interrupted())
-                    self._sync.put(_WAKE)
-                else:
-                    self._interrupt_pending = True
-                    _set_async_exc(self._main_ident, ctypes.py_object(Interrupted))
+                self._interrupt_pending = True
+                _set_async_exc(self._main_ident, ctypes.py_object(Interrupted))
+        if abandoned is not None:
+            self._sync.put(_WAKE)
+            self._abandon(abandoned.callback_id)
+        if answer:
+            self._finish(job)
+            self.fail(job, _CANCELLED)
 
     def resume(self, job: Job) -> None:
         """Give a parked sync stream back to the main thread."""
@@ -487,9 +666,15 @@ class Runtime:
                 raise Interrupted
             self._current = job
         try:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._exit_if_forked(exc)
+            raise
+        else:
+            self._exit_if_forked(None)
         finally:
             self._leave_user()
+        return value
 
     def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
         """Run user clean-up code (a generator's ``close``), even for a cancelled job."""
@@ -497,6 +682,11 @@ class Runtime:
             self._current = job
         try:
             fn()
+        except BaseException as exc:
+            self._exit_if_forked(exc)
+            raise
+        else:
+            self._exit_if_forked(None)
         finally:
             self._leave_user()
 
@@ -591,6 +781,8 @@ class Runtime:
         try:
             while True:
                 chunk = self._user(job, list, itertools.islice(iterator, COLLECT_CHUNK))
+                if stream.cancelled:
+                    raise Interrupted  # maybe answered already (_cancel): send nothing more
                 if chunk:
                     self.writer.send(*stream.data_parts(pack(chunk)))
                 if len(chunk) < COLLECT_CHUNK:
@@ -622,7 +814,9 @@ class Runtime:
                     stream.flush()
                     self._sync.put(job)
                     return
-                count, ended = self._user(job, _produce, stream, next_item, pack_item, BATCH_ITEMS)
+                count, ended = self._user(
+                    job, _produce, self, stream, next_item, pack_item, BATCH_ITEMS
+                )
                 produced += count
                 if ended:
                     break
@@ -645,7 +839,7 @@ class Runtime:
         assert job.stream is not None
         job.stream.flush()
         if exc is None:
-            self.send([P.DONE, job.id])
+            self.done(job)
         else:
             self.error(job, exc)
 
@@ -709,6 +903,7 @@ class Runtime:
             else:
                 iterator = iter(value)
                 for item in iterator:  # a coroutine that returned a plain iterable
+                    self._exit_if_forked(None)
                     stream.push(pack(item), on_loop=True)
                     if stream.credit <= 0 and stream.limited:
                         await stream.wait_credit()
@@ -716,13 +911,14 @@ class Runtime:
                         raise asyncio.CancelledError
         except BaseException as exc:
             outcome = exc
+        self._exit_if_forked(outcome)
         # Close the generator before the terminal message, so that when the owner hears
         # the stream ended its `finally` blocks have run.
         await self._close_async(job, iterator)
         self._finish(job)
         if outcome is None:
             stream.flush()
-            self.send([P.DONE, job.id])
+            self.done(job)
         elif isinstance(outcome, asyncio.CancelledError):
             self.fail(job, _CANCELLED)
         else:
@@ -745,6 +941,7 @@ class Runtime:
         pack_item = thread_packer().pack
         since_yield = 0
         async for item in iterator:
+            self._exit_if_forked(None)  # the generator forked: its child must not send
             try:
                 data = pack_item(item)
             except ValueError as exc:
@@ -764,6 +961,8 @@ class Runtime:
     # ------------------------------------------------------------------ callbacks into Erlang
 
     def call_erlang(self, name: str, args: tuple[Any, ...]) -> Any:
+        if self.forked:
+            raise RuntimeError("not running inside an erlpy worker")
         ident = threading.get_ident()
         if ident == self._loop_ident:
             raise RuntimeError(
@@ -774,20 +973,25 @@ class Runtime:
         if ident != self._main_ident:
             future: Future[Any] = Future()
             self._callbacks[callback_id] = future
-            self.send([P.CALLBACK, callback_id, name, list(args)])
-            return future.result()
+            try:
+                self.send([P.CALLBACK, callback_id, name, list(args)])
+                return future.result()
+            finally:
+                self._abandon(callback_id)
         return self._call_erlang_main(callback_id, name, args)
 
     def _call_erlang_main(self, callback_id: int, name: str, args: tuple[Any, ...]) -> Any:
         # The main thread keeps running sync requests while it waits: the Erlang function
         # may itself call into this worker (re-entrancy), and Erlang may cancel us.
-        pending = _Pending()
+        pending = _Pending(callback_id)
         job = self._current
-        self._callbacks[callback_id] = pending
-        if job is not None:
-            job.waiting = pending
-        self.send([P.CALLBACK, callback_id, name, list(args)])
+        if job is not None and job.cancelled:
+            raise Interrupted  # answered already, maybe: no new callback for it
         try:
+            self._callbacks[callback_id] = pending
+            if job is not None:
+                job.waiting = pending
+            self.send([P.CALLBACK, callback_id, name, list(args)])
             while not pending.done:
                 item = self._sync.get()
                 if isinstance(item, Job):
@@ -799,16 +1003,28 @@ class Runtime:
         finally:
             if job is not None:
                 job.waiting = None
+            self._abandon(callback_id)
         if pending.error is not None:
             raise pending.error
         return pending.value
 
     async def acall_erlang(self, name: str, args: tuple[Any, ...]) -> Any:
+        if self.forked:
+            raise RuntimeError("not running inside an erlpy worker")
         future: asyncio.Future[Any] = self.loop.create_future()
         callback_id = next(self._callback_ids)
         self._callbacks[callback_id] = future
-        self.send([P.CALLBACK, callback_id, name, list(args)])
-        return await future
+        try:
+            self.send([P.CALLBACK, callback_id, name, list(args)])
+            return await future
+        finally:  # cancelled (CancelledError goes on up) or interrupted before the reply
+            self._abandon(callback_id)
+
+    def _abandon(self, callback_id: int) -> None:
+        """Nobody waits for this callback any more: have Erlang end the process running
+        it. Nothing to do once its reply came (whoever pops the waiter owns it)."""
+        if self._callbacks.pop(callback_id, None) is not None:
+            self.send([P.CALLBACK_CANCEL, callback_id])
 
     def _on_callback_reply(self, callback_id: int, ok: bool, value: Any) -> None:
         from .erlang import ErlangError

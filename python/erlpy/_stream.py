@@ -92,6 +92,8 @@ class Stream:
                 return
             self._items = []
             self._bytes = 0
+            if self.cancelled:
+                return  # it may be answered already (Runtime._cancel): nothing may follow
             body = _array_header(len(items)) + b"".join(items)
             drain = self._rt.writer.enqueue(*self.data_parts(body))
         if drain:

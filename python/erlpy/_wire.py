@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Final, TypeAlias
+from typing import Final, NoReturn, TypeAlias
 
 _HEADER: Final = 4
 _SMALL: Final = 1 << 16
@@ -14,6 +14,19 @@ _IOV_MAX: Final = 1024
 
 # What a frame is made of: anything with the buffer protocol.
 Buffer: TypeAlias = bytes | bytearray | memoryview
+
+# Exit status of a worker whose pipes broke under it (EOF from Erlang exits 0).
+PROTOCOL_LOST: Final = 70
+
+
+def die(reason: str, status: int) -> NoReturn:
+    """Exit at once, saying why on the real fd 2: sys.stderr goes to Erlang through the
+    protocol, which may be what is broken."""
+    try:
+        os.write(2, f"erlpy: {reason}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+    os._exit(status)
 
 
 class FrameReader:
@@ -131,13 +144,29 @@ class FrameWriter:
         self._lock = threading.Lock()
         self._pending: list[Buffer] = []
         self._writing = False
+        self._closed = False
 
     @property
     def fd(self) -> int:
         return self._fd
 
+    def close_in_child(self) -> None:
+        """In a forked child: close the fd and drop everything sent from now on (the pipe
+        is the parent's). The lock is replaced, not taken: a thread that does not exist
+        in the child may have held it at fork time."""
+        self._closed = True
+        self._lock = threading.Lock()
+        self._pending = []
+        fd, self._fd = self._fd, -1
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
     def enqueue(self, *parts: Buffer) -> bool:
         """Queue a message; returns True when the caller must call :meth:`drain`."""
+        if self._closed:
+            return False
         with self._lock:
             self._pending.extend(parts)
             if self._writing:
@@ -159,9 +188,11 @@ class FrameWriter:
                 self._pending = []
             try:
                 self._write_frame(batch)
-            except OSError:
+            except BrokenPipeError:
                 # Erlang closed the pipe: the port is gone, and so is our reason to live.
                 os._exit(0)
+            except OSError as exc:
+                die(f"cannot write to Erlang: {exc}", PROTOCOL_LOST)
 
     def _write_frame(self, batch: list[Buffer]) -> None:
         size = sum(map(len, batch))

@@ -1,0 +1,590 @@
+"""Isolation of a worker process from the user code it runs: forks, fds, threads that die,
+processes left behind. Each test drives a real runtime (``_boot.py``) over real pipes,
+the way erlpy_worker does: Erlang -> Python on fd 3, Python -> Erlang on fd 4."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from erlpy import _protocol as P
+from erlpy._codec import new_unpacker, pack
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOT = ROOT / "python" / "erlpy" / "_boot.py"
+TIMEOUT = 5.0  # Generous: only there to turn a hang into a failure.
+
+# Puts the pipes on fds 3/4 and becomes _boot.py, as erl_child_setup does.
+LAUNCH = (
+    "import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); "
+    "os.dup2(r, 3); os.dup2(w, 4); os.close(r); os.close(w); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+
+
+def _high(fd: int) -> int:
+    """The same pipe end on an fd >= 10, so the launcher's dup2 onto 3/4 clobbers none."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+class Worker:
+    """A Python worker process and the Erlang side of its pipes."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        to_py_r, self.to_py = map(_high, os.pipe())
+        self.from_py, from_py_w = map(_high, os.pipe())
+        self.pipe_inodes = {os.fstat(self.to_py).st_ino, os.fstat(self.from_py).st_ino}
+        self.stderr_path = tmp_path / "stderr"
+        with open(self.stderr_path, "wb") as err:
+            args = [str(to_py_r), str(from_py_w), str(BOOT), str(ROOT / "python")]
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", LAUNCH, *args],
+                pass_fds=(to_py_r, from_py_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        os.close(to_py_r)
+        os.close(from_py_w)
+        self.pid = self.proc.pid
+        self._unpacker = new_unpacker()
+        self._buffer = b""
+        self._inbox: list[list[Any]] = []
+        self._ids = iter(range(1, 1 << 30))
+        ready = self.receive(lambda m: m[0] == P.READY)
+        assert ready[1]["os_pid"] == self.pid
+        assert self.answer(self.send(P.SETUP, None, {})) == [P.RESULT, 1, None]
+
+    # --- the Erlang side ------------------------------------------------------
+
+    def send(self, op: int, *fields: Any) -> int:
+        job_id = next(self._ids)
+        self.send_raw([op, job_id, *fields])
+        return job_id
+
+    def send_raw(self, message: list[Any]) -> None:
+        body = pack(message)
+        os.write(self.to_py, len(body).to_bytes(4, "big") + body)
+
+    def call(self, name: str, *args: Any) -> int:
+        return self.send(P.CALL, "__main__", name, list(args), {})
+
+    def run(self, name: str, *args: Any) -> Any:
+        """Call a function defined by exec and return its value."""
+        answer = self.answer(self.call(name, *args))
+        assert answer[0] == P.RESULT, answer
+        return answer[2]
+
+    def exec(self, code: str) -> None:
+        job_id = self.send(P.EXEC, code)
+        assert self.answer(job_id) == [P.RESULT, job_id, None]
+
+    def answer(self, job_id: int, timeout: float = TIMEOUT) -> list[Any]:
+        terminal = (P.RESULT, P.ERROR, P.FAIL, P.DONE)
+        return self.receive(lambda m: m[0] in terminal and m[1] == job_id, timeout)
+
+    def receive(self, match: Callable[[list[Any]], bool], timeout: float = TIMEOUT) -> list[Any]:
+        """The first message that matches, waiting for it; the others stay queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, message in enumerate(self._inbox):
+                if match(message):
+                    return self._inbox.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise TimeoutError(f"no such message; queued: {self._inbox}")
+
+    def drain(self, quiet: float = 0.1) -> list[list[Any]]:
+        """Whatever arrives until the pipe has been quiet for ``quiet`` seconds, but logs."""
+        while self._read(quiet):
+            pass
+        messages, self._inbox = self._inbox, []
+        return [m for m in messages if m[0] != P.LOG]
+
+    def _read(self, timeout: float) -> bool:
+        if not select.select([self.from_py], [], [], timeout)[0]:
+            return False
+        data = os.read(self.from_py, 1 << 16)
+        if not data:
+            return False
+        self._buffer += data
+        while len(self._buffer) >= 4:
+            size = int.from_bytes(self._buffer[:4], "big")
+            if len(self._buffer) < 4 + size:
+                break
+            self._unpacker.feed(self._buffer[4 : 4 + size])
+            self._inbox.extend(self._unpacker)
+            self._buffer = self._buffer[4 + size :]
+        return True
+
+    def close(self) -> None:
+        """Close Erlang's end of the pipe and kill the group, as erlpy_worker does."""
+        for fd in (self.to_py, self.from_py):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(TIMEOUT)
+
+    # --- looking at processes ---------------------------------------------------
+
+    def group(self) -> dict[int, tuple[int, str]]:
+        """The live processes of the worker's process group: pid -> (parent pid, name)."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+                comm, state, ppid, pgid = stat
+                if pgid == self.pid and state not in "ZX":
+                    found[int(entry)] = (ppid, comm)
+        return found
+
+    def holds_protocol(self, pid: int) -> list[str]:
+        """The fds of a process that are ends of the protocol pipes."""
+        links = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if any(link == f"pipe:[{ino}]" for ino in self.pipe_inodes):
+                links.append(fd)
+        return links
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def _stat(pid: int) -> tuple[str, str, int, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    head, _, rest = text.rpartition(")")
+    state, ppid, pgid = rest.split()[:3]
+    return head.partition("(")[2], state, int(ppid), int(pgid)
+
+
+def alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[1] not in "ZX"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    w = Worker(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def dedent(code: str) -> str:
+    return textwrap.dedent(code).strip() + "\n"
+
+
+# --- forks -------------------------------------------------------------------------
+
+FORKS = dedent(
+    """
+    import os, sys
+
+    def child_returns(): return "child"
+    def child_exits_0(): sys.exit(0)
+    def child_exits_3(): sys.exit(3)
+    def child_exits_text(): sys.exit("bye from the child")
+    def child_raises(): raise ValueError("boom in the child")
+
+    def fork_and_wait(child):
+        pid = os.fork()
+        if pid == 0:
+            return globals()[child]()
+        return ["parent", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])]
+
+    async def afork_and_wait(child):
+        pid = os.fork()
+        if pid == 0:
+            return globals()[child]()
+        return ["parent", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])]
+    """
+)
+
+
+def test_a_forked_child_never_answers(worker: Worker) -> None:
+    worker.exec(FORKS)
+    for _ in range(20):
+        assert worker.run("fork_and_wait", "child_returns") == ["parent", 0]
+    assert worker.drain() == []
+
+
+@pytest.mark.parametrize("function", ["fork_and_wait", "afork_and_wait"])
+def test_a_forked_child_exits_as_the_interpreter_would(worker: Worker, function: str) -> None:
+    worker.exec(FORKS)
+    assert worker.run(function, "child_returns") == ["parent", 0]
+    assert worker.run(function, "child_exits_0") == ["parent", 0]
+    assert worker.run(function, "child_exits_3") == ["parent", 3]
+    assert worker.run(function, "child_exits_text") == ["parent", 1]
+    assert worker.run(function, "child_raises") == ["parent", 1]
+    assert worker.drain() == []
+    # The children wrote to the real fd 2, not through the parent's protocol.
+    assert "bye from the child" in worker.stderr()
+    assert "ValueError: boom in the child" in worker.stderr()
+
+
+def test_a_forked_child_is_no_worker(worker: Worker) -> None:
+    worker.exec(
+        dedent(
+            """
+            import logging, os, sys
+            def child_state():
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        erlang.call("anything")
+                    except RuntimeError as exc:
+                        text = str(exc)
+                    state = [text, sys.stdout is sys.__stdout__, len(logging.getLogger().handlers)]
+                    os.write(w, repr(state).encode())
+                    os._exit(0)
+                os.close(w)
+                os.waitpid(pid, 0)
+                with os.fdopen(r) as f:
+                    return f.read()
+            """
+        )
+    )
+    assert worker.run("child_state") == repr(["not running inside an erlpy worker", True, 0])
+    assert worker.drain() == []
+
+
+def test_a_child_forked_by_async_code_leaves_the_parent_loop_alone(worker: Worker) -> None:
+    # The epoll instance of the inherited event loop is shared with the parent: a child
+    # that stops watching an fd it inherited must not stop the parent watching it.
+    worker.exec(
+        dedent(
+            """
+            import os, socket
+            received = []
+
+            async def watch():
+                global pair
+                pair = socket.socketpair()
+                on_data = lambda: received.append(pair[0].recv(100))
+                asyncio.get_running_loop().add_reader(pair[0], on_data)
+
+            async def afork_and_unwatch():
+                loop = asyncio.get_running_loop()
+                pid = os.fork()
+                if pid == 0:
+                    loop.remove_reader(pair[0])  # as closing an inherited transport does
+                    return
+                return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+            async def poke():
+                pair[1].send(b"x")
+                for _ in range(200):
+                    if received:
+                        break
+                    await asyncio.sleep(0.01)
+                return received
+            """
+        )
+    )
+    worker.run("watch")
+    assert worker.run("afork_and_unwatch") == 0
+    assert worker.run("poke") == [b"x"]
+    assert worker.drain() == []
+
+
+def test_multiprocessing_with_fork_works(worker: Worker) -> None:
+    worker.exec(
+        dedent(
+            """
+            import multiprocessing
+            def pool_map():
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    return pool.map(abs, [-1, -2, -3])
+            def process_exitcode():
+                process = multiprocessing.get_context("fork").Process(target=sum, args=([],))
+                process.start()
+                process.join()
+                return process.exitcode
+            """
+        )
+    )
+    assert worker.run("pool_map") == [1, 2, 3]
+    assert worker.run("process_exitcode") == 0
+    assert worker.drain() == []
+
+
+# --- fds ---------------------------------------------------------------------------
+
+
+def test_user_code_cannot_touch_the_protocol_through_fds_3_and_4(worker: Worker) -> None:
+    assert os.readlink(f"/proc/{worker.pid}/fd/3") == "/dev/null"
+    assert os.readlink(f"/proc/{worker.pid}/fd/4") == "/dev/null"
+    protocol = worker.holds_protocol(worker.pid)
+    assert len(protocol) == 2 and all(int(fd) >= 10 for fd in protocol)
+    for fd in protocol:
+        with open(f"/proc/{worker.pid}/fdinfo/{fd}") as info:
+            flags = next(line for line in info if line.startswith("flags:"))
+        assert int(flags.split()[1], 8) & os.O_CLOEXEC
+    worker.exec("import os\nos.close(3)\n")
+    worker.exec("os.write(4, b'\\x7f\\xff\\xff\\xff')\n")  # a 2 GiB frame header
+    worker.exec("def ok(): return 'still serving'\n")
+    assert worker.run("ok") == "still serving"
+
+
+def test_exec_children_do_not_inherit_the_protocol(worker: Worker) -> None:
+    worker.exec(
+        dedent(
+            """
+            import os, subprocess
+            def start_sleepers():
+                os.system("sleep 30 &")
+                return subprocess.Popen(["sleep", "31"], close_fds=False).pid
+            """
+        )
+    )
+    worker.run("start_sleepers")
+    assert wait_until(lambda: sum(c == "sleep" for _, c in worker.group().values()) == 2)
+    for pid, (_, name) in worker.group().items():
+        if name == "sleep":
+            assert worker.holds_protocol(pid) == []
+
+
+def test_a_lost_protocol_fd_exits_non_zero(worker: Worker) -> None:
+    worker.exec("import os\nfrom erlpy._runtime import current\n")
+    worker.exec("def close_in(): os.close(current().fd_in)\n")
+    worker.run("close_in")
+    worker.call("close_in")  # makes the pipe readable: the read fails with EBADF
+    assert worker.proc.wait(TIMEOUT) == 70
+    assert "cannot read from Erlang" in worker.stderr()
+
+
+# --- the watchdog ------------------------------------------------------------------
+
+SLEEPER = "import subprocess\ndef sleeper(): return subprocess.Popen(['sleep', '300']).pid\n"
+
+
+def test_the_watchdog_is_no_child_and_holds_only_the_read_end(worker: Worker) -> None:
+    assert os.getpgid(worker.pid) == worker.pid
+    watchdogs = [pid for pid in worker.group() if pid != worker.pid]
+    assert len(watchdogs) == 1
+    assert worker.group()[watchdogs[0]][0] != worker.pid
+    fds = {
+        fd: os.readlink(f"/proc/{watchdogs[0]}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{watchdogs[0]}/fd")
+    }
+    # Erlang's pipe to Python, never the way back (Erlang must see EOF when Python dies),
+    # and a pidfd of Python where the kernel has them.
+    assert fds.pop("0") == f"pipe:[{os.fstat(worker.to_py).st_ino}]"
+    assert set(fds.values()) <= {"anon_inode:[pidfd]"}
+    error = worker.answer(worker.send(P.EVAL, "__import__('os').waitpid(-1, 1)", {}))
+    assert error[:3] == [P.ERROR, error[1], "ChildProcessError"]
+
+
+def test_the_watchdog_ends_the_group_when_erlang_closes_the_pipe(worker: Worker) -> None:
+    worker.exec(SLEEPER)
+    sleeper = worker.run("sleeper")
+    os.close(worker.to_py)
+    # Python exits on EOF, unless the watchdog's SIGTERM comes first.
+    assert worker.proc.wait(TIMEOUT) in (0, -signal.SIGTERM)
+    assert wait_until(lambda: not alive(sleeper))
+
+
+def test_the_watchdog_ends_the_group_when_python_is_killed(worker: Worker) -> None:
+    worker.exec(SLEEPER)
+    sleeper = worker.run("sleeper")
+    os.kill(worker.pid, signal.SIGKILL)
+    assert worker.proc.wait(TIMEOUT) == -signal.SIGKILL
+    assert wait_until(lambda: not alive(sleeper))
+    assert wait_until(lambda: not worker.group())  # the watchdog too, after its grace
+
+
+def test_the_watchdog_ends_python_stuck_in_c_when_erlang_closes_the_pipe(
+    worker: Worker,
+) -> None:
+    worker.exec(
+        dedent(
+            """
+            import re
+            def stuck():
+                erlang.send(erlang.atom("stuck"), 1)
+                return re.match("(a+)+$", "a" * 40 + "b")  # holds the GIL for hours
+            """
+        )
+    )
+    worker.call("stuck")
+    worker.receive(lambda m: m[0] == P.SEND)
+    os.close(worker.to_py)
+    assert worker.proc.wait(TIMEOUT) == -signal.SIGTERM
+
+
+# --- the event loop thread ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "async def boom(): raise SystemExit\n"
+        "async def kill(): asyncio.get_running_loop().create_task(boom())\n",
+        "async def boom(): raise KeyboardInterrupt\n"
+        "async def kill(): asyncio.get_running_loop().create_task(boom())\n",
+        "import sys\nasync def kill(): asyncio.get_running_loop().call_soon(sys.exit, 4)\n",
+        "async def kill(): asyncio.get_running_loop().stop()\n",
+    ],
+    ids=["task-SystemExit", "task-KeyboardInterrupt", "call_soon-sys.exit", "loop.stop"],
+)
+def test_a_dead_event_loop_kills_the_worker(worker: Worker, code: str) -> None:
+    worker.exec(code)
+    worker.call("kill")
+    assert worker.proc.wait(TIMEOUT) == 71
+    assert "erlpy: the event loop" in worker.stderr()
+
+
+# --- exec --------------------------------------------------------------------------
+
+
+def test_exec_of_indented_code(worker: Worker) -> None:
+    worker.exec("\n    def f():\n        return 1\n")
+    assert worker.run("f") == 1
+    worker.exec("text = '''\n    kept\n'''\n")  # code that is not indented is left alone
+    assert worker.answer(worker.send(P.EVAL, "text", {}))[2] == "\n    kept\n"
+
+
+# --- cancelling a job that waits for Erlang ----------------------------------------
+
+CALLBACKS = dedent(
+    """
+    import time
+    def waiter(): return erlang.call("slow")
+    async def awaiter(): return await erlang.acall("slow")
+    def busy(): time.sleep(0.5); return "busy"
+    def ok(): return "ok"
+    """
+)
+
+
+def test_cancel_of_a_job_waiting_under_a_nested_call(worker: Worker) -> None:
+    worker.exec(CALLBACKS)
+    waiter = worker.call("waiter")
+    callback = worker.receive(lambda m: m[0] == P.CALLBACK)
+    assert callback[2:] == ["slow", []]
+    busy = worker.call("busy")  # the main thread runs it while `waiter` waits
+    time.sleep(0.1)
+    worker.send_raw([P.CANCEL, waiter])
+    # Answered at once, with `busy` still running, and the callback given up.
+    assert worker.receive(lambda m: m[0] == P.CALLBACK_CANCEL, 0.3) == [9, callback[1]]
+    assert worker.answer(waiter, 0.3) == [P.FAIL, waiter, "cancelled"]
+    assert worker.drain(0.05) == []
+    assert worker.answer(busy) == [P.RESULT, busy, "busy"]
+    worker.send_raw([P.REPLY, callback[1], True, "too late"])
+    assert worker.drain() == []  # `waiter` unwound without a second answer
+    assert worker.run("ok") == "ok"
+
+
+@pytest.mark.parametrize("function", ["waiter", "awaiter"])
+def test_cancel_of_a_job_waiting_for_erlang(worker: Worker, function: str) -> None:
+    worker.exec(CALLBACKS)
+    job = worker.call(function)
+    callback = worker.receive(lambda m: m[0] == P.CALLBACK)
+    worker.send_raw([P.CANCEL, job])
+    assert worker.receive(lambda m: m[0] == P.CALLBACK_CANCEL) == [9, callback[1]]
+    assert worker.answer(job) == [P.FAIL, job, "cancelled"]
+    worker.send_raw([P.REPLY, callback[1], True, "too late"])
+    assert worker.drain() == []
+    assert worker.run("ok") == "ok"
+
+
+# --- streams -------------------------------------------------------------------------
+
+GENERATORS = dedent(
+    """
+    import os, sys
+
+    def fork_gen():
+        yield "before"  # so that the child's item would not be sent at once, but batched
+        pid = os.fork()
+        if pid == 0:
+            yield "child"
+            print("child went on", file=sys.stderr)
+            return
+        yield "parent"
+        yield os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    async def afork_gen():
+        yield "before"
+        pid = os.fork()
+        if pid == 0:
+            yield "child"
+            print("child went on", file=sys.stderr)
+            return
+        yield "parent"
+        yield os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    def stubborn_gen():
+        try:
+            erlang.call("slow")
+        except BaseException:
+            pass  # swallows erlpy.Interrupted, and goes on
+        yield 1
+        yield 2
+    """
+)
+
+
+def stream_items(worker: Worker, name: str, credit: int) -> tuple[list[Any], list[Any]]:
+    """Run a stream of a function defined by exec: its items and its terminal message."""
+    job_id = worker.send(P.STREAM_CALL, "__main__", name, [], {}, credit, False)
+    end = worker.answer(job_id)
+    items = []
+    for message in worker.drain():
+        assert message[:2] == [P.DATA, job_id], message
+        items.extend(message[2])
+    return items, end
+
+
+@pytest.mark.parametrize("name", ["fork_gen", "afork_gen"])
+def test_a_forked_generator_child_never_sends(worker: Worker, name: str) -> None:
+    worker.exec(GENERATORS)
+    items, end = stream_items(worker, name, 10)
+    assert (items, end[0]) == (["before", "parent", 0], P.DONE)
+    assert "child went on" not in worker.stderr()
+
+
+@pytest.mark.parametrize("credit", [10, 0], ids=["window", "collect"])
+def test_nothing_follows_the_answer_to_a_cancelled_stream(worker: Worker, credit: int) -> None:
+    worker.exec(GENERATORS)
+    job_id = worker.send(P.STREAM_CALL, "__main__", "stubborn_gen", [], {}, credit, False)
+    callback = worker.receive(lambda m: m[0] == P.CALLBACK)
+    worker.send_raw([P.CANCEL, job_id])
+    assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
+    assert worker.drain() == [[P.CALLBACK_CANCEL, callback[1]]]
