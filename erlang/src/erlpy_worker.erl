@@ -183,20 +183,7 @@ flush_alias(Alias) ->
 -spec stream_start(pid(), id(), map(), timeout()) -> {ok, reference()} | {error, term()}.
 stream_start(Worker, Id, #{owner := _, request := _} = Stream, Timeout) ->
     Alias = send_request(Worker, {'$erlpy_stream', Id, Stream}),
-    receive
-        {Alias, Reply} ->
-            Reply;
-        {'DOWN', Alias, process, _, Reason} ->
-            {error, {worker_exited, Reason}}
-    after Timeout ->
-        Worker ! {'$erlpy_abandon', Id},
-        receive
-            {Alias, Reply} ->
-                Reply;
-            {'DOWN', Alias, process, _, Reason} ->
-                {error, {worker_exited, Reason}}
-        end
-    end.
+    wait_reply(Worker, Alias, Id, Timeout, abandon).
 
 %% @doc Send a command to a stream's worker through the stream reference.
 -spec stream_command(reference(), cancel | close | {ack, pos_integer()} | {send, term()}) -> ok.
@@ -242,19 +229,33 @@ send_request(Worker, Message) ->
 
 -spec wait_reply(pid(), reference(), id(), timeout()) -> {ok, term()} | {error, term()}.
 wait_reply(Worker, Alias, Id, Timeout) ->
+    wait_reply(Worker, Alias, Id, Timeout, cancel).
+
+%% At a timeout a call is cancelled; a stream start is abandoned (see stream_start/4).
+-spec wait_reply(pid(), reference(), id(), timeout(), cancel | abandon) ->
+    {ok, term()} | {error, term()}.
+wait_reply(Worker, Alias, Id, Timeout, OnTimeout) ->
     receive
         {Alias, Reply} ->
             Reply;
         {'DOWN', Alias, process, _, Reason} ->
             {error, {worker_exited, Reason}}
     after Timeout ->
-        erlang:demonitor(Alias, [flush]),
-        Worker ! {'$erlpy_cancel', Id},
-        receive
-            {Alias, Reply} -> Reply
-        after 0 -> {error, timeout}
-        end
+        timed_out(Worker, Alias, Id, OnTimeout)
     end.
+
+-spec timed_out(pid(), reference(), id(), cancel | abandon) -> {ok, term()} | {error, term()}.
+timed_out(Worker, Alias, Id, cancel) ->
+    erlang:demonitor(Alias, [flush]),
+    Worker ! {'$erlpy_cancel', Id},
+    receive
+        {Alias, Reply} -> Reply
+    after 0 -> {error, timeout}
+    end;
+timed_out(Worker, Alias, Id, abandon) ->
+    %% The worker answers at once, whatever its state.
+    Worker ! {'$erlpy_abandon', Id},
+    wait_reply(Worker, Alias, Id, infinity, abandon).
 
 %%====================================================================
 %% gen_statem
