@@ -588,3 +588,28 @@ def test_nothing_follows_the_answer_to_a_cancelled_stream(worker: Worker, credit
     worker.send_raw([P.CANCEL, job_id])
     assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
     assert worker.drain() == [[P.CALLBACK_CANCEL, callback[1]]]
+
+
+def test_cancel_of_code_that_prints_never_silences_the_worker(worker: Worker) -> None:
+    # print() from sync code writes to Erlang inside the window where a cancel interrupts
+    # it; an interrupt landing in the writer lost the frame and left the writer taken, so
+    # the worker never sent anything again.
+    worker.exec(
+        textwrap.dedent(
+            """
+            def chatty():
+                while True:
+                    print('x' * 200)
+
+            def ping():
+                return 'pong'
+            """
+        )
+    )
+    for _ in range(100):
+        job_id = worker.call("chatty")
+        time.sleep(0.002)
+        worker.send_raw([P.CANCEL, job_id])
+        assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
+        assert worker.run("ping") == "pong"
+        worker.drain(0)
