@@ -74,7 +74,7 @@ max_memory_below_use_fails_start(_) ->
     ?assertMatch({error, {python_start_failed, {setup, {python, <<"MemoryError">>, _, _}}}}, Result),
     {error, {_, {setup, {python, _, Message, _}}}} = Result,
     ?assertMatch({match, _}, re:run(Message, "already uses")),
-    ?assertEqual({error, {no_pool, max_memory_below_use_fails_start}},
+    ?assertEqual({error, {no_pool, max_memory_below_use_fails_start, element(2, Result)}},
                  py:eval(<<"1">>, #{}, #{pool => max_memory_below_use_fails_start})).
 
 %% Stops a pool; see the workaround note in erlpy_worker_SUITE:end_per_testcase/2.
@@ -363,12 +363,13 @@ nomsgpack_error_shape(Config) ->
     ?assertNotEqual(nomatch, binary:match(Tried, list_to_binary(?config(venv, Config)))).
 
 bad_option_error_shape(_) ->
-    erlpy_test:doc("start_pool with a bad option is exactly {error, {bad_option, Key}}"),
-    ?assertEqual({error, {bad_option, size}}, py:start_pool(bad_option_error_shape, #{size => 0})),
-    ?assertEqual({error, {bad_option, bogus}}, py:start_pool(bad_option_error_shape, #{bogus => 1})),
-    ?assertEqual({error, {bad_option, max_queue}},
+    erlpy_test:doc("start_pool with a bad option is exactly {error, {bad_option, {Key, Value}}}"),
+    ?assertEqual({error, {bad_option, {size, 0}}}, py:start_pool(bad_option_error_shape, #{size => 0})),
+    ?assertEqual({error, {bad_option, {bogus, 1}}}, py:start_pool(bad_option_error_shape, #{bogus => 1})),
+    ?assertEqual({error, {bad_option, {max_queue, -1}}},
                  py:start_pool(bad_option_error_shape, #{max_queue => -1})),
-    ?assertMatch({error, {bad_option, _}}, py:start_pool(bad_option_error_shape, not_options)).
+    ?assertEqual({error, {bad_option, {options, not_options}}},
+                 py:start_pool(bad_option_error_shape, not_options)).
 
 %%====================================================================
 %% regressions: bugs these tests found (fixed)
@@ -385,19 +386,26 @@ no_pool_after_stop_pool(_) ->
     ?assertNot(maps:is_key(P, erlpy_test:catch_all(fun() -> py:info() end))).
 
 no_pool_after_failed_start(_) ->
-    erlpy_test:doc("a pool whose start failed is unknown afterwards: {error, {no_pool, P}}"),
+    erlpy_test:doc("a pool whose start failed is unknown afterwards, and says why: "
+                   "{error, {no_pool, P, Reason}} with start_pool's Reason, until it starts"),
     P = no_pool_after_failed_start,
-    {error, _} = py:start_pool(P, #{size => 1, init => <<"1/0">>}),
-    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
-    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)).
+    {error, Reason} = py:start_pool(P, #{size => 1, init => <<"1/0">>}),
+    ?assertMatch({python_start_failed, {init, {python, <<"ZeroDivisionError">>, _, _}}}, Reason),
+    ?assertEqual({error, {no_pool, P, Reason}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
+    ?assertEqual({error, {no_pool, P, Reason}},
+                 erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)),
+    {ok, _} = py:start_pool(P, #{size => 1}),
+    ok = py:stop_pool(P),
+    ?assertEqual({error, {no_pool, P}}, py:eval(<<"1">>, #{}, #{pool => P})).
 
 bad_option_types_are_bad_option(_) ->
-    erlpy_test:doc("ill-typed path/env/cd values are {error, {bad_option, Key}} "
+    erlpy_test:doc("ill-typed path/env/cd values are {error, {bad_option, {Key, Value}}} "
                    "(BUG: {error, {'EXIT', {badarg, _}}})"),
     P = bad_option_types_are_bad_option,
-    ?assertEqual({error, {bad_option, path}}, py:start_pool(P, #{size => 1, path => "/tmp"})),
-    ?assertEqual({error, {bad_option, env}}, py:start_pool(P, #{size => 1, env => [{"A", 1}]})),
-    ?assertEqual({error, {bad_option, cd}}, py:start_pool(P, #{size => 1, cd => 42})).
+    ?assertEqual({error, {bad_option, {path, "/tmp"}}}, py:start_pool(P, #{size => 1, path => "/tmp"})),
+    ?assertEqual({error, {bad_option, {env, [{"A", 1}]}}},
+                 py:start_pool(P, #{size => 1, env => [{"A", 1}]})),
+    ?assertEqual({error, {bad_option, {cd, 42}}}, py:start_pool(P, #{size => 1, cd => 42})).
 
 init_list_of_strings(_) ->
     erlpy_test:doc("init => [\"import os\", \"x = 1\"] runs both statements "
