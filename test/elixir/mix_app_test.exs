@@ -89,6 +89,28 @@ defmodule Erlpy.MixAppTest do
     end
   end
 
+  test "Hex package metadata: one source (erlpy.app.src) for both build tools, files that exist and hold the build" do
+    {:ok, [{:application, :erlpy, props}]} =
+      :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
+
+    config = Mix.Project.config()
+    package = config[:package]
+    assert config[:description] == to_string(props[:description])
+    assert package[:licenses] == Enum.map(props[:licenses], &to_string/1)
+    assert package[:licenses] == ["Apache-2.0"]
+    assert package[:files] == Enum.map(props[:files], &to_string/1)
+    assert package[:build_tools] == ["rebar3", "mix"]
+    assert File.regular?(Path.join(root(), "LICENSE"))
+
+    for file <- package[:files], do: assert(File.exists?(Path.join(root(), file)), file)
+
+    for needed <- ~w(erlang/src/py.erl erlang/src/erlpy.app.src python/erlpy/_boot.py priv/python
+                     rebar.config mix.exs README.md LICENSE) do
+      assert Enum.any?(package[:files], &(&1 == needed or String.starts_with?(needed, &1 <> "/"))),
+             "#{needed} is not in the package's files"
+    end
+  end
+
   test "a git dependency on erlpy (a snapshot of this checkout) fetches and runs offline" do
     tmp = tmp_dir!("git_dep")
     src = Path.join(tmp, "erlpy.git")

@@ -23,6 +23,9 @@ all() ->
         none_atom_option,
         info_pool_shape,
         pools_from_app_env,
+        app_defaults_every_pool,
+        app_defaults_checked,
+        path_and_cd_forms,
         pool_sup_killed_python_gone,
         vm_killed_python_gone,
      {group, regressions}].
@@ -306,6 +309,87 @@ pools_from_app_env(_) ->
         ok = erlpy_test:start_app()
     end,
     ?assertMatch(#{workers := [_, _]}, py:info(default)).
+
+app_defaults_every_pool(Config) ->
+    erlpy_test:doc("the application's defaults reach the application's pools, start_pool/2 "
+                   "and child_spec/1 pools alike; a pool's own options win, key by key"),
+    Priv = ?config(priv_dir, Config),
+    Lib = filename:join(Priv, "defaults_lib"),
+    ok = filelib:ensure_path(Lib),
+    ok = file:write_file(filename:join(Lib, "erlpy_defaults_mod.py"), <<"def where():\n    return 'lib'\n">>),
+    {ok, Saved} = application:get_env(erlpy, pools),
+    ok = application:stop(erlpy),
+    try
+        ok = application:set_env(erlpy, defaults, [{none_atom, nil}, {path, [Lib]}, {size, 1}]),
+        ok = application:set_env(erlpy, pools, #{default => #{size => 2}}),
+        ok = erlpy_test:start_app(),
+        %% the application's default pool: its own size, the default none_atom and path
+        ?assertMatch(#{workers := [_, _]}, py:info(default)),
+        ?assertEqual({ok, nil}, py:eval(<<"None">>)),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [])),
+        %% start_pool/2
+        {ok, _} = py:start_pool(mypool, #{none_atom => undefined}),
+        ?assertMatch(#{workers := [_]}, py:info(mypool)),
+        ?assertEqual({ok, undefined}, py:eval(<<"None">>, #{}, #{pool => mypool})),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [], #{}, #{pool => mypool})),
+        %% child_spec/1 in a supervisor of the user's
+        {ok, Sup} = supervisor:start_link(?MODULE, [py:child_spec([{name, mypool2}])]),
+        ?assertEqual({ok, nil}, py:eval(<<"None">>, #{}, #{pool => mypool2})),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [], #{}, #{pool => mypool2})),
+        unlink(Sup),
+        exit(Sup, shutdown),
+        ok = erlpy_test:wait_until(fun() -> not is_process_alive(Sup) end)
+    after
+        _ = application:stop(erlpy),
+        application:unset_env(erlpy, defaults),
+        application:set_env(erlpy, pools, Saved),
+        ok = erlpy_test:start_app()
+    end,
+    ?assertEqual({ok, none}, py:eval(<<"None">>)).
+
+app_defaults_checked(_) ->
+    erlpy_test:doc("bad application defaults fail a pool's start as its own options would"),
+    try
+        ok = application:set_env(erlpy, defaults, #{size => zero}),
+        ?assertEqual({error, {bad_option, {size, zero}}}, py:start_pool(mypool, #{})),
+        %% a pool that sets the key itself does not see the bad default
+        {ok, _} = py:start_pool(mypool, #{size => 1}),
+        ok = application:set_env(erlpy, defaults, not_options),
+        ?assertEqual({error, {bad_option, {options, not_options}}}, py:start_pool(mypool2, #{}))
+    after
+        application:unset_env(erlpy, defaults)
+    end.
+
+path_and_cd_forms(Config) ->
+    erlpy_test:doc("path entries: {priv, App, Dir}, absolute, relative to cd when given, else "
+                   "to the VM's directory; cd may be {priv, App, Dir}; all resolved to "
+                   "absolute directories that must exist"),
+    Priv = ?config(priv_dir, Config),
+    Base = filename:join(Priv, "base"),
+    ok = filelib:ensure_path(filename:join(Base, "lib")),
+    ok = file:write_file(filename:join([Base, "lib", "erlpy_rel_mod.py"]), <<"X = 'relative to cd'\n">>),
+    {ok, _} = py:start_pool(mypool, #{size => 1, cd => Base, path => ["lib"]}),
+    ?assertEqual({ok, <<"relative to cd">>}, py:eval(<<"__import__('erlpy_rel_mod').X">>, #{}, #{pool => mypool})),
+    #{path := [Resolved]} = erlpy_pool:meta(mypool),
+    ?assertEqual(filename:join(Base, "lib"), Resolved),
+    ok = py:stop_pool(mypool),
+    {ok, Cwd} = file:get_cwd(),
+    ?assertEqual({error, {bad_option, {path, filename:join(Cwd, "no_such_lib")}}},
+                 py:start_pool(mypool, #{size => 1, path => ["no_such_lib"]})),
+    ?assertEqual({error, {bad_option, {path, filename:join(Base, "no_such_lib")}}},
+                 py:start_pool(mypool, #{size => 1, cd => Base, path => [<<"no_such_lib">>]})),
+    PrivPython = filename:join(code:priv_dir(erlpy), "python"),
+    {ok, _} = py:start_pool(mypool, #{size => 1, cd => {priv, erlpy, "python"}}),
+    {ok, Cd} = py:call(os, getcwd, [], #{}, #{pool => mypool}),
+    {ok, Real} = py:call('os.path', realpath, [list_to_binary(PrivPython)], #{}, #{pool => mypool}),
+    ?assertEqual(Real, Cd),
+    ok = py:stop_pool(mypool),
+    ?assertEqual({error, {bad_option, {cd, {priv, no_such_app, "x"}}}},
+                 py:start_pool(mypool, #{cd => {priv, no_such_app, "x"}})),
+    ?assertEqual({error, {bad_option, {python, {priv, no_such_app, "bin/python"}}}},
+                 py:start_pool(mypool, #{python => {priv, no_such_app, "bin/python"}})),
+    ?assertEqual({error, {bad_option, {path, {priv, erlpy, 42}}}},
+                 py:start_pool(mypool, #{path => [{priv, erlpy, 42}]})).
 
 %%====================================================================
 %% Python never outlives its pool or the VM
