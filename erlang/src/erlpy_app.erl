@@ -8,6 +8,8 @@
 
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
+    %% Failures of pools started before are from an earlier life of the application.
+    erlpy_pool_sup:forget_failures(),
     {ok, Sup} = erlpy_sup:start_link(),
     case start_pools(configured_pools()) of
         ok -> {ok, Sup};

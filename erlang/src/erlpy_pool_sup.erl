@@ -4,7 +4,7 @@
 -module(erlpy_pool_sup).
 -behaviour(supervisor).
 
--export([start_link/2, init/1, start_failure/1]).
+-export([start_link/2, init/1, start_failure/1, forget_failures/0]).
 
 -define(FAILED(Name), {erlpy_pool, Name, start_failed}).
 
@@ -40,6 +40,12 @@ start_failure(Name) ->
         undefined -> error;
         Reason -> {ok, Reason}
     end.
+
+%% @doc Forget why pools failed to start (the application starts afresh).
+-spec forget_failures() -> ok.
+forget_failures() ->
+    _ = [persistent_term:erase(Key) || {{erlpy_pool, _, start_failed} = Key, _} <- persistent_term:get()],
+    ok.
 
 -spec await_workers(pid(), erlpy_pool:name(), map()) -> {ok, pid()} | {error, term()}.
 await_workers(Sup, Name, #{start_timeout := Timeout} = Config) ->
