@@ -314,7 +314,7 @@ child_spec(Opts) ->
     Name =
         case Opts of
             #{name := N} -> N;
-            [_ | _] -> proplists:get_value(name, Opts);
+            [_ | _] -> try proplists:get_value(name, Opts) catch error:_ -> undefined end;
             _ -> undefined
         end,
     case is_atom(Name) andalso Name =/= undefined of
