@@ -1,12 +1,13 @@
 # erlpy for Mix projects: `{:erlpy, path: "../erlpy"}` or `{:erlpy, git: URL, tag: TAG}`
-# in your deps (see docs/elixir.md). Builds offline: no Hex, no rebar3.
+# in your deps (docs/install.md). Builds offline: no Hex, no rebar3.
 #
-# rebar.config stays the build of record for Erlang. This file compiles the same sources
+# rebar.config is the build of record for Erlang. This file compiles the same sources
 # (erlang/src) with Mix's own Erlang compiler and takes everything about the application
-# (version, description, mod, env, registered, applications) from erlang/src/erlpy.app.src,
-# so the version lives in one place. Mix only links a top-level `priv`; ours is
-# erlang/priv (its `python` link holds the Python package the workers run), so the
-# `erlpy_priv` step below puts it in the build as the application's priv directory.
+# (version, description, mod, env, registered, applications) and the package metadata
+# (licenses, links, files) from erlang/src/erlpy.app.src, so they live in one place.
+# The application's priv directory is priv/, whose `python` link holds the Python
+# package the workers run; the `erlpy_priv` step below copies it, links followed, when
+# the build is embedded (a link would dangle there). `mix release` copies it too.
 defmodule Erlpy.MixProject do
   use Mix.Project
 
@@ -20,6 +21,8 @@ defmodule Erlpy.MixProject do
       app: :erlpy,
       version: to_string(@props[:vsn]),
       elixir: "~> 1.12",
+      description: to_string(@props[:description]),
+      package: package(),
       language: :erlang,
       erlc_paths: ["erlang/src"],
       erlc_include_path: "erlang/src",
@@ -44,13 +47,23 @@ defmodule Erlpy.MixProject do
       extra_applications: Keyword.get(@props, :applications, []) -- [:kernel, :stdlib]
     ]
   end
+
+  defp package do
+    [
+      name: "erlpy",
+      licenses: Enum.map(@props[:licenses], &to_string/1),
+      links: Map.new(@props[:links], fn {k, v} -> {to_string(k), to_string(v)} end),
+      files: Enum.map(@props[:files], &to_string/1),
+      build_tools: Enum.map(@props[:build_tools], &to_string/1)
+    ]
+  end
 end
 
 defmodule Mix.Tasks.Compile.ErlpyPriv do
   @moduledoc false
-  # erlang/priv becomes the priv directory of the built application: a link in a normal
-  # build (its relative `python` link then resolves inside the checkout), a copy with
-  # links followed when `build_embedded: true`.
+  # Mix links priv/ into the build (its relative `python` link then resolves inside the
+  # checkout); with `build_embedded: true` it copies priv/ but keeps the link, which would
+  # dangle: this step copies it again with links followed.
   use Mix.Task.Compiler
 
   @root __DIR__
@@ -58,7 +71,7 @@ defmodule Mix.Tasks.Compile.ErlpyPriv do
   @impl true
   def run(_args) do
     config = Mix.Project.config()
-    source = Path.join(@root, "erlang/priv")
+    source = Path.join(@root, "priv")
     target = Path.join(Mix.Project.app_path(config), "priv")
 
     if config[:build_embedded] do

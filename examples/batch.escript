@@ -14,7 +14,10 @@
 %%   escript examples/batch.escript '(x * x for x in range(5))' '__main__:fibonacci 10'
 %%
 %% erlpy must be on the code path: ERL_LIBS=/path/to/erlpy/_build/default/lib, or by
-%% default the build of the checkout this script is in (`make compile`).
+%% default the build of the checkout this script is in (`make compile`). Python is
+%% $ERLPY_PYTHON, else the checkout's virtualenv (.venv, made by `make`), else python3.
+%% If the default pool cannot start, erlpy says why in one line and the script exits
+%% with a non-zero status.
 -mode(compile).
 
 -define(PRELUDE, <<"
@@ -31,6 +34,7 @@ def batches(data, size):
 
 main(Args) ->
     code:which(py) =/= non_existing orelse code:add_patha(checkout_ebin()),
+    ok = use_checkout_venv(),
     {ok, _} = application:ensure_all_started(erlpy),
     ok = py:exec(?PRELUDE),
     Items = case Args of
@@ -86,5 +90,19 @@ read_items(Device) ->
     end.
 
 checkout_ebin() ->
-    Here = filename:dirname(filename:absname(escript:script_name())),
-    filename:join([Here, "..", "_build", "default", "lib", "erlpy", "ebin"]).
+    filename:join([checkout(), "_build", "default", "lib", "erlpy", "ebin"]).
+
+%% Without $ERLPY_PYTHON, every pool runs the checkout's virtualenv if there is one: the
+%% application-wide `defaults' of erlpy, set before it starts.
+use_checkout_venv() ->
+    Venv = filename:join([checkout(), ".venv", "bin", "python"]),
+    case {os:getenv("ERLPY_PYTHON"), filelib:is_regular(Venv)} of
+        {false, true} ->
+            ok = application:load(erlpy),
+            application:set_env(erlpy, defaults, #{python => Venv});
+        _ ->
+            ok
+    end.
+
+checkout() ->
+    filename:dirname(filename:dirname(filename:absname(escript:script_name()))).

@@ -13,10 +13,13 @@
 #
 #   elixir examples/batch.exs '(x * x for x in range(5))' '__main__:fibonacci 10'
 #
-# Starting erlpy is the one line below: Mix.install builds erlpy from this checkout (offline,
+# Starting erlpy is the Mix.install line below: it builds erlpy from this checkout (offline,
 # cached after the first run) and starts it, with Python None as nil in the default pool.
+# Mix.install does not stop the script if erlpy cannot start (no usable Python, say): the
+# line after it does, with the reason (docs/install.md).
 
 Mix.install([{:erlpy, path: Path.expand("..", __DIR__)}], config: [erlpy: [pools: %{default: %{none_atom: nil}}]])
+{:ok, _} = Application.ensure_all_started(:erlpy)
 
 defmodule Batch do
   @prelude """

@@ -4,8 +4,12 @@
 
 -export([start/2, stop/1]).
 
+-include_lib("kernel/include/logger.hrl").
+
 -spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
 start(_Type, _Args) ->
+    %% Failures of pools started before are from an earlier life of the application.
+    erlpy_pool_sup:forget_failures(),
     {ok, Sup} = erlpy_sup:start_link(),
     case start_pools(configured_pools()) of
         ok -> {ok, Sup};
@@ -33,5 +37,15 @@ start_pools([]) ->
 start_pools([{Name, Opts} | Rest]) ->
     case py:start_pool(Name, Opts) of
         {ok, _} -> start_pools(Rest);
-        {error, Reason} -> {error, {pool, Name, Reason}}
+        {error, Reason} ->
+            %% The application does not start (application:ensure_all_started/1 returns
+            %% this reason); one line first says why and what to do.
+            ?LOG_ERROR("erlpy: pool ~ts cannot start: ~ts", [atom_to_binary(Name), why(Reason)]),
+            {error, {pool, Name, Reason}}
     end.
+
+-spec why(term()) -> unicode:chardata().
+why({python_start_failed, #{message := Message}}) when is_binary(Message) ->
+    Message;
+why(Reason) ->
+    io_lib:print(Reason, 1, 1000000, -1).

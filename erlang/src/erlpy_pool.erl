@@ -58,16 +58,29 @@ start_link(Name, Config) ->
 meta(Name) ->
     persistent_term:get(?KEY(Name), undefined).
 
-%% @doc Check pool options; returns the configuration with defaults filled in.
--spec validate(map() | list()) -> {ok, map()} | {error, {bad_option, term()} | term()}.
-validate(Opts) when is_list(Opts) ->
-    try proplists:to_map(Opts) of
-        Map -> validate(Map)
+%% @doc Check pool options; returns the configuration with defaults filled in. The
+%% application's `defaults' (`{erlpy, [{defaults, #{...}}]}') come under `Opts': a key the
+%% pool sets wins. Directories (`path', `cd') and `python' are resolved here, when the pool
+%% starts: `{priv, App, SubDir}' is `SubDir' in App's priv directory, a relative name is
+%% relative to the pool's `cd' (for `path'), else to the VM's working directory.
+-spec validate(term()) -> {ok, map()} | {error, {bad_option, {term(), term()}} | term()}.
+validate(Opts) ->
+    try
+        Own = options_map(Opts),
+        AppDefaults = options_map(application:get_env(erlpy, defaults, #{})),
+        Config0 = maps:fold(fun check/3, defaults(), maps:without([name], maps:merge(AppDefaults, Own))),
+        Config = resolve_dirs(Config0),
+        case erlpy_python:find(maps:get(python, Config)) of
+            {ok, Python} -> {ok, Config#{python := Python}};
+            {error, Reason} -> {error, {python_start_failed, Reason}}
+        end
     catch
-        error:_ -> {error, {bad_option, Opts}}
-    end;
-validate(Opts) when is_map(Opts) ->
-    Defaults = #{
+        throw:{bad_option, {_, _}} = Bad -> {error, Bad}
+    end.
+
+-spec defaults() -> map().
+defaults() ->
+    #{
         size => erlang:system_info(schedulers_online),
         python => undefined,
         path => [],
@@ -82,35 +95,37 @@ validate(Opts) when is_map(Opts) ->
         max_requests => infinity,
         max_memory => infinity,
         cluster => false
-    },
-    try
-        Config = maps:fold(fun check/3, Defaults, maps:without([name], Opts)),
-        case erlpy_python:find(maps:get(python, Config)) of
-            {ok, Python} -> {ok, Config#{python := Python}};
-            {error, Reason} -> {error, {python_start_failed, Reason}}
-        end
-    catch
-        throw:{bad_option, _} = Bad -> {error, Bad}
+    }.
+
+%% Options are a map or a proplist; anything else is `{bad_option, {options, Term}}'.
+-spec options_map(term()) -> map().
+options_map(Map) when is_map(Map) ->
+    Map;
+options_map(List) when is_list(List) ->
+    case lists:all(fun(X) -> is_atom(X) orelse (is_tuple(X) andalso tuple_size(X) =:= 2) end, List) of
+        true -> proplists:to_map(List);
+        false -> throw({bad_option, {options, List}})
     end;
-validate(_) ->
-    {error, {bad_option, options}}.
+options_map(Other) ->
+    throw({bad_option, {options, Other}}).
 
 -spec check(term(), term(), map()) -> map().
 check(size, N, C) when is_integer(N), N > 0 -> C#{size := N};
-check(python, P, C) when is_list(P); is_binary(P) -> C#{python := P};
+check(python, P, C) when is_list(P); is_binary(P) -> C#{python := string(P, python)};
+check(python, {priv, _, _} = P, C) -> C#{python := P};
 check(path, Ps, C) when is_list(Ps) ->
     %% A list of directories; a single directory as a string is a common slip.
-    io_lib:printable_unicode_list(Ps) andalso Ps =/= [] andalso throw({bad_option, path}),
-    C#{path := [string(P, path) || P <- Ps]};
-check(env, Env, C) when is_map(Env) -> check(env, maps:to_list(Env), C);
-check(env, Env, C) when is_list(Env) -> C#{env := [env_pair(KV) || KV <- Env]};
-check(cd, Dir, C) -> C#{cd := string(Dir, cd)};
+    io_lib:printable_unicode_list(Ps) andalso Ps =/= [] andalso throw({bad_option, {path, Ps}}),
+    C#{path := [dir(P, path) || P <- Ps]};
+check(env, Env, C) when is_map(Env) -> C#{env := [env_pair(KV, Env) || KV <- maps:to_list(Env)]};
+check(env, Env, C) when is_list(Env) -> C#{env := [env_pair(KV, Env) || KV <- Env]};
+check(cd, Dir, C) -> C#{cd := dir(Dir, cd)};
 check(init, Code, C) when is_binary(Code) -> C#{init := [Code]};
 check(init, Code, C) when is_list(Code) ->
     %% One piece of code as a string, or a list of pieces.
     case io_lib:printable_unicode_list(Code) of
-        true -> C#{init := [code(Code)]};
-        false -> C#{init := [code(X) || X <- Code]}
+        true -> C#{init := [code(Code, Code)]};
+        false -> C#{init := [code(X, Code) || X <- Code]}
     end;
 check(max_queue, N, C) when is_integer(N), N >= 0 -> C#{max_queue := N};
 check(none_atom, A, C) when is_atom(A), A =/= true, A =/= false -> C#{none_atom := A};
@@ -120,32 +135,78 @@ check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
 check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
-check(Key, _, _) -> throw({bad_option, Key}).
+check(Key, Value, _) -> throw({bad_option, {Key, Value}}).
+
+%% A directory as given: a string, or `{priv, App, SubDir}' (resolved by resolve_dirs/1).
+-spec dir(term(), atom()) -> string() | {priv, atom(), string()}.
+dir({priv, App, Sub} = Dir, Key) when is_atom(App) ->
+    {priv, App, string(Sub, Key, Dir)};
+dir(Dir, Key) ->
+    string(Dir, Key, Dir).
 
 -spec string(term(), atom()) -> string().
-string(S, Key) when is_list(S); is_binary(S) ->
+string(S, Key) ->
+    string(S, Key, S).
+
+%% `Value' is what the error names: the whole option value the text came from.
+-spec string(term(), atom(), term()) -> string().
+string(S, Key, Value) when is_list(S); is_binary(S) ->
     try unicode:characters_to_list(S) of
         L when is_list(L) -> L;
-        _ -> throw({bad_option, Key})
+        _ -> throw({bad_option, {Key, Value}})
     catch
-        error:_ -> throw({bad_option, Key})
+        error:_ -> throw({bad_option, {Key, Value}})
     end;
-string(_, Key) ->
-    throw({bad_option, Key}).
+string(_, Key, Value) ->
+    throw({bad_option, {Key, Value}}).
 
--spec code(term()) -> binary().
-code(Code) ->
+-spec code(term(), term()) -> binary().
+code(Code, Value) ->
     try unicode:characters_to_binary(Code) of
         B when is_binary(B) -> B;
-        _ -> throw({bad_option, init})
+        _ -> throw({bad_option, {init, Value}})
     catch
-        error:_ -> throw({bad_option, init})
+        error:_ -> throw({bad_option, {init, Value}})
     end.
 
--spec env_pair(term()) -> {string(), string() | false}.
-env_pair({K, false}) -> {string(K, env), false};
-env_pair({K, V}) -> {string(K, env), string(V, env)};
-env_pair(_) -> throw({bad_option, env}).
+-spec env_pair(term(), term()) -> {string(), string() | false}.
+env_pair({K, false}, Env) -> {string(K, env, Env), false};
+env_pair({K, V}, Env) -> {string(K, env, Env), string(V, env, Env)};
+env_pair(_, Env) -> throw({bad_option, {env, Env}}).
+
+%% `cd' first (relative to the VM's working directory), then `path' (relative to `cd'
+%% when given) and `python'. Directories must exist.
+-spec resolve_dirs(map()) -> map().
+resolve_dirs(#{cd := Cd0, path := Paths0, python := Python0} = C) ->
+    {ok, Cwd} = file:get_cwd(),
+    Cd = case Cd0 of
+        undefined -> undefined;
+        _ -> existing_dir(Cd0, Cwd, cd)
+    end,
+    Base = case Cd of
+        undefined -> Cwd;
+        _ -> Cd
+    end,
+    Python = case Python0 of
+        {priv, _, _} -> resolve(Python0, Cwd, python);
+        _ -> Python0
+    end,
+    C#{cd := Cd, path := [existing_dir(P, Base, path) || P <- Paths0], python := Python}.
+
+-spec existing_dir(string() | {priv, atom(), string()}, string(), atom()) -> string().
+existing_dir(Dir0, Base, Key) ->
+    Dir = resolve(Dir0, Base, Key),
+    filelib:is_dir(Dir) orelse throw({bad_option, {Key, Dir}}),
+    Dir.
+
+-spec resolve(string() | {priv, atom(), string()}, string(), atom()) -> string().
+resolve({priv, App, Sub} = Dir, _Base, Key) ->
+    case code:priv_dir(App) of
+        Priv when is_list(Priv) -> filename:join(Priv, Sub);
+        {error, _} -> throw({bad_option, {Key, Dir}})
+    end;
+resolve(Dir, Base, _Key) ->
+    filename:absname(Dir, Base).
 
 %% @doc Called by a worker when it starts: callers can reach it from now on.
 -spec register_worker(meta(), pos_integer(), pid()) -> ok.

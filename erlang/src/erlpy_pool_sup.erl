@@ -4,37 +4,70 @@
 -module(erlpy_pool_sup).
 -behaviour(supervisor).
 
--export([start_link/2, init/1]).
+-export([start_link/2, init/1, start_failure/1, forget_failures/0]).
+
+-define(FAILED(Name), {erlpy_pool, Name, start_failed}).
 
 %% @doc Starts the pool and returns once every worker's Python is up, so that a pool that
 %% cannot start (no interpreter, `msgpack' missing, `init' code failing) is an error here
-%% rather than a pool that fails every request.
--spec start_link(erlpy_pool:name(), map() | list()) -> {ok, pid()} | {error, term()}.
+%% rather than a pool that fails every request. Why a pool could not start is remembered
+%% until it starts: requests to it are answered `{no_pool, Name, Reason}' meanwhile.
+-spec start_link(erlpy_pool:name(), term()) -> {ok, pid()} | {error, term()}.
 start_link(Name, Opts) ->
-    case erlpy_pool:validate(Opts) of
-        {ok, Config} ->
-            case supervisor:start_link(?MODULE, {Name, Config}) of
-                {ok, Sup} -> await_workers(Sup, Name, Config);
-                Error -> Error
-            end;
-        {error, _} = Error ->
-            Error
+    Result =
+        case erlpy_pool:validate(Opts) of
+            {ok, Config} ->
+                case supervisor:start_link(?MODULE, {Name, Config}) of
+                    {ok, Sup} -> await_workers(Sup, Name, Config);
+                    Error -> Error
+                end;
+            {error, _} = Error ->
+                Error
+        end,
+    case Result of
+        {ok, _} ->
+            _ = persistent_term:erase(?FAILED(Name));
+        {error, Reason} ->
+            persistent_term:get(?FAILED(Name), undefined) =:= Reason orelse
+                persistent_term:put(?FAILED(Name), Reason)
+    end,
+    Result.
+
+%% @doc Why the pool `Name' failed to start, if its last start failed.
+-spec start_failure(term()) -> {ok, term()} | error.
+start_failure(Name) ->
+    case persistent_term:get(?FAILED(Name), undefined) of
+        undefined -> error;
+        Reason -> {ok, Reason}
     end.
 
+%% @doc Forget why pools failed to start (the application starts afresh).
+-spec forget_failures() -> ok.
+forget_failures() ->
+    _ = [persistent_term:erase(Key) || {{erlpy_pool, _, start_failed} = Key, _} <- persistent_term:get()],
+    ok.
+
 -spec await_workers(pid(), erlpy_pool:name(), map()) -> {ok, pid()} | {error, term()}.
-await_workers(Sup, Name, #{start_timeout := Timeout}) ->
+await_workers(Sup, Name, #{start_timeout := Timeout} = Config) ->
     Workers = erlpy_pool:workers(erlpy_pool:meta(Name)),
     case [E || W <- Workers, {error, _} = E <- [erlpy_worker:await_ready(W, Timeout)]] of
         [] ->
             {ok, Sup};
+        [{error, {python_start_failed, Detail}} | _] ->
+            stop(Sup),
+            {error, {python_start_failed, erlpy_python:explain(Detail, maps:get(python, Config))}};
         [Error | _] ->
-            unlink(Sup),
-            Ref = erlang:monitor(process, Sup),
-            exit(Sup, shutdown),
-            receive
-                {'DOWN', Ref, process, Sup, _} -> ok
-            end,
+            stop(Sup),
             Error
+    end.
+
+-spec stop(pid()) -> ok.
+stop(Sup) ->
+    unlink(Sup),
+    Ref = erlang:monitor(process, Sup),
+    exit(Sup, shutdown),
+    receive
+        {'DOWN', Ref, process, Sup, _} -> ok
     end.
 
 -spec init({erlpy_pool:name(), map()}) ->

@@ -2,7 +2,7 @@
 %% @doc Finding a Python interpreter and starting a worker process on a port.
 -module(erlpy_python).
 
--export([find/1, open/1]).
+-export([find/1, open/1, explain/1, explain/2]).
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
@@ -26,10 +26,15 @@ find(Python) ->
             {ok, Found};
         false ->
             Name = unicode:characters_to_binary(Python),
+            Where = case lists:member($/, Python) of
+                true -> <<"no Python interpreter at ", Name/binary>>;
+                false -> <<Name/binary, " is not on PATH">>
+            end,
             {error, #{
                 reason => python_not_found,
                 python => Name,
-                message => <<"no Python interpreter found at ", Name/binary>>
+                message => <<Where/binary, ": install Python 3.11+ with msgpack, or set the pool "
+                             "option python (or $ERLPY_PYTHON) to such an interpreter">>
             }}
     end.
 
@@ -37,9 +42,8 @@ find(Python) ->
 %% of the Python process on fds 1/2 can never corrupt it.
 -spec open(erlpy_pool:meta()) -> {ok, port(), non_neg_integer()} | {error, term()}.
 open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
-    Priv = priv_dir(),
-    PyDir = filename:join(Priv, "python"),
-    Boot = boot(Priv),
+    PyDir = package_parent(),
+    Boot = boot(PyDir),
     Options =
         [
             {args, [Boot, PyDir | Paths]},
@@ -72,17 +76,23 @@ spawn_python(Python, Options) ->
             }}
     end.
 
-%% The application's priv, else the one next to the sources this module was compiled from
-%% (builds that leave priv behind, such as Mix's rebar3 manager).
--spec priv_dir() -> file:filename().
-priv_dir() ->
+%% The directory that holds the `erlpy' Python package: `priv/python' of the application
+%% (a link to python/ in a checkout, a copy in a release), else `python/' next to it (the
+%% repository root is the application directory of a rebar3 dependency), else the one
+%% next to the sources this module was compiled from (builds that leave priv behind).
+-spec package_parent() -> file:filename().
+package_parent() ->
+    Source = filename:dirname(filename:dirname(source())),
     Candidates =
-        [Dir || Dir <- [code:priv_dir(erlpy)], is_list(Dir)] ++
-            [filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv"),
-             filename:join(filename:dirname(filename:dirname(source())), "priv")],
+        [filename:join(Dir, "python") || Dir <- [code:priv_dir(erlpy)], is_list(Dir)] ++
+        [filename:join(Dir, "python") || Dir <- [code:lib_dir(erlpy)], is_list(Dir)] ++
+        [filename:join([filename:dirname(filename:dirname(code:which(?MODULE))), "priv", "python"]),
+         filename:join([Source, "priv", "python"]),
+         filename:join([filename:dirname(Source), "python"])],
+    %% Absolute: the workers may run in another directory (the pool's `cd').
     case [Dir || Dir <- Candidates, filelib:is_regular(boot(Dir))] of
-        [Dir | _] -> Dir;
-        [] -> hd(Candidates)
+        [Dir | _] -> filename:absname(Dir);
+        [] -> filename:absname(hd(Candidates))
     end.
 
 -spec source() -> file:filename().
@@ -90,5 +100,94 @@ source() ->
     proplists:get_value(source, ?MODULE:module_info(compile), ".").
 
 -spec boot(file:filename()) -> file:filename().
-boot(Priv) ->
-    filename:join([Priv, "python", "erlpy", "_boot.py"]).
+boot(PyDir) ->
+    filename:join([PyDir, "erlpy", "_boot.py"]).
+
+%%====================================================================
+%% Why Python could not start, and what to do
+%%====================================================================
+
+%% @doc The detail of `{python_start_failed, Detail}' for a pool that cannot start, with a
+%% `message': one line that names the interpreter and says what to do. An interpreter
+%% that exits while starting is run once more with `--version' to tell an old Python, or
+%% something that is not Python at all, from a Python that failed for another reason.
+-spec explain(term()) -> term().
+explain(#{reason := missing_module, python := P} = D) ->
+    Module = maps:get(missing_module, D, <<"msgpack">>),
+    D#{message => <<P/binary, " cannot import ", Module/binary, ": run `", P/binary,
+                    " -m pip install ", Module/binary, "`, or set the pool option python "
+                    "(or $ERLPY_PYTHON) to a Python that has it">>};
+explain(#{reason := python_too_old, python := P} = D) ->
+    Version = case version(P) of
+        {ok, Major, Minor} -> iolist_to_binary(io_lib:format("~b.~b", [Major, Minor]));
+        error -> <<"older than 3.11">>
+    end,
+    D#{message => too_old(P, Version)};
+explain(#{reason := Posix, python := P} = D) when Posix =:= eacces; Posix =:= enoent; Posix =:= enoexec ->
+    D#{message => <<"cannot run ", P/binary, " (", (atom_to_binary(Posix))/binary,
+                    "): set the pool option python (or $ERLPY_PYTHON) to a Python 3.11+ "
+                    "interpreter">>};
+explain({Exit, _} = Detail) when Exit =:= exit_status; Exit =:= port_closed ->
+    %% Only the worker knows the interpreter; the caller of explain/2 adds it.
+    Detail;
+explain(Detail) ->
+    Detail.
+
+%% @doc explain/1 for an interpreter that exited while starting (`{exit_status, N}', or the
+%% broken pipe of one): asks it for its version.
+-spec explain(term(), string()) -> term().
+explain({Exit, _} = Detail, Python) when Exit =:= exit_status; Exit =:= port_closed ->
+    P = unicode:characters_to_binary(Python),
+    Status = case Detail of
+        {exit_status, N} -> iolist_to_binary(io_lib:format("exited with status ~b", [N]));
+        {port_closed, _} -> <<"exited">>
+    end,
+    Base = #{python => P, exit => Detail},
+    case version(P) of
+        {ok, Major, Minor} when {Major, Minor} < {3, 11} ->
+            Version = iolist_to_binary(io_lib:format("~b.~b", [Major, Minor])),
+            Base#{reason => python_too_old, message => too_old(P, Version)};
+        {ok, _, _} ->
+            Base#{reason => exited,
+                  message => <<P/binary, " ", Status/binary, " while starting erlpy's worker "
+                               "(its output is in the log)">>};
+        error ->
+            Base#{reason => not_python,
+                  message => <<P/binary, " is not a Python interpreter (it ", Status/binary,
+                               "): set the pool option python (or $ERLPY_PYTHON) to a Python "
+                               "3.11+ interpreter">>}
+    end;
+explain(Detail, _) ->
+    explain(Detail).
+
+-spec too_old(binary(), binary()) -> binary().
+too_old(P, Version) ->
+    <<P/binary, " is Python ", Version/binary, "; erlpy needs Python 3.11 or newer: set the "
+      "pool option python (or $ERLPY_PYTHON) to a newer interpreter">>.
+
+%% What `Python --version' says (Python 2 writes it on stderr), within 5 s.
+-spec version(binary()) -> {ok, non_neg_integer(), non_neg_integer()} | error.
+version(Python) ->
+    try open_port({spawn_executable, Python},
+                  [{args, ["--version"]}, exit_status, stderr_to_stdout, binary, hide]) of
+        Port -> version_output(Port, <<>>, erlang:monotonic_time(millisecond) + 5000)
+    catch
+        error:_ -> error
+    end.
+
+-spec version_output(port(), binary(), integer()) -> {ok, non_neg_integer(), non_neg_integer()} | error.
+version_output(Port, Acc, Deadline) ->
+    receive
+        {Port, {data, Data}} ->
+            version_output(Port, <<Acc/binary, Data/binary>>, Deadline);
+        {Port, {exit_status, 0}} ->
+            case re:run(Acc, <<"^Python (\\d+)\\.(\\d+)">>, [{capture, all_but_first, binary}]) of
+                {match, [Major, Minor]} -> {ok, binary_to_integer(Major), binary_to_integer(Minor)};
+                nomatch -> error
+            end;
+        {Port, {exit_status, _}} ->
+            error
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+        catch port_close(Port),
+        error
+    end.

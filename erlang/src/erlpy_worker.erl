@@ -475,8 +475,10 @@ python_exited(State, Detail0, D0) ->
 
 -spec start_failed(term(), #data{}) -> {failed, #data{}}.
 start_failed(Reason, #data{retry = Retry, waiting = Waiting} = D0) ->
-    ?LOG_ERROR(#{what => python_start_failed, pool => D0#data.pool, worker => D0#data.index,
-                 reason => Reason}),
+    %% Not while the pool starts: its start fails with this reason, which its caller gets.
+    D0#data.start_crashes =:= undefined orelse
+        ?LOG_ERROR(#{what => python_start_failed, pool => D0#data.pool, worker => D0#data.index,
+                     reason => Reason}),
     D = lists:foldl(fun refuse/2, D0#data{start_error = Reason, waiting = queue:new()},
                     queue:to_list(Waiting)),
     erlang:send_after(Retry, self(), retry),

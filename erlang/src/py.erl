@@ -10,6 +10,13 @@
 %% Every function takes an options map (or a timeout in milliseconds, where shown) with
 %% `pool => Name | {Name, Node} | {cluster, Name}' (default `default') and
 %% `timeout => Ms | infinity' (default 30000). See docs/ for the guides.
+%%
+%% What raises and what returns an error (docs/errors.md): a request's data and options
+%% are checked and refused with `{error, Reason}' (`{badarg, Detail}',
+%% `{bad_option, {Key, Value}}'); an argument that names or handles erlpy's own things (a
+%% pool name given to start_pool/2, stop_pool/1, info/1 or child_spec/1, a stream
+%% reference, a stream_ack/2 count, a registered function's name or fun) of the wrong type
+%% is a mistake in the program, and raises `badarg', as a BIF does.
 -module(py).
 
 %% Calls
@@ -43,8 +50,10 @@
     | {python, Type :: binary(), Message :: binary(), Traceback :: binary()}
     | {worker_exited, term()}
     | {badarg, term()}
-    | {bad_option, term()}
+    | {bad_option, {Key :: term(), Value :: term()}}
     | {no_pool, term()}
+    | {no_pool, term(), Why :: term()}
+    | {not_started, erlpy}
     | {python_start_failed, term()}
     | {nodedown, node()}.
 
@@ -203,22 +212,30 @@ stream_start(Module, Function, Args, Opts0) ->
 %% already ended.
 -spec stream_cancel(reference()) -> ok.
 stream_cancel(Ref) when is_reference(Ref) ->
-    erlpy_worker:stream_command(Ref, cancel).
+    erlpy_worker:stream_command(Ref, cancel);
+stream_cancel(Ref) ->
+    erlang:error(badarg, [Ref]).
 
 %% @doc Send a value to the input of a stream started with `input => true'.
 -spec stream_send(reference(), term()) -> ok.
 stream_send(Ref, Value) when is_reference(Ref) ->
-    erlpy_worker:stream_command(Ref, {send, Value}).
+    erlpy_worker:stream_command(Ref, {send, Value});
+stream_send(Ref, Value) ->
+    erlang:error(badarg, [Ref, Value]).
 
 %% @doc End the input of a stream started with `input => true'.
 -spec stream_close(reference()) -> ok.
 stream_close(Ref) when is_reference(Ref) ->
-    erlpy_worker:stream_command(Ref, close).
+    erlpy_worker:stream_command(Ref, close);
+stream_close(Ref) ->
+    erlang:error(badarg, [Ref]).
 
 %% @doc Grant `N' more items to a stream started with `window'.
 -spec stream_ack(reference(), pos_integer()) -> ok.
 stream_ack(Ref, N) when is_reference(Ref), is_integer(N), N > 0 ->
-    erlpy_worker:stream_command(Ref, {ack, N}).
+    erlpy_worker:stream_command(Ref, {ack, N});
+stream_ack(Ref, N) ->
+    erlang:error(badarg, [Ref, N]).
 
 %%====================================================================
 %% Erlang functions callable from Python
@@ -227,12 +244,19 @@ stream_ack(Ref, N) when is_reference(Ref), is_integer(N), N > 0 ->
 %% @doc Let Python call `Fun' as `erlpy.erlang.call(Name, *Args)'. A fun of arity 1
 %% receives the argument list: `py:register_function(add, fun([A, B]) -> A + B end)'.
 -spec register_function(name(), fun() | {module(), atom()}) -> ok.
-register_function(Name, Fun) when is_atom(Name); is_binary(Name) ->
-    erlpy_functions:register(Name, Fun).
+register_function(Name, Fun) when (is_atom(Name) orelse is_binary(Name)) andalso
+                                  (is_function(Fun) orelse
+                                   (is_tuple(Fun) andalso tuple_size(Fun) =:= 2 andalso
+                                    is_atom(element(1, Fun)) andalso is_atom(element(2, Fun)))) ->
+    erlpy_functions:register(Name, Fun);
+register_function(Name, Fun) ->
+    erlang:error(badarg, [Name, Fun]).
 
 -spec unregister_function(name()) -> ok.
 unregister_function(Name) when is_atom(Name); is_binary(Name) ->
-    erlpy_functions:unregister(Name).
+    erlpy_functions:unregister(Name);
+unregister_function(Name) ->
+    erlang:error(badarg, [Name]).
 
 %%====================================================================
 %% Pools
@@ -242,8 +266,18 @@ unregister_function(Name) when is_atom(Name); is_binary(Name) ->
 %%
 %% `{ok, _} = py:start_pool(ml, #{size => 2})'
 -spec start_pool(atom(), map() | list()) -> {ok, pid()} | {error, term()}.
-start_pool(Name, Opts) when is_atom(Name) ->
-    case supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
+start_pool(Name, Opts) when not is_atom(Name) ->
+    erlang:error(badarg, [Name, Opts]);
+start_pool(Name, Opts) ->
+    try supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
+        Result -> started(Name, Opts, Result)
+    catch
+        exit:{noproc, _} -> {error, {not_started, erlpy}}
+    end.
+
+-spec started(atom(), term(), supervisor:startchild_ret()) -> {ok, pid()} | {error, term()}.
+started(Name, Opts, Result) ->
+    case Result of
         {error, already_present} ->
             _ = supervisor:delete_child(erlpy_sup, {erlpy_pool, Name}),
             start_pool(Name, Opts);
@@ -259,9 +293,13 @@ start_pool(Name, Opts) when is_atom(Name) ->
 
 %% @doc Stop a pool started with start_pool/2 (or by the application). Its Python
 %% processes are stopped; requests in flight get `{error, {worker_exited, shutdown}}'.
--spec stop_pool(atom()) -> ok | {error, {no_pool, atom()}}.
+-spec stop_pool(atom()) -> ok | {error, {no_pool, atom()} | {not_started, erlpy}}.
+stop_pool(Name) when not is_atom(Name) ->
+    erlang:error(badarg, [Name]);
 stop_pool(Name) ->
-    case supervisor:terminate_child(erlpy_sup, {erlpy_pool, Name}) of
+    case catch supervisor:terminate_child(erlpy_sup, {erlpy_pool, Name}) of
+        {'EXIT', {noproc, _}} ->
+            {error, {not_started, erlpy}};
         ok ->
             _ = supervisor:delete_child(erlpy_sup, {erlpy_pool, Name}),
             ok;
@@ -272,12 +310,16 @@ stop_pool(Name) ->
 %% @doc A child spec for a pool in your own supervision tree: `name' plus pool options,
 %% as a map or a proplist. Elixir: `{:py, name: :ml, size: 4}'.
 -spec child_spec(map() | list()) -> supervisor:child_spec().
-child_spec(Opts) when is_list(Opts) ->
-    child_spec(proplists:to_map(Opts));
-child_spec(Opts) when is_map(Opts) ->
-    case maps:take(name, Opts) of
-        {Name, PoolOpts} when is_atom(Name) -> pool_spec(Name, PoolOpts);
-        _ -> error({badarg, {missing_name, Opts}})
+child_spec(Opts) ->
+    Name =
+        case Opts of
+            #{name := N} -> N;
+            [_ | _] -> try proplists:get_value(name, Opts) catch error:_ -> undefined end;
+            _ -> undefined
+        end,
+    case is_atom(Name) andalso Name =/= undefined of
+        true -> pool_spec(Name, Opts);
+        false -> erlang:error(badarg, [Opts])
     end.
 
 -spec pool_spec(atom(), map() | list()) -> supervisor:child_spec().
@@ -307,6 +349,8 @@ info({Name, Node}) when Node =/= node() ->
     remote(Node, info, [Name], #{timeout => ?DEFAULT_TIMEOUT});
 info({Name, _}) ->
     info(Name);
+info(Name) when not is_atom(Name) ->
+    erlang:error(badarg, [Name]);
 info(Name) ->
     %% A pool stopping or restarting while we look is, for that moment, no pool.
     with_pool(#{pool => Name}, fun(Meta) ->
@@ -426,11 +470,11 @@ relay(Node, MFA, #{owner := Owner} = Opts) when node(Owner) =/= node() ->
 relay(Node, MFA, Opts) ->
     erlpy_relay:start(Node, MFA, Opts).
 
--spec with_pool(map(), fun((erlpy_pool:meta()) -> Result)) -> Result | {error, {no_pool, term()}}.
+-spec with_pool(map(), fun((erlpy_pool:meta()) -> Result)) -> Result | {error, error()}.
 with_pool(#{pool := Name}, Fun) ->
     case erlpy_pool:meta(Name) of
         undefined ->
-            {error, {no_pool, Name}};
+            no_pool(Name);
         Meta ->
             try
                 Fun(Meta)
@@ -440,6 +484,20 @@ with_pool(#{pool := Name}, Fun) ->
                         undefined -> {error, {no_pool, Name}};
                         _ -> erlang:raise(error, badarg, Stack)
                     end
+            end
+    end.
+
+%% Why there is no pool `Name': its start failed (and why), erlpy is not running, or no
+%% such pool was started.
+-spec no_pool(term()) -> {error, error()}.
+no_pool(Name) ->
+    case erlpy_pool_sup:start_failure(Name) of
+        {ok, Reason} ->
+            {error, {no_pool, Name, Reason}};
+        error ->
+            case whereis(erlpy_sup) of
+                undefined -> {error, {not_started, erlpy}};
+                _ -> {error, {no_pool, Name}}
             end
     end.
 
@@ -463,19 +521,18 @@ remote(Node, Function, Args, Opts) ->
 options(Timeout, Extra) when is_integer(Timeout); Timeout =:= infinity ->
     options(#{timeout => Timeout}, Extra);
 options(List, Extra) when is_list(List) ->
-    try proplists:to_map(List) of
-        Map -> options(Map, Extra)
-    catch
-        error:_ -> {error, {bad_option, List}}
+    case lists:all(fun(X) -> is_atom(X) orelse (is_tuple(X) andalso tuple_size(X) =:= 2) end, List) of
+        true -> options(proplists:to_map(List), Extra);
+        false -> {error, {bad_option, {options, List}}}
     end;
 options(Opts, Extra) when is_map(Opts) ->
     Defaults = #{pool => default, timeout => ?DEFAULT_TIMEOUT},
     case [K || K <- maps:keys(Opts), not valid_option(K, maps:get(K, Opts), Extra)] of
         [] -> {ok, maps:merge(Defaults, Opts)};
-        [Bad | _] -> {error, {bad_option, Bad}}
+        [Bad | _] -> {error, {bad_option, {Bad, maps:get(Bad, Opts)}}}
     end;
 options(Other, _) ->
-    {error, {bad_option, Other}}.
+    {error, {bad_option, {options, Other}}}.
 
 -spec valid_option(term(), term(), [atom()]) -> boolean().
 valid_option(pool, P, _) -> is_atom(P) orelse (is_tuple(P) andalso tuple_size(P) =:= 2 andalso

@@ -1,6 +1,7 @@
 defmodule Erlpy.MixAppTest do
-  # A Mix project that depends on erlpy (test/elixir/mix_app, by path; and a git
-  # dependency on a snapshot of this checkout) compiles and runs offline: fresh
+  # A Mix project that depends on erlpy (test/elixir/mix_app, by path, also as a
+  # `mix release`; and a git dependency on a snapshot of this checkout) compiles and runs
+  # offline: fresh
   # MIX_HOME, no Hex, no rebar3, network closed. Its _build is removed first, so every
   # run starts from scratch.
   use ExUnit.Case, async: true
@@ -50,6 +51,64 @@ defmodule Erlpy.MixAppTest do
     expected = @expected
     assert {0, ^expected, _} = sh("mix run -e 'IO.inspect(MixApp.check())'", cd: @app, tmp: tmp)
     refute File.exists?(Path.join(@app, "mix.lock"))
+  end
+
+  test "mix release of test/elixir/mix_app (configured only through erlpy's defaults and pools) runs as a daemon and calls Python" do
+    tmp = tmp_dir!("mix_release")
+    app = Path.join(tmp, "mix_app")
+    File.cp_r!(@app, app)
+    File.rm_rf!(Path.join(app, "_build"))
+    File.rm_rf!(Path.join(app, "deps"))
+    mix_exs = Path.join(app, "mix.exs")
+    text = File.read!(mix_exs)
+    new = String.replace(text, ~s(path: "../../.."), "path: #{inspect(root())}")
+    assert new != text
+    File.write!(mix_exs, new)
+
+    assert {0, _, _} = sh("MIX_ENV=prod mix release", cd: app, tmp: tmp)
+
+    # The Python package is in the release, as files (a link would dangle there).
+    rel = Path.join(app, "_build/prod/rel/mix_app")
+    [erlpy] = Path.wildcard(Path.join(rel, "lib/erlpy-*"))
+    assert {:ok, %File.Stat{type: :directory}} = File.lstat(Path.join(erlpy, "priv/python"))
+    assert File.regular?(Path.join(erlpy, "priv/python/erlpy/_boot.py"))
+
+    # Started from another directory, as a daemon; asked over distribution.
+    bin = Path.join(rel, "bin/mix_app")
+    env = [{"RELEASE_NODE", "erlpy_mix_release_#{System.unique_integer([:positive])}"}]
+
+    try do
+      assert {0, _, _} = sh("#{shq(bin)} daemon", cd: tmp, tmp: tmp, env: env)
+      wait_until(fn -> match?({0, _, _}, sh("#{shq(bin)} pid", cd: tmp, tmp: tmp, env: env)) end, 30_000)
+      expected = @expected
+
+      assert {0, ^expected, _} =
+               sh("#{shq(bin)} rpc 'IO.inspect(MixApp.check())'", cd: tmp, tmp: tmp, env: env)
+    after
+      sh("#{shq(bin)} stop", cd: tmp, tmp: tmp, env: env)
+    end
+  end
+
+  test "Hex package metadata: one source (erlpy.app.src) for both build tools, files that exist and hold the build" do
+    {:ok, [{:application, :erlpy, props}]} =
+      :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
+
+    config = Mix.Project.config()
+    package = config[:package]
+    assert config[:description] == to_string(props[:description])
+    assert package[:licenses] == Enum.map(props[:licenses], &to_string/1)
+    assert package[:licenses] == ["Apache-2.0"]
+    assert package[:files] == Enum.map(props[:files], &to_string/1)
+    assert package[:build_tools] == ["rebar3", "mix"]
+    assert File.regular?(Path.join(root(), "LICENSE"))
+
+    for file <- package[:files], do: assert(File.exists?(Path.join(root(), file)), file)
+
+    for needed <- ~w(erlang/src/py.erl erlang/src/erlpy.app.src python/erlpy/_boot.py priv/python
+                     rebar.config mix.exs README.md LICENSE) do
+      assert Enum.any?(package[:files], &(&1 == needed or String.starts_with?(needed, &1 <> "/"))),
+             "#{needed} is not in the package's files"
+    end
   end
 
   test "a git dependency on erlpy (a snapshot of this checkout) fetches and runs offline" do

@@ -81,6 +81,32 @@ defmodule Erlpy.ScriptsTest do
            """
   end
 
+  test "a Mix.install script whose default pool cannot start stops there, saying what to do" do
+    tmp = tmp_dir!("exs_fail")
+    script = Path.join(tmp, "fail.exs")
+
+    File.write!(script, """
+    Mix.install([{:erlpy, path: #{inspect(root())}}])
+    IO.inspect(:py.eval("1"), label: "call")
+    {:ok, _} = Application.ensure_all_started(:erlpy)
+    IO.puts("not reached")
+    """)
+
+    env = [{"ERLPY_PYTHON", "/nonexistent/python3"}]
+    assert {status, out, err} = sh("elixir #{shq(script)}", cd: tmp, tmp: tmp, env: env)
+    text = out <> err
+    assert status != 0
+    refute text =~ "not reached"
+
+    assert text =~
+             "erlpy: pool default cannot start: no Python interpreter at /nonexistent/python3: " <>
+               "install Python 3.11+ with msgpack, or set the pool option python (or $ERLPY_PYTHON) " <>
+               "to such an interpreter"
+
+    # Between Mix.install and the match, a call says why there is no pool.
+    assert text =~ ~r/call: \{:error,\s+\{:no_pool, :default,\s+\{:python_start_failed,/
+  end
+
   test "both scripts say one line starts erlpy" do
     escript = File.read!(Path.join(root(), "examples/batch.escript"))
     assert escript =~ "\n    {ok, _} = application:ensure_all_started(erlpy),\n"

@@ -74,7 +74,7 @@ defmodule Erlpy.TypesTest do
     assert {:ok, [0, 1]} = :py.stream(:builtins, :range, [2], [], timeout: 5_000)
     assert {:ok, [0]} = :py.stream_eval("iter([0])", %{}, timeout: 5_000)
     assert :ok = :py.exec("kw_defined = 1", timeout: 5_000)
-    assert {:error, {:bad_option, :timout}} = :py.eval("1", %{}, timout: 5_000)
+    assert {:error, {:bad_option, {:timout, 5_000}}} = :py.eval("1", %{}, timout: 5_000)
   end
 
   test "module and function names: atoms, strings, dotted, __main__" do

@@ -22,7 +22,7 @@ groups() ->
             error_python_exception, error_module_not_found, error_attribute_missing,
             error_unconvertible_return, error_unconvertible_names_type,
             badarg_bad_names_nothing_executed,
-            error_no_pool, error_bad_options, error_eval_syntax
+            error_no_pool, error_bad_options, error_eval_syntax, programmer_errors_raise_badarg
         ]},
         {callbacks, [], [
             callback_add, callback_unregistered, callback_crash, callback_reentrant,
@@ -236,15 +236,48 @@ error_no_pool(_) ->
 
 error_bad_options(_) ->
     erlpy_test:doc("bad call options are {error, {bad_option, _}}"),
-    ?assertMatch({error, {bad_option, _}}, py:call(math, sqrt, [4], #{}, #{bogus => 1})),
-    ?assertMatch({error, {bad_option, _}}, py:call(math, sqrt, [4], #{}, #{timeout => -5})),
-    ?assertMatch({error, {bad_option, _}}, py:call(math, sqrt, [4], #{}, #{timeout => soon})),
-    ?assertMatch({error, {bad_option, _}}, py:call(math, sqrt, [4], #{}, #{pool => "default"})),
-    ?assertMatch({error, {bad_option, _}}, py:call(math, sqrt, [4], #{}, not_options)),
-    ?assertMatch({error, {bad_option, _}}, py:eval(<<"1">>, #{}, [{bogus, 1}])),
-    ?assertMatch({error, {bad_option, _}}, py:exec(<<"x = 1">>, #{bogus => 1})),
-    ?assertMatch({error, {bad_option, _}}, py:stream_start(builtins, range, [3], #{window => 0})),
+    ?assertEqual({error, {bad_option, {bogus, 1}}}, py:call(math, sqrt, [4], #{}, #{bogus => 1})),
+    ?assertEqual({error, {bad_option, {timeout, -5}}}, py:call(math, sqrt, [4], #{}, #{timeout => -5})),
+    ?assertEqual({error, {bad_option, {timeout, soon}}}, py:call(math, sqrt, [4], #{}, #{timeout => soon})),
+    ?assertEqual({error, {bad_option, {pool, "default"}}},
+                 py:call(math, sqrt, [4], #{}, #{pool => "default"})),
+    ?assertEqual({error, {bad_option, {options, not_options}}}, py:call(math, sqrt, [4], #{}, not_options)),
+    ?assertEqual({error, {bad_option, {options, [1]}}}, py:call(math, sqrt, [4], #{}, [1])),
+    ?assertEqual({error, {bad_option, {bogus, 1}}}, py:eval(<<"1">>, #{}, [{bogus, 1}])),
+    ?assertEqual({error, {bad_option, {bogus, 1}}}, py:exec(<<"x = 1">>, #{bogus => 1})),
+    ?assertEqual({error, {bad_option, {window, 0}}}, py:stream_start(builtins, range, [3], #{window => 0})),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+programmer_errors_raise_badarg(_) ->
+    erlpy_test:doc("ill-typed pool names, stream references, ack counts and function "
+                   "names raise badarg (not function_clause), naming the arguments"),
+    F = fun([X]) -> X end,
+    Ref = make_ref(),
+    Raises = [
+        {start_pool, ["p", #{}]}, {start_pool, [<<"p">>, #{}]}, {stop_pool, ["p"]},
+        {info, ["p"]}, {child_spec, [#{size => 2}]}, {child_spec, [[{name, "p"}]]},
+        {child_spec, [not_options]},
+        {stream_cancel, [foo]}, {stream_send, [foo, 1]}, {stream_close, [foo]},
+        {stream_ack, [Ref, 0]}, {stream_ack, [Ref, -1]}, {stream_ack, [Ref, x]},
+        {stream_ack, [foo, 1]},
+        {register_function, ["f", F]}, {register_function, [f, not_a_fun]},
+        {register_function, [f, {m, "f"}]}, {unregister_function, ["f"]}
+    ],
+    lists:foreach(
+        fun({Fun, Args}) ->
+            try apply(py, Fun, Args) of
+                Result -> ct:fail({no_exception, Fun, Args, Result})
+            catch
+                error:badarg:Stack -> ?assertMatch([{py, Fun, Args, _} | _], Stack)
+            end
+        end,
+        Raises),
+    %% the same functions with arguments of the right types do not raise
+    ?assertEqual(ok, py:stream_cancel(Ref)),
+    ?assertEqual(ok, py:stream_ack(Ref, 1)),
+    ?assertEqual(ok, py:register_function(f_api_suite, F)),
+    ?assertEqual(ok, py:unregister_function(f_api_suite)),
+    ?assertEqual({error, {no_pool, nope}}, py:stop_pool(nope)).
 
 error_eval_syntax(_) ->
     erlpy_test:doc("an eval of a statement or broken code is a SyntaxError"),

@@ -588,7 +588,7 @@ routing_errors(Config) ->
         peer:stop(Bare)
     end,
     %% Options are checked before anything is sent.
-    {error, {bad_option, window}} = py:stream_start(builtins, range, [2], #{pool => {default, B}, window => 0}),
+    {error, {bad_option, {window, 0}}} = py:stream_start(builtins, range, [2], #{pool => {default, B}, window => 0}),
     %% Bad arguments are checked on the serving node and come back as errors.
     {error, {badarg, _}} = py:call(math, sqrt, [self()], #{1 => 2}, #{pool => {default, B}}),
     ok.

@@ -23,6 +23,9 @@ all() ->
         none_atom_option,
         info_pool_shape,
         pools_from_app_env,
+        app_defaults_every_pool,
+        app_defaults_checked,
+        path_and_cd_forms,
         pool_sup_killed_python_gone,
         vm_killed_python_gone,
      {group, regressions}].
@@ -74,7 +77,7 @@ max_memory_below_use_fails_start(_) ->
     ?assertMatch({error, {python_start_failed, {setup, {python, <<"MemoryError">>, _, _}}}}, Result),
     {error, {_, {setup, {python, _, Message, _}}}} = Result,
     ?assertMatch({match, _}, re:run(Message, "already uses")),
-    ?assertEqual({error, {no_pool, max_memory_below_use_fails_start}},
+    ?assertEqual({error, {no_pool, max_memory_below_use_fails_start, element(2, Result)}},
                  py:eval(<<"1">>, #{}, #{pool => max_memory_below_use_fails_start})).
 
 %% Stops a pool; see the workaround note in erlpy_worker_SUITE:end_per_testcase/2.
@@ -307,6 +310,87 @@ pools_from_app_env(_) ->
     end,
     ?assertMatch(#{workers := [_, _]}, py:info(default)).
 
+app_defaults_every_pool(Config) ->
+    erlpy_test:doc("the application's defaults reach the application's pools, start_pool/2 "
+                   "and child_spec/1 pools alike; a pool's own options win, key by key"),
+    Priv = ?config(priv_dir, Config),
+    Lib = filename:join(Priv, "defaults_lib"),
+    ok = filelib:ensure_path(Lib),
+    ok = file:write_file(filename:join(Lib, "erlpy_defaults_mod.py"), <<"def where():\n    return 'lib'\n">>),
+    {ok, Saved} = application:get_env(erlpy, pools),
+    ok = application:stop(erlpy),
+    try
+        ok = application:set_env(erlpy, defaults, [{none_atom, nil}, {path, [Lib]}, {size, 1}]),
+        ok = application:set_env(erlpy, pools, #{default => #{size => 2}}),
+        ok = erlpy_test:start_app(),
+        %% the application's default pool: its own size, the default none_atom and path
+        ?assertMatch(#{workers := [_, _]}, py:info(default)),
+        ?assertEqual({ok, nil}, py:eval(<<"None">>)),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [])),
+        %% start_pool/2
+        {ok, _} = py:start_pool(mypool, #{none_atom => undefined}),
+        ?assertMatch(#{workers := [_]}, py:info(mypool)),
+        ?assertEqual({ok, undefined}, py:eval(<<"None">>, #{}, #{pool => mypool})),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [], #{}, #{pool => mypool})),
+        %% child_spec/1 in a supervisor of the user's
+        {ok, Sup} = supervisor:start_link(?MODULE, [py:child_spec([{name, mypool2}])]),
+        ?assertEqual({ok, nil}, py:eval(<<"None">>, #{}, #{pool => mypool2})),
+        ?assertEqual({ok, <<"lib">>}, py:call(erlpy_defaults_mod, where, [], #{}, #{pool => mypool2})),
+        unlink(Sup),
+        exit(Sup, shutdown),
+        ok = erlpy_test:wait_until(fun() -> not is_process_alive(Sup) end)
+    after
+        _ = application:stop(erlpy),
+        application:unset_env(erlpy, defaults),
+        application:set_env(erlpy, pools, Saved),
+        ok = erlpy_test:start_app()
+    end,
+    ?assertEqual({ok, none}, py:eval(<<"None">>)).
+
+app_defaults_checked(_) ->
+    erlpy_test:doc("bad application defaults fail a pool's start as its own options would"),
+    try
+        ok = application:set_env(erlpy, defaults, #{size => zero}),
+        ?assertEqual({error, {bad_option, {size, zero}}}, py:start_pool(mypool, #{})),
+        %% a pool that sets the key itself does not see the bad default
+        {ok, _} = py:start_pool(mypool, #{size => 1}),
+        ok = application:set_env(erlpy, defaults, not_options),
+        ?assertEqual({error, {bad_option, {options, not_options}}}, py:start_pool(mypool2, #{}))
+    after
+        application:unset_env(erlpy, defaults)
+    end.
+
+path_and_cd_forms(Config) ->
+    erlpy_test:doc("path entries: {priv, App, Dir}, absolute, relative to cd when given, else "
+                   "to the VM's directory; cd may be {priv, App, Dir}; all resolved to "
+                   "absolute directories that must exist"),
+    Priv = ?config(priv_dir, Config),
+    Base = filename:join(Priv, "base"),
+    ok = filelib:ensure_path(filename:join(Base, "lib")),
+    ok = file:write_file(filename:join([Base, "lib", "erlpy_rel_mod.py"]), <<"X = 'relative to cd'\n">>),
+    {ok, _} = py:start_pool(mypool, #{size => 1, cd => Base, path => ["lib"]}),
+    ?assertEqual({ok, <<"relative to cd">>}, py:eval(<<"__import__('erlpy_rel_mod').X">>, #{}, #{pool => mypool})),
+    #{path := [Resolved]} = erlpy_pool:meta(mypool),
+    ?assertEqual(filename:join(Base, "lib"), Resolved),
+    ok = py:stop_pool(mypool),
+    {ok, Cwd} = file:get_cwd(),
+    ?assertEqual({error, {bad_option, {path, filename:join(Cwd, "no_such_lib")}}},
+                 py:start_pool(mypool, #{size => 1, path => ["no_such_lib"]})),
+    ?assertEqual({error, {bad_option, {path, filename:join(Base, "no_such_lib")}}},
+                 py:start_pool(mypool, #{size => 1, cd => Base, path => [<<"no_such_lib">>]})),
+    PrivPython = filename:join(code:priv_dir(erlpy), "python"),
+    {ok, _} = py:start_pool(mypool, #{size => 1, cd => {priv, erlpy, "python"}}),
+    {ok, Cd} = py:call(os, getcwd, [], #{}, #{pool => mypool}),
+    {ok, Real} = py:call('os.path', realpath, [list_to_binary(PrivPython)], #{}, #{pool => mypool}),
+    ?assertEqual(Real, Cd),
+    ok = py:stop_pool(mypool),
+    ?assertEqual({error, {bad_option, {cd, {priv, no_such_app, "x"}}}},
+                 py:start_pool(mypool, #{cd => {priv, no_such_app, "x"}})),
+    ?assertEqual({error, {bad_option, {python, {priv, no_such_app, "bin/python"}}}},
+                 py:start_pool(mypool, #{python => {priv, no_such_app, "bin/python"}})),
+    ?assertEqual({error, {bad_option, {path, {priv, erlpy, 42}}}},
+                 py:start_pool(mypool, #{path => [{priv, erlpy, 42}]})).
+
 %%====================================================================
 %% Python never outlives its pool or the VM
 %%====================================================================
@@ -363,12 +447,13 @@ nomsgpack_error_shape(Config) ->
     ?assertNotEqual(nomatch, binary:match(Tried, list_to_binary(?config(venv, Config)))).
 
 bad_option_error_shape(_) ->
-    erlpy_test:doc("start_pool with a bad option is exactly {error, {bad_option, Key}}"),
-    ?assertEqual({error, {bad_option, size}}, py:start_pool(bad_option_error_shape, #{size => 0})),
-    ?assertEqual({error, {bad_option, bogus}}, py:start_pool(bad_option_error_shape, #{bogus => 1})),
-    ?assertEqual({error, {bad_option, max_queue}},
+    erlpy_test:doc("start_pool with a bad option is exactly {error, {bad_option, {Key, Value}}}"),
+    ?assertEqual({error, {bad_option, {size, 0}}}, py:start_pool(bad_option_error_shape, #{size => 0})),
+    ?assertEqual({error, {bad_option, {bogus, 1}}}, py:start_pool(bad_option_error_shape, #{bogus => 1})),
+    ?assertEqual({error, {bad_option, {max_queue, -1}}},
                  py:start_pool(bad_option_error_shape, #{max_queue => -1})),
-    ?assertMatch({error, {bad_option, _}}, py:start_pool(bad_option_error_shape, not_options)).
+    ?assertEqual({error, {bad_option, {options, not_options}}},
+                 py:start_pool(bad_option_error_shape, not_options)).
 
 %%====================================================================
 %% regressions: bugs these tests found (fixed)
@@ -385,19 +470,26 @@ no_pool_after_stop_pool(_) ->
     ?assertNot(maps:is_key(P, erlpy_test:catch_all(fun() -> py:info() end))).
 
 no_pool_after_failed_start(_) ->
-    erlpy_test:doc("a pool whose start failed is unknown afterwards: {error, {no_pool, P}}"),
+    erlpy_test:doc("a pool whose start failed is unknown afterwards, and says why: "
+                   "{error, {no_pool, P, Reason}} with start_pool's Reason, until it starts"),
     P = no_pool_after_failed_start,
-    {error, _} = py:start_pool(P, #{size => 1, init => <<"1/0">>}),
-    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
-    ?assertEqual({error, {no_pool, P}}, erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)).
+    {error, Reason} = py:start_pool(P, #{size => 1, init => <<"1/0">>}),
+    ?assertMatch({python_start_failed, {init, {python, <<"ZeroDivisionError">>, _, _}}}, Reason),
+    ?assertEqual({error, {no_pool, P, Reason}}, erlpy_test:catch_all(fun() -> py:info(P) end)),
+    ?assertEqual({error, {no_pool, P, Reason}},
+                 erlpy_test:catch_all(fun() -> py:eval(<<"1">>, #{}, #{pool => P}) end)),
+    {ok, _} = py:start_pool(P, #{size => 1}),
+    ok = py:stop_pool(P),
+    ?assertEqual({error, {no_pool, P}}, py:eval(<<"1">>, #{}, #{pool => P})).
 
 bad_option_types_are_bad_option(_) ->
-    erlpy_test:doc("ill-typed path/env/cd values are {error, {bad_option, Key}} "
+    erlpy_test:doc("ill-typed path/env/cd values are {error, {bad_option, {Key, Value}}} "
                    "(BUG: {error, {'EXIT', {badarg, _}}})"),
     P = bad_option_types_are_bad_option,
-    ?assertEqual({error, {bad_option, path}}, py:start_pool(P, #{size => 1, path => "/tmp"})),
-    ?assertEqual({error, {bad_option, env}}, py:start_pool(P, #{size => 1, env => [{"A", 1}]})),
-    ?assertEqual({error, {bad_option, cd}}, py:start_pool(P, #{size => 1, cd => 42})).
+    ?assertEqual({error, {bad_option, {path, "/tmp"}}}, py:start_pool(P, #{size => 1, path => "/tmp"})),
+    ?assertEqual({error, {bad_option, {env, [{"A", 1}]}}},
+                 py:start_pool(P, #{size => 1, env => [{"A", 1}]})),
+    ?assertEqual({error, {bad_option, {cd, 42}}}, py:start_pool(P, #{size => 1, cd => 42})).
 
 init_list_of_strings(_) ->
     erlpy_test:doc("init => [\"import os\", \"x = 1\"] runs both statements "

@@ -747,11 +747,11 @@ cancel_unknown_ref(_) ->
 bad_options(_) ->
     erlpy_test:doc("bad stream_start options are {error, {bad_option, _}}; unknown pool is "
                    "{error, {no_pool, _}}"),
-    ?assertEqual({error, {bad_option, window}}, py:stream_start(?M, count, [1], #{window => 0})),
-    ?assertEqual({error, {bad_option, owner}}, py:stream_start(?M, count, [1], #{owner => x})),
-    ?assertEqual({error, {bad_option, idle_timeout}},
+    ?assertEqual({error, {bad_option, {window, 0}}}, py:stream_start(?M, count, [1], #{window => 0})),
+    ?assertEqual({error, {bad_option, {owner, x}}}, py:stream_start(?M, count, [1], #{owner => x})),
+    ?assertEqual({error, {bad_option, {idle_timeout, -1}}},
                  py:stream_start(?M, count, [1], #{idle_timeout => -1})),
-    ?assertEqual({error, {bad_option, nonsense}},
+    ?assertEqual({error, {bad_option, {nonsense, 1}}},
                  py:stream_start(?M, count, [1], #{nonsense => 1})),
     ?assertEqual({error, {no_pool, nope}}, py:stream_start(?M, count, [1], #{pool => nope})),
     ?assertEqual([], erlpy_test:flush()).

@@ -4,11 +4,10 @@ defmodule MixApp.Application do
 
   @impl true
   def start(_type, _args) do
-    python_dir = Application.app_dir(:mix_app, "priv/python")
-
     children = [
-      # A pool of this application's own, started and stopped by its supervisor.
-      {:py, name: :mix_app, size: 2, none_atom: nil, path: [python_dir]}
+      # A pool of this application's own, started and stopped by its supervisor; its
+      # options come from the erlpy defaults of config/config.exs.
+      {:py, name: :mix_app}
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: MixApp.Supervisor)
