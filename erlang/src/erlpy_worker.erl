@@ -935,7 +935,12 @@ stream_data(Id, Items, D) ->
 
 -spec give_credit(id(), #entry{}, #data{}) -> #data{}.
 give_credit(Id, #entry{gated = false, stream = S} = Entry, D) ->
-    {N, S1} = erlpy_stream:take_credit(S),
+    %% A window sets its own limit; a remote owner without one gets the whole budget.
+    {N, S1} =
+        case erlpy_stream:windowed(S) of
+            true -> erlpy_stream:take_credit(S);
+            false -> erlpy_stream:take_credit(?STREAM_CREDIT, S)
+        end,
     send_credit(Id, N, put_entry(Id, Entry#entry{stream = S1}, D));
 give_credit(Id, #entry{stream = S} = Entry, D) ->
     case erlpy_stream:credit_due(S) of
