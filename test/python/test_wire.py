@@ -119,7 +119,7 @@ def test_a_stream_item_too_large_for_a_frame_is_refused(
 
     from erlpy import _stream
 
-    r, w = pipe
+    _, w = pipe
     loop = asyncio.new_event_loop()
     stream = _stream.Stream(loop, FrameWriter(w), 1, credit=10, resume=lambda: None)
     monkeypatch.setattr(_stream, "MAX_ITEM", 100_000)
