@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _protocol as P
 from ._callbacks import Callbacks
-from ._codec import Atom, new_unpacker, unpack_all
+from ._codec import Atom, new_unpacker, unpack_all, unpack_frame
 from ._jobs import CANCELLED, Job, Jobs
 from ._messages import (
     Call,
@@ -91,11 +91,7 @@ class Dispatcher:
             if len(frame) > FrameReader.BIG:
                 messages = unpack_all(frame)
             else:
-                unpacker = new_unpacker()
-                unpacker.feed(frame)
-                messages = list(unpacker)
-                if unpacker.tell() != len(frame):
-                    raise ValueError(f"frame ends inside a message ({len(frame)} bytes)")
+                messages = unpack_frame(frame)
         except Exception as exc:
             self._log(f"erlpy: dropped an undecodable frame: {exc!r}")
             return
