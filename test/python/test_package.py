@@ -76,6 +76,22 @@ def test_no_import_cycle_in_the_package() -> None:
     assert graph["erlpy._stream"] <= {"erlpy._protocol", "erlpy._codec", "erlpy._wire"}
 
 
+def test_terminal_messages_are_sent_by_jobs_finish_only() -> None:
+    """Exactly one terminal message per job rests on Jobs.finish being the only sender."""
+    terminal = {"RESULT", "ERROR", "FAIL", "DONE"}
+    senders = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.List)
+                and node.elts
+                and isinstance(first := node.elts[0], ast.Attribute)
+                and first.attr in terminal
+            ):
+                senders.add(path.name)
+    assert senders == {"_jobs.py"}
+
+
 def test_modules_keep_to_about_500_lines() -> None:
     sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
     del sizes["streams.py"]  # the public stream combinators, one family of functions
