@@ -205,9 +205,9 @@ class SyncRunner:
         """Send a CALLBACK and wait for its reply on the main thread, which keeps running
         sync requests meanwhile: the Erlang function may itself call into this worker
         (re-entrancy), and Erlang may cancel ``job``."""
-        if job is not None:
-            job.waiting = pending
         try:
+            if job is not None:
+                job.waiting = pending
             self.send(message)
             while not pending.done:
                 item = self._queue.get()
