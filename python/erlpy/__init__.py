@@ -12,7 +12,7 @@ from ._codec import Pid as Pid
 from ._codec import Port as Port
 from ._codec import Reference as Reference
 from ._codec import register_encoder as register_encoder
-from ._runtime import Interrupted as Interrupted
+from ._errors import Interrupted as Interrupted
 
 # Public classes show (and report errors) under their public name, erlpy.X.
 for _cls in (Atom, EncodeError, Fun, Interrupted, OpaqueTerm, Pid, Port, Reference):

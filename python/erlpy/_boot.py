@@ -54,9 +54,14 @@ def main() -> None:
     except (OSError, AttributeError):
         pass
 
+    from erlpy import erlang
     from erlpy._runtime import Runtime
 
-    Runtime(in_fd, out_fd).serve()
+    runtime = Runtime(in_fd, out_fd)
+    # Worker code finds `erlang` as in erlang_python: in __main__, and as `import erlang`.
+    runtime.main_module.__dict__["erlang"] = erlang
+    sys.modules.setdefault("erlang", erlang)
+    runtime.serve()
 
 
 def _move_protocol() -> tuple[int, int]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from . import _protocol as P
 from ._codec import MAX_FRAME, check_size, pack
-
-if TYPE_CHECKING:
-    from ._runtime import Job, Runtime
+from ._wire import FrameWriter
 
 # A stream flushes once this many items (or bytes) are pending; slower producers flush
 # sooner, whenever the event loop gets control (see Stream.push).
@@ -34,12 +33,27 @@ class Stream:
 
     Python may run at most ``credit`` items ahead of what Erlang has accepted; Erlang
     grants more with CREDIT messages as it forwards items to the owner.
+
+    Args:
+        loop: the event loop, which flushes pending items when it next gets control.
+        writer: where batches go.
+        job_id: the request the stream answers.
+        credit: items Python may send before Erlang grants more; 0 means no limit.
+        resume: gives a parked sync producer back to the main thread.
     """
 
-    def __init__(self, rt: Runtime, job: Job, credit: int) -> None:
-        self._rt = rt
-        self._job = job
-        self._prefix = b"\x93" + pack(P.DATA) + pack(job.id)
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        writer: FrameWriter,
+        job_id: int,
+        credit: int,
+        resume: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._writer = writer
+        self._resume = resume
+        self._prefix = b"\x93" + pack(P.DATA) + pack(job_id)
         self.lock = threading.Lock()
         self._event: asyncio.Event | None = None
         self.credit = credit
@@ -78,9 +92,9 @@ class Stream:
                 # and after a batch has built up for a fast one.
                 self._flush_scheduled = True
                 if on_loop:
-                    self._rt.loop.call_soon(self.flush)
+                    self._loop.call_soon(self.flush)
                 else:
-                    self._rt.loop.call_soon_threadsafe(self.flush)
+                    self._loop.call_soon_threadsafe(self.flush)
         return urgent
 
     def flush(self) -> None:
@@ -93,11 +107,11 @@ class Stream:
             self._items = []
             self._bytes = 0
             if self.cancelled:
-                return  # it may be answered already (Runtime._cancel): nothing may follow
+                return  # it may be answered already (Dispatcher._cancel): nothing may follow
             body = _array_header(len(items)) + b"".join(items)
-            drain = self._rt.writer.enqueue(*self.data_parts(body))
+            drain = self._writer.enqueue(*self.data_parts(body))
         if drain:
-            self._rt.writer.drain()
+            self._writer.drain()
 
     def data_parts(self, items: bytes) -> tuple[bytes, bytes]:
         """The DATA message for packed items (one msgpack array). A stream collected whole
@@ -118,7 +132,7 @@ class Stream:
             self.credit += n
             resume, self.parked = self.parked, False
         if resume:
-            self._rt.resume(self._job)
+            self._resume()
         if self._event is not None:
             self._event.set()
 
@@ -127,7 +141,7 @@ class Stream:
             self.cancelled = True
             resume, self.parked = self.parked, False
         if resume:
-            self._rt.resume(self._job)
+            self._resume()
         if self._event is not None:
             self._event.set()
 

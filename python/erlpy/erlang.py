@@ -14,26 +14,9 @@ from typing import Any
 from . import _protocol as P
 from . import _runtime
 from ._codec import Atom, Pid
+from ._errors import ErlangError as ErlangError
 
-
-class ErlangError(Exception):
-    """A registered Erlang function failed, or no function has that name.
-
-    ``reason`` holds the Erlang error term, for example ``(Atom('not_registered'), 'f')``.
-    """
-
-    def __init__(self, reason: Any) -> None:
-        super().__init__(_describe(reason))
-        self.reason = reason
-
-
-def _describe(reason: Any) -> str:
-    if isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "not_registered":
-        return (
-            f"no Erlang function is registered as {reason[1]!r} "
-            "(register it with py:register_function/2)"
-        )
-    return f"Erlang function failed: {reason!r}"
+ErlangError.__module__ = __name__  # shown (and reported to Erlang) as erlpy.erlang.ErlangError
 
 
 def call(name: str, *args: Any) -> Any:
@@ -44,12 +27,12 @@ def call(name: str, *args: Any) -> Any:
     Raises:
         ErlangError: the function is not registered, or it raised.
     """
-    return _runtime.current().call_erlang(str(name), args)
+    return _runtime.current().callbacks.call(str(name), args)
 
 
 async def acall(name: str, *args: Any) -> Any:
     """Async version of :func:`call`, for coroutines and async generators."""
-    return await _runtime.current().acall_erlang(str(name), args)
+    return await _runtime.current().callbacks.acall(str(name), args)
 
 
 def send(pid: Pid | Atom, term: Any) -> None:
@@ -66,7 +49,7 @@ def atom(name: str) -> Atom:
 
 def self() -> Pid:
     """The pid of the Erlang process that owns this worker (``erlpy_worker``)."""
-    pid = _runtime.current().worker_pid
+    pid = _runtime.current().callbacks.worker_pid
     if not isinstance(pid, Pid):
         raise RuntimeError("the worker has not been told its Erlang pid yet")
     return pid

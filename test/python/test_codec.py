@@ -145,6 +145,24 @@ def test_a_streaming_unpacker_reads_concatenated_values(items: list[Any]) -> Non
     assert same(list(unpacker), items)
 
 
+@settings(DETERMINISTIC, max_examples=300)
+@given(st.lists(values, max_size=5))
+def test_a_frame_decodes_whole_or_not_at_all(items: list[Any]) -> None:
+    packer = _codec.new_packer()
+    frame = b"".join(packer.pack(item) for item in items)
+    assert same(_codec.unpack_frame(frame), items)
+    assert same(_codec.unpack_frame(bytearray(frame)), items)
+    if frame:
+        with pytest.raises(ValueError):
+            _codec.unpack_frame(frame + b"\x92\x01")  # ends inside a message
+
+
+@pytest.mark.parametrize("frame", [b"\x92\x01", b"\xdb\x00", b"\x00\xdb", b"\xc0\x00\x96"])
+def test_a_frame_that_ends_inside_a_message_is_refused(frame: bytes) -> None:
+    with pytest.raises(ValueError):
+        _codec.unpack_frame(frame)
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -115,14 +115,15 @@ def test_pack_parts_refuses_what_no_frame_can_hold(monkeypatch: pytest.MonkeyPat
 def test_a_stream_item_too_large_for_a_frame_is_refused(
     pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from erlpy import _stream
-    from erlpy._runtime import Job, Runtime
+    import asyncio
 
-    r, w = pipe
-    runtime = Runtime(r, w)
-    stream = _stream.Stream(runtime, Job(1, []), credit=10)
+    from erlpy import _stream
+
+    _, w = pipe
+    loop = asyncio.new_event_loop()
+    stream = _stream.Stream(loop, FrameWriter(w), 1, credit=10, resume=lambda: None)
     monkeypatch.setattr(_stream, "MAX_ITEM", 100_000)
     assert stream.queue(b"x" * 99_000, on_loop=False)  # the first item: flush now
     with pytest.raises(EncodeError, match="too large"):
         stream.queue(b"y" * 100_001, on_loop=False)
-    runtime.loop.close()
+    loop.close()

@@ -1,0 +1,210 @@
+"""Reading Erlang's frames and dispatching their messages, on the loop thread: so control
+messages (cancel, credit, stream input, callback replies) are handled even while the main
+thread runs sync code."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Any
+
+from . import _protocol as P
+from ._callbacks import Callbacks
+from ._codec import Atom, new_unpacker, unpack_all, unpack_frame
+from ._jobs import CANCELLED, Job, Jobs
+from ._messages import (
+    Call,
+    Cancel,
+    Credit,
+    Eval,
+    Exec,
+    Input,
+    InputClose,
+    Message,
+    Reply,
+    Setup,
+    StreamCall,
+    StreamEval,
+    decode,
+)
+from ._names import Resolver
+from ._process import ProcessState, apply_limits, keep_freed_memory
+from ._stream import InputStream, Stream
+from ._sync import SyncRunner
+from ._tasks import Tasks
+from ._wire import PROTOCOL_LOST, FrameReader, FrameWriter, TooBig, die
+
+
+class Dispatcher:
+    """Turns each message from Erlang into work for the main thread or the loop, or into
+    a change to a job in flight."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reader: FrameReader,
+        writer: FrameWriter,
+        jobs: Jobs,
+        sync: SyncRunner,
+        tasks: Tasks,
+        callbacks: Callbacks,
+        resolver: Resolver,
+        process: ProcessState,
+    ) -> None:
+        self._loop = loop
+        self._reader = reader
+        self._writer = writer
+        self._jobs = jobs
+        self._table = jobs.table
+        self._sync = sync
+        self._submit = sync.submit
+        self._tasks = tasks
+        self._callbacks = callbacks
+        self._resolver = resolver
+        self._process = process
+
+    def on_readable(self) -> None:
+        if self._process.forked:
+            return  # queued before a fork on the loop thread: the pipe is the parent's
+        reader = self._reader
+        # Drain the pipe: a large frame arrives in many reads, no need to go back to the
+        # selector between them.
+        while True:
+            try:
+                frames = reader.read()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EBADF and the like: the protocol is gone
+                die(f"cannot read from Erlang: {exc}", PROTOCOL_LOST)
+            if frames is None:
+                os._exit(0)  # Erlang is gone: never outlive the port
+            for frame in frames:
+                if isinstance(frame, TooBig):
+                    self._refuse_too_big(frame.head)
+                else:
+                    self._dispatch_frame(frame)
+
+    def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
+        # Each frame is decoded on its own, so a damaged one cannot swallow the next.
+        try:
+            if len(frame) > FrameReader.BIG:
+                messages = unpack_all(frame)
+            else:
+                messages = unpack_frame(frame)
+        except Exception as exc:
+            self._log(f"erlpy: dropped an undecodable frame: {exc!r}")
+            return
+        for raw in messages:
+            try:
+                message = decode(raw)
+                if message is None:
+                    self._log(f"erlpy: unknown message {raw[0]!r}")
+                else:
+                    self.dispatch(message)
+            except Exception as exc:  # not a message of the protocol: say so, go on
+                self._log(f"erlpy: dropped a malformed message: {exc!r}")
+
+    def _log(self, text: str) -> None:
+        self._sync.send([P.LOG, Atom("error"), text])
+
+    def _refuse_too_big(self, head: bytes) -> None:
+        """A request too big for this worker's memory (max_memory): answer it if its head
+        says which one it was."""
+        try:
+            unpacker = new_unpacker()
+            unpacker.feed(head)
+            unpacker.read_array_header()
+            unpacker.unpack()  # the kind of message
+            job_id = unpacker.unpack()
+        except Exception:
+            job_id = None
+        if isinstance(job_id, int):
+            error = MemoryError("the request does not fit in this worker's memory (max_memory)")
+            self._jobs.finish(Job(job_id, None), P.ERROR, error)
+        else:
+            self._log("erlpy: dropped a frame too big for max_memory")
+
+    def dispatch(self, message: Message) -> None:
+        # Class patterns without arguments: positional ones cost ~300 ns per request.
+        match message:
+            case Call():
+                job = Job(message.id, message)
+                self._table[job.id] = job
+                self._start_call(job, message)
+            case Credit():
+                job_or_none = self._table.get(message.id)
+                if job_or_none is not None and job_or_none.stream is not None:
+                    job_or_none.stream.add_credit(message.n)
+            case StreamCall():
+                job = Job(message.id, message)
+                self._table[job.id] = job
+                job.stream = self._stream(job, message.credit)
+                if message.input:
+                    job.stream.input = InputStream()
+                self._start_call(job, message)
+            case Eval() | Exec():
+                job = Job(message.id, message)
+                self._table[job.id] = job
+                self._submit(job)
+            case StreamEval():
+                job = Job(message.id, message)
+                job.stream = self._stream(job, message.credit)
+                self._table[job.id] = job
+                self._submit(job)
+            case Reply():
+                self._callbacks.on_reply(message.callback_id, message.ok, message.value)
+            case Cancel():
+                job_or_none = self._table.get(message.id)
+                if job_or_none is not None:
+                    self._cancel(job_or_none)
+            case Input() | InputClose():
+                job_or_none = self._table.get(message.id)
+                stream = job_or_none.stream if job_or_none is not None else None
+                if stream is not None and stream.input is not None:
+                    if isinstance(message, Input):
+                        stream.input.put(message.values)
+                    else:
+                        stream.input.close()
+            case Setup():
+                self._setup(Job(message.id, None), message.worker_pid, message.limits)
+
+    def _start_call(self, job: Job, request: Call | StreamCall) -> None:
+        """An async function starts on the loop at once; anything else, or a name the
+        loop cannot resolve without importing, goes to the main thread."""
+        resolved = self._resolver.now(request.module, request.function)
+        if resolved is not None and resolved[1]:
+            self._tasks.start_call(job, resolved[0], request.args, request.kwargs)
+        else:
+            job.fn = resolved[0] if resolved is not None else None
+            self._submit(job)
+
+    def _stream(self, job: Job, credit: int) -> Stream:
+        resume = functools.partial(self._sync.resume, job)
+        return Stream(self._loop, self._writer, job.id, credit, resume)
+
+    def _setup(self, job: Job, worker_pid: Any, limits: dict[Any, Any]) -> None:
+        # Answered like a call: the worker is ready only once its limits are in place.
+        self._callbacks.worker_pid = worker_pid
+        try:
+            if apply_limits(limits):
+                # Memory kept is memory a later request cannot have.
+                keep_freed_memory(False)
+                self._reader.keep = 0
+        except Exception as exc:
+            self._jobs.finish(job, P.ERROR, exc)
+        else:
+            self._jobs.finish(job, P.RESULT, None)
+
+    def _cancel(self, job: Job) -> None:
+        if job.stream is not None:
+            job.stream.cancel()
+        if job.task is not None:
+            job.cancelled = True
+            job.task.cancel()
+            return
+        answer, abandoned = self._sync.cancel(job)
+        if abandoned is not None:
+            self._callbacks.abandon(abandoned.callback_id)
+        if answer:
+            self._jobs.finish(job, P.FAIL, CANCELLED)

@@ -1,0 +1,132 @@
+"""Erlang's messages to Python, decoded once into small typed records that the runtime
+matches on (docs/internals.md, "The wire protocol").
+
+Decoding checks only that a message has its fields, as reading them by position did: a
+field of the wrong type fails where it is used, and the request it belongs to gets the
+error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from . import _protocol as P
+
+# Slotted and not frozen: one of these is made per request, and a frozen dataclass's
+# __init__ goes through object.__setattr__.
+
+
+@dataclass(slots=True)
+class Call:
+    id: int
+    module: str
+    function: str
+    args: list[Any]
+    kwargs: dict[Any, Any]
+
+
+@dataclass(slots=True)
+class Eval:
+    id: int
+    code: str
+    locals: dict[Any, Any]
+
+
+@dataclass(slots=True)
+class Exec:
+    id: int
+    code: str
+
+
+@dataclass(slots=True)
+class StreamCall:
+    id: int
+    module: str
+    function: str
+    args: list[Any]
+    kwargs: dict[Any, Any]
+    credit: int  # 0: collected whole, no flow control
+    input: bool  # the function gets an InputStream as its first argument
+
+
+@dataclass(slots=True)
+class StreamEval:
+    id: int
+    code: str
+    locals: dict[Any, Any]
+    credit: int
+
+
+@dataclass(slots=True)
+class Cancel:
+    id: int
+
+
+@dataclass(slots=True)
+class Credit:
+    id: int
+    n: int
+
+
+@dataclass(slots=True)
+class Input:
+    id: int
+    values: list[Any]
+
+
+@dataclass(slots=True)
+class InputClose:
+    id: int
+
+
+@dataclass(slots=True)
+class Reply:
+    """Erlang's answer to a CALLBACK."""
+
+    callback_id: int
+    ok: bool
+    value: Any  # the result, or the error reason
+
+
+@dataclass(slots=True)
+class Setup:
+    id: int
+    worker_pid: Any
+    limits: dict[Any, Any]
+
+
+Request: TypeAlias = Call | Eval | Exec | StreamCall | StreamEval
+Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup
+
+
+def decode(msg: list[Any]) -> Message | None:
+    """The message a decoded msgpack array stands for; None for an unknown kind.
+
+    Raises:
+        IndexError, TypeError, KeyError: not a message of the protocol.
+    """
+    match msg[0]:  # the common kinds first
+        case P.CALL:
+            return Call(msg[1], msg[2], msg[3], msg[4], msg[5])
+        case P.CREDIT:
+            return Credit(msg[1], msg[2])
+        case P.STREAM_CALL:
+            return StreamCall(msg[1], msg[2], msg[3], msg[4], msg[5], msg[6], msg[7])
+        case P.EVAL:
+            return Eval(msg[1], msg[2], msg[3])
+        case P.REPLY:
+            return Reply(msg[1], msg[2], msg[3])
+        case P.CANCEL:
+            return Cancel(msg[1])
+        case P.INPUT:
+            return Input(msg[1], msg[2])
+        case P.INPUT_CLOSE:
+            return InputClose(msg[1])
+        case P.EXEC:
+            return Exec(msg[1], msg[2])
+        case P.STREAM_EVAL:
+            return StreamEval(msg[1], msg[2], msg[3], msg[4])
+        case P.SETUP:
+            return Setup(msg[1], msg[2], msg[3])
+    return None

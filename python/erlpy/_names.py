@@ -1,0 +1,107 @@
+"""Names and code from Erlang: resolving ``module.function`` to a callable, compiling
+``eval``/``exec`` code, and the keyword and local names that come with them."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import BadName
+
+Resolved = tuple[Callable[..., Any], bool]  # the function, and whether it is async
+
+
+class Resolver:
+    """Resolves names, caching them except in ``__main__`` (which ``exec`` changes)."""
+
+    def __init__(self, main_module: types.ModuleType) -> None:
+        self._main = main_module
+        self._cache: dict[tuple[str, str], Resolved] = {}
+
+    def clear(self) -> None:
+        """Forget what is cached: an ``exec`` may have rebound what names point to."""
+        self._cache.clear()
+
+    def now(self, module: Any, name: Any) -> Resolved | None:
+        """Resolve without importing (the loop thread must not block on imports)."""
+        cached = self._cache.get((module, name))
+        if cached is not None:
+            return cached
+        if module != "__main__" and module not in sys.modules:
+            return None
+        try:
+            return self.resolve(module, name)
+        except Exception:
+            return None  # the main thread resolves again and reports the error
+
+    def resolve(self, module: Any, name: Any) -> Resolved:
+        cached = self._cache.get((module, name))
+        if cached is not None:
+            return cached
+        if not _valid_name(module):
+            raise BadName(f"invalid module name: {module!r}")
+        if not _valid_name(name):
+            raise BadName(f"invalid function name: {name!r}")
+        obj: Any = self._main if module == "__main__" else _import(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise TypeError(f"{module}.{name} is not callable")
+        resolved = (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
+        if module != "__main__":
+            self._cache[(module, name)] = resolved
+        return resolved
+
+
+def _import(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # 'pkg.mod.Class': import the longest module prefix, then walk attributes.
+        head, _, attr = module.rpartition(".")
+        if not head or exc.name != module:
+            raise
+        return getattr(_import(head), attr)
+
+
+def _valid_name(name: object) -> bool:
+    return isinstance(name, str) and all(part.isidentifier() for part in name.split("."))
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_code(code: str, mode: str) -> types.CodeType:
+    if mode == "exec" and _indented(code):
+        # Code indented to sit inside Erlang source (py:exec, a pool's `init`).
+        code = textwrap.dedent(code)
+    return compile(code, "<erlpy>", mode)
+
+
+def _indented(code: str) -> bool:
+    for line in code.splitlines():
+        if line.strip():
+            return line[0] in " \t"
+    return False
+
+
+def namespace(globals_: dict[str, Any], local_vars: dict[Any, Any]) -> dict[str, Any]:
+    """Where ``eval`` code runs: the worker's globals, plus the locals Erlang gave."""
+    if not local_vars:
+        return globals_
+    # One namespace, so comprehensions and lambdas in the expression see the locals.
+    return {**globals_, **{str_key(k): v for k, v in local_vars.items()}}
+
+
+def kwargs(kw: dict[Any, Any]) -> dict[str, Any]:
+    return {str_key(k): v for k, v in kw.items()} if kw else {}
+
+
+def str_key(key: Any) -> str:
+    if isinstance(key, str):
+        return str(key)
+    raise TypeError(f"keyword and local names must be atoms or strings, not {key!r}")

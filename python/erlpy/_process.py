@@ -1,0 +1,161 @@
+"""The worker's process: its set-up (pipes, GIL switching, malloc), the resource limits a
+pool asks for, and forks from user code.
+
+A process forked from user code is not a worker: it drops the protocol at once, and exits
+when its code comes back into the runtime, instead of answering the parent's request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import resource
+import selectors
+import sys
+import traceback
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+if TYPE_CHECKING:  # a stub-only module: nothing to import at run time
+    from _typeshed import FileDescriptorLike
+
+# Threads switch the GIL this often (seconds). The default, 5 ms, would let a busy sync
+# generator hold off the loop thread, which reads control messages (credit, cancel).
+SWITCH_INTERVAL: Final = 0.001
+# Pipes this large let a big frame cross in a few system calls (Linux caps unprivileged
+# processes at /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE: Final = 1 << 20
+
+# glibc's largest mmap threshold on 64-bit (blocks above it are always mapped afresh), the
+# free memory an allocator arena may keep, and glibc's default for both.
+_MMAP_THRESHOLD: Final = 32 << 20
+_TRIM_THRESHOLD: Final = 64 << 20
+_GLIBC_DEFAULT: Final = 128 << 10
+
+
+class ProcessState:
+    """What every part of the runtime must know about the process it runs in."""
+
+    __slots__ = ("forked",)
+
+    def __init__(self) -> None:
+        self.forked = False  # this is a forked copy of the worker process
+
+
+def set_up(fd_in: int, fd_out: int) -> None:
+    """Process-wide settings of a worker; only its boot calls this, never an import."""
+    keep_freed_memory(True)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    for fd in (fd_in, fd_out):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # not a pipe, or over the system's limit: smaller frames, same result
+    os.set_blocking(fd_in, False)
+
+
+def apply_limits(limits: dict[Any, Any]) -> bool:
+    """Resource limits the pool asks for: ``max_memory`` caps the address space, so an
+    allocation beyond it raises MemoryError instead of waking the OOM killer. Returns
+    whether the address space is capped."""
+    max_memory = limits.get("max_memory")
+    if not isinstance(max_memory, int):
+        return False
+    used = _address_space()
+    if max_memory <= used:
+        raise MemoryError(
+            f"max_memory is {max_memory} bytes, but this Python process already uses "
+            f"{used} bytes of address space"
+        )
+    resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+    return True
+
+
+def keep_freed_memory(keep: bool) -> None:
+    """Have malloc keep freed memory for the next large payload instead of handing it back
+    to the kernel after every request: a fresh page costs a fault, and a 10 MiB payload
+    touched afresh spends more time in faults than in copying (docs/performance.md).
+    Not for a worker whose address space is capped."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, _MMAP_THRESHOLD if keep else _GLIBC_DEFAULT)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, _TRIM_THRESHOLD if keep else _GLIBC_DEFAULT)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: its own defaults
+
+
+def _address_space() -> int:
+    """The process's current address space in bytes (VmSize), 0 if unknown."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def exit_forked(outcome: BaseException | None) -> NoReturn:
+    """End a forked child whose code came back into the runtime (it returned, raised or
+    yielded), with the exit status the interpreter would give it."""
+    status = 0
+    try:
+        if isinstance(outcome, SystemExit):
+            if isinstance(outcome.code, int):
+                status = outcome.code
+            elif outcome.code is not None:
+                print(outcome.code, file=sys.stderr)
+                status = 1
+        elif outcome is not None:
+            traceback.print_exception(type(outcome), outcome, outcome.__traceback__)
+            status = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status & 0xFF)
+
+
+class ForkSafeSelector(selectors.BaseSelector):
+    """The event loop's selector, which a forked child can let go of: the epoll instance
+    is shared across fork, so a child that changed it (epoll_ctl) or waited on it would
+    take events meant for the parent's loop (its reads, its self-pipe wake-ups)."""
+
+    def __init__(self) -> None:
+        self._inner: selectors.BaseSelector = selectors.DefaultSelector()
+
+    def detach_in_child(self) -> None:
+        """Start afresh; closing the child's copy of the epoll fd leaves the parent's
+        registrations alone."""
+        self._inner.close()
+        self._inner = selectors.DefaultSelector()
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        return self._inner.select(timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_key(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._inner.get_key(fileobj)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        return self._inner.get_map()

@@ -1,0 +1,389 @@
+"""Sync work on the main thread, and its interruption.
+
+The main thread runs sync requests one at a time, in arrival order: plain calls,
+``eval``/``exec``, imports and sync generators. It is the main thread so that ``signal``
+and libraries that insist on the main thread keep working. A sync generator that runs out
+of credit is *parked* (it is a suspended frame, nothing blocks) and the main thread goes
+on with other requests until Erlang grants more.
+
+User code runs inside an *interruptible window* (:meth:`SyncRunner._user`): a cancel
+raises :class:`Interrupted` in it with ``PyThreadState_SetAsyncExc``, under a lock, and a
+pending interrupt is cleared when user code returns, so it never lands in the runtime's
+own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import itertools
+import logging
+import queue
+import threading
+import types
+from collections.abc import Callable, Iterator
+from typing import Any, Final, NoReturn
+
+from . import _protocol as P
+from ._codec import Atom, EncodeError, pack, thread_packer
+from ._errors import BadName, Interrupted
+from ._jobs import CANCELLED, Job, Jobs, Pending
+from ._messages import Call, Eval, Exec, StreamCall, StreamEval
+from ._names import Resolver, compile_code, kwargs, namespace
+from ._process import ProcessState, exit_forked
+from ._stream import BATCH_ITEMS, Stream
+from ._tasks import Tasks
+from ._wire import FrameWriter
+
+# Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message:
+# big enough to pull items at C speed, small enough that Erlang decodes one chunk while
+# Python makes the next (65536 took twice as long for 100k items).
+COLLECT_CHUNK: Final = 1 << 13
+
+# Put on the main thread's queue to wake a waiter; otherwise ignored.
+_WAKE: Final = object()
+
+# int PyThreadState_SetAsyncExc(unsigned long id, PyObject *exc); exc NULL clears.
+_SetAsyncExc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)
+
+
+class SyncRunner:
+    """The main thread's queue of sync work, the code that runs it, and its interrupts."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        writer: FrameWriter,
+        jobs: Jobs,
+        tasks: Tasks,
+        resolver: Resolver,
+        main_module: types.ModuleType,
+        process: ProcessState,
+    ) -> None:
+        self._loop = loop
+        self._writer = writer
+        self._jobs = jobs
+        self._tasks = tasks
+        self._resolver = resolver
+        self._globals = main_module.__dict__
+        self._process = process
+        self._queue: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
+        self.submit = self._queue.put  # queue a job for the main thread (any thread)
+        self.main_ident = threading.get_ident()
+        # A function pointer of our own, not ctypes.pythonapi's: setting argtypes on that
+        # one would change it for every user of ctypes in the process.
+        self._set_async_exc = _SetAsyncExc(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+        self.interrupt_lock = threading.Lock()
+        self._current: Job | None = None  # the job whose user code may be interrupted
+        self._interrupt_pending = False
+
+    def after_fork_in_child(self) -> None:
+        self.interrupt_lock = threading.Lock()  # a thread that held it is not here
+
+    def run_forever(self) -> NoReturn:
+        while True:
+            item = self._queue.get()
+            if type(item) is Job:
+                self._run(item)
+            # anything else is a _WAKE nobody waits for any more
+
+    def resume(self, job: Job) -> None:
+        """Give a parked sync stream back to the main thread."""
+        self._queue.put(job)
+
+    # ------------------------------------------------------------------ interrupts
+
+    def send(self, message: list[Any]) -> None:
+        """Send a message that is no job's terminal one (logs, callbacks, erlang.send)."""
+        data = pack(message)
+        if self._current is None or threading.get_ident() != self.main_ident:
+            self._writer.send(data)
+            return
+        # Sync user code (print, erlang.send, erlang.call) where a cancel may interrupt
+        # it: an interrupt inside the writer would lose the frame and leave the writer
+        # taken for good. Hold interrupts off while writing, and raise a pending one after.
+        with self.interrupt_lock:
+            interrupted = self._interrupt_pending
+            if interrupted:
+                self._interrupt_pending = False
+                self._set_async_exc(self.main_ident, ctypes.py_object())
+            self._writer.send(data)
+        if interrupted:
+            raise Interrupted
+
+    def cancel(self, job: Job) -> tuple[bool, Pending | None]:
+        """Mark a sync job cancelled and interrupt it if its user code runs. Returns whether
+        to answer it now, and the callback it waited for (now abandoned), if any."""
+        abandoned: Pending | None = None
+        with self.interrupt_lock:
+            job.cancelled = True
+            # Still queued behind other sync work: answer now, so Erlang's grace timer
+            # does not mistake waiting for being stuck.
+            answer = not job.started
+            if job.waiting is not None:
+                # Waiting in erlpy.erlang.call(), maybe under other requests the main
+                # thread runs meanwhile: answer now too. The wait raises Interrupted once
+                # the main thread is back in it; the job's later answer is dropped.
+                abandoned = job.waiting
+                abandoned.finish(None, Interrupted())
+                answer = True
+            elif self._current is job:
+                self._interrupt_pending = True
+                self._set_async_exc(self.main_ident, ctypes.py_object(Interrupted))
+        if abandoned is not None:
+            self._queue.put(_WAKE)
+        return answer, abandoned
+
+    def wake(self) -> None:
+        """Wake the main thread if it waits for a callback (see :meth:`wait_for`)."""
+        self._queue.put(_WAKE)
+
+    def _user(self, job: Job, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run user code on the main thread where Erlang may interrupt it."""
+        with self.interrupt_lock:
+            if job.cancelled:
+                raise Interrupted
+            self._current = job
+        try:
+            value = fn(*args, **kw)
+        except BaseException as exc:
+            if self._process.forked:
+                exit_forked(exc)
+            raise
+        else:
+            if self._process.forked:
+                exit_forked(None)
+        finally:
+            self._leave_user()
+        return value
+
+    def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
+        """Run user clean-up code (a generator's ``close``), even for a cancelled job."""
+        with self.interrupt_lock:
+            self._current = job
+        try:
+            fn()
+        except BaseException as exc:
+            if self._process.forked:
+                exit_forked(exc)
+            raise
+        else:
+            if self._process.forked:
+                exit_forked(None)
+        finally:
+            self._leave_user()
+
+    def _leave_user(self) -> None:
+        # An interrupt set just before we got here may still be pending: clear it under the
+        # lock, retrying if it fires first, so it can never hit the runtime's own code.
+        while True:
+            try:
+                with self.interrupt_lock:
+                    self._current = None
+                    if self._interrupt_pending:
+                        self._interrupt_pending = False
+                        self._set_async_exc(self.main_ident, ctypes.py_object())
+                return
+            except Interrupted:
+                continue
+
+    # ------------------------------------------------------------------ callbacks
+
+    def job_to_wait(self) -> Job | None:
+        """The job whose user code calls into Erlang (None outside a job).
+
+        Raises:
+            Interrupted: it is cancelled, and maybe answered already: no new callback.
+        """
+        job = self._current
+        if job is not None and job.cancelled:
+            raise Interrupted
+        return job
+
+    def wait_for(self, job: Job | None, pending: Pending, message: list[Any]) -> None:
+        """Send a CALLBACK and wait for its reply on the main thread, which keeps running
+        sync requests meanwhile: the Erlang function may itself call into this worker
+        (re-entrancy), and Erlang may cancel ``job``."""
+        try:
+            if job is not None:
+                job.waiting = pending
+            self.send(message)
+            while not pending.done:
+                item = self._queue.get()
+                if type(item) is Job:
+                    self._run(item)
+                    with self.interrupt_lock:
+                        self._current = job
+                    if job is not None and job.cancelled:
+                        raise Interrupted
+        finally:
+            if job is not None:
+                job.waiting = None
+
+    # ------------------------------------------------------------------ requests
+
+    def _run(self, job: Job) -> None:
+        if job.iterator is not None:
+            self._pump(job)  # a parked stream got credit (or was cancelled)
+            return
+        with self.interrupt_lock:
+            if job.cancelled:
+                return  # answered by the cancel while it waited in the queue
+            job.started = True
+        request = job.request
+        try:
+            match request:  # class patterns without arguments: positional ones are slow
+                case Call():
+                    fn = job.fn or self._resolver.resolve(request.module, request.function)[0]
+                    value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
+                    self._complete(job, value)
+                case Eval():
+                    code = compile_code(request.code, "eval")
+                    value = self._user(job, eval, code, namespace(self._globals, request.locals))
+                    self._complete(job, value)
+                case Exec():
+                    code = compile_code(request.code, "exec")
+                    self._user(job, exec, code, self._globals)
+                    self._resolver.clear()
+                    self._jobs.finish(job, P.RESULT, None)
+                case StreamCall():
+                    fn = job.fn or self._resolver.resolve(request.module, request.function)[0]
+                    stream = job.stream
+                    assert stream is not None
+                    args = request.args
+                    if stream.input is not None:
+                        args = [stream.input, *args]
+                    value = self._user(job, fn, *args, **kwargs(request.kwargs))
+                    self._stream_value(job, value)
+                case StreamEval():
+                    code = compile_code(request.code, "eval")
+                    value = self._user(job, eval, code, namespace(self._globals, request.locals))
+                    self._stream_value(job, value)
+        except Interrupted:
+            self._jobs.finish(job, P.FAIL, CANCELLED)
+        except BadName as exc:
+            self._jobs.finish(job, P.FAIL, (Atom("badarg"), (Atom("invalid_name"), str(exc))))
+        except BaseException as exc:
+            self._jobs.finish(job, P.ERROR, exc)
+
+    def _complete(self, job: Job, result: Any) -> None:
+        """Reply with a sync call's result; a coroutine it returned goes to the loop."""
+        if inspect.isawaitable(result):
+            self._loop.call_soon_threadsafe(self._tasks.start_awaitable, job, result)
+            return
+        self._jobs.finish(job, P.RESULT, result)
+
+    def _stream_value(self, job: Job, value: Any) -> None:
+        if hasattr(value, "__aiter__") or inspect.isawaitable(value):
+            self._loop.call_soon_threadsafe(self._tasks.start_stream, job, value)
+            return
+        job.iterator = iter(value)
+        assert job.stream is not None
+        if job.stream.credit == 0:
+            self._collect(job)
+        else:
+            self._pump(job)
+
+    def _collect(self, job: Job) -> None:
+        """A stream the caller collects whole: no flow control, so pull items in big
+        chunks at C speed (still interruptible between items)."""
+        stream = job.stream
+        iterator = job.iterator
+        assert stream is not None and iterator is not None
+        try:
+            while True:
+                chunk = self._user(job, list, itertools.islice(iterator, COLLECT_CHUNK))
+                if stream.cancelled:
+                    raise Interrupted  # maybe answered already (cancel): send nothing more
+                if chunk:
+                    self._writer.send(*stream.data_parts(pack(chunk)))
+                if len(chunk) < COLLECT_CHUNK:
+                    break
+        except BaseException as exc:
+            self._end_stream(job, iterator, exc)
+            return
+        self._end_stream(job, iterator, None)
+
+    def _pump(self, job: Job) -> None:
+        """Run a sync stream until it ends, runs out of credit (it parks), or has produced
+        a batch while other sync work waits (it goes to the back of the queue)."""
+        stream = job.stream
+        iterator = job.iterator
+        assert stream is not None and iterator is not None
+        next_item = iterator.__next__
+        pack_item = thread_packer().pack
+        produced = 0
+        try:
+            while True:
+                if stream.cancelled:
+                    raise Interrupted
+                if stream.credit <= 0:
+                    stream.flush()
+                    if stream.park():
+                        return
+                    continue
+                if produced >= BATCH_ITEMS and not self._queue.empty():
+                    stream.flush()
+                    self._queue.put(job)
+                    return
+                count, ended = self._user(
+                    job, _produce, self._process, stream, next_item, pack_item, BATCH_ITEMS
+                )
+                produced += count
+                if ended:
+                    break
+                stream.flush()
+        except BaseException as exc:
+            self._end_stream(job, iterator, exc)
+            return
+        self._end_stream(job, iterator, None)
+
+    def _end_stream(self, job: Job, iterator: Iterator[Any], exc: BaseException | None) -> None:
+        """Close the generator first, so its `finally` has run when the owner hears the
+        end; then exactly one terminal message."""
+        job.iterator = None
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                self._user_cleanup(job, close)
+            except BaseException as close_exc:
+                logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, close_exc)
+        if isinstance(exc, Interrupted):
+            self._jobs.finish(job, P.FAIL, CANCELLED)
+        elif exc is None:
+            self._jobs.finish(job, P.DONE)
+        else:
+            self._jobs.finish(job, P.ERROR, exc)
+
+
+def _produce(
+    process: ProcessState,
+    stream: Stream,
+    next_item: Callable[[], Any],
+    pack_item: Callable[[Any], bytes],
+    limit: int,
+) -> tuple[int, bool]:
+    """Pull up to ``limit`` items from a sync generator and queue them, stopping early when
+    one must be flushed at once (returns how many, and whether the generator ended).
+
+    Runs inside the interruptible window, so the window is entered once per batch, not
+    once per item. Writing stays outside it: an interrupt must never land while holding
+    the writer. What the window does hold here is safe to drop: an interrupt only comes
+    to cancel the stream, and a cancelled stream's pending items are dropped with it.
+    """
+    count = 0
+    while True:
+        try:
+            item = next_item()
+        except StopIteration:
+            return count, True
+        if process.forked:
+            exit_forked(None)  # the generator forked: its child must not send the item
+        try:
+            data = pack_item(item)
+        except ValueError as exc:
+            raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+        count += 1
+        if stream.queue(data, on_loop=False) or count >= limit:
+            return count, False

@@ -1,0 +1,156 @@
+"""Async work on the loop thread: async functions and coroutines as tasks, and async
+generators (or coroutines that return an iterable) as streams, interleaved.
+
+The tasks are kept in a set with a done-callback, not in a TaskGroup: one job's failure
+must not cancel the others, and each task answers its own job (a task that ends in
+anything but a cancel is a bug here, not a reason to stop the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from . import _protocol as P
+from ._codec import EncodeError, pack, thread_packer
+from ._jobs import CANCELLED, Job, Jobs
+from ._names import kwargs
+from ._process import ProcessState, exit_forked
+from ._stream import BATCH_ITEMS, Stream
+
+
+class Tasks:
+    """Starts and drives the async jobs; every method runs on the loop thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, jobs: Jobs, process: ProcessState) -> None:
+        self._loop = loop
+        self._jobs = jobs
+        self._process = process
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start_call(
+        self, job: Job, fn: Callable[..., Any], args: list[Any], kw: dict[Any, Any]
+    ) -> None:
+        """Call an async function (or async generator function, for a stream)."""
+        stream = job.stream
+        if stream is not None and stream.input is not None:
+            args = [stream.input, *args]
+        try:
+            value = fn(*args, **kwargs(kw))
+        except BaseException as exc:  # a bad signature raises before any await
+            self._jobs.finish(job, P.ERROR, exc)
+            return
+        if stream is None:
+            self.start_awaitable(job, value)
+        else:
+            self.start_stream(job, value)
+
+    def start_awaitable(self, job: Job, awaitable: Any) -> None:
+        self._spawn(job, self._await_call(job, awaitable))
+
+    def start_stream(self, job: Job, value: Any) -> None:
+        self._spawn(job, self._await_stream(job, value))
+
+    def _spawn(self, job: Job, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        job.task = task
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, job))
+        if job.cancelled:
+            task.cancel()
+
+    def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not job.answered:
+            # Cancelled before it first ran: its coroutine never got to answer.
+            self._jobs.finish(job, P.FAIL, CANCELLED)
+
+    async def _await_call(self, job: Job, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            self._jobs.finish(job, P.FAIL, CANCELLED)
+            raise
+        except BaseException as exc:
+            self._jobs.finish(job, P.ERROR, exc)
+        else:
+            self._jobs.finish(job, P.RESULT, result)
+
+    async def _await_stream(self, job: Job, value: Any) -> None:
+        stream = job.stream
+        assert stream is not None
+        iterator: Any = None
+        outcome: BaseException | None = None
+        try:
+            if inspect.isawaitable(value):
+                value = await value
+            if hasattr(value, "__aiter__"):
+                iterator = aiter(value)
+                await self._drive(stream, iterator)
+            else:
+                iterator = iter(value)
+                for item in iterator:  # a coroutine that returned a plain iterable
+                    if self._process.forked:
+                        exit_forked(None)
+                    stream.push(pack(item), on_loop=True)
+                    if stream.credit <= 0 and stream.limited:
+                        await stream.wait_credit()
+                    if stream.cancelled:
+                        raise asyncio.CancelledError
+        except BaseException as exc:  # answered below, once the generator is closed
+            outcome = exc
+        if self._process.forked:
+            exit_forked(outcome)
+        # Close the generator before the terminal message, so that when the owner hears
+        # the stream ended its `finally` blocks have run.
+        try:
+            await self._close(job, iterator)
+        finally:
+            if outcome is None:
+                self._jobs.finish(job, P.DONE)
+            elif isinstance(outcome, asyncio.CancelledError):
+                self._jobs.finish(job, P.FAIL, CANCELLED)
+            else:
+                self._jobs.finish(job, P.ERROR, outcome)
+        if isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+
+    async def _close(self, job: Job, iterator: Any) -> None:
+        try:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            else:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the stream is over: report and move on
+            logging.getLogger("erlpy").warning("closing stream %s: %r", job.id, exc)
+
+    async def _drive(self, stream: Stream, iterator: AsyncIterator[Any]) -> None:
+        pack_item = thread_packer().pack
+        since_yield = 0
+        async for item in iterator:
+            if self._process.forked:
+                exit_forked(None)  # the generator forked: its child must not send
+            try:
+                data = pack_item(item)
+            except ValueError as exc:
+                raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+            stream.push(data, on_loop=True)
+            if stream.credit <= 0 and stream.limited:
+                await stream.wait_credit()
+                since_yield = 0
+            if stream.cancelled:
+                raise asyncio.CancelledError
+            since_yield += 1
+            if since_yield >= BATCH_ITEMS:
+                # A generator that never awaits would starve the loop: let control in.
+                since_yield = 0
+                await asyncio.sleep(0)

@@ -1,0 +1,153 @@
+"""The runtime's parts on their own, without a worker process: typed messages, the one
+terminal message per job, and async jobs that are cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from erlpy import _protocol as P
+from erlpy._codec import Atom, new_unpacker
+from erlpy._jobs import CANCELLED, Job, Jobs
+from erlpy._messages import Call, Cancel, Credit, Setup, StreamCall, decode
+from erlpy._process import ProcessState
+from erlpy._stream import Stream
+from erlpy._tasks import Tasks
+from erlpy._wire import FrameWriter
+
+
+class Pipe:
+    """A FrameWriter on a pipe, and the messages that came out of it."""
+
+    def __init__(self) -> None:
+        self.r, w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.writer = FrameWriter(w)
+
+    def messages(self) -> list[list[Any]]:
+        try:
+            data = os.read(self.r, 1 << 20)
+        except BlockingIOError:
+            return []
+        found = []
+        while data:
+            size = int.from_bytes(data[:4], "big")
+            unpacker = new_unpacker()
+            unpacker.feed(data[4 : 4 + size])
+            found.extend(unpacker)
+            data = data[4 + size :]
+        return found
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.writer.fd)
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    p = Pipe()
+    yield p
+    p.close()
+
+
+def test_messages_decode_by_kind() -> None:
+    assert decode([P.CALL, 7, "m", "f", [1], {}]) == Call(7, "m", "f", [1], {})
+    assert decode([P.STREAM_CALL, 7, "m", "f", [], {}, 0, True]) == StreamCall(
+        7, "m", "f", [], {}, 0, True
+    )
+    assert decode([P.CANCEL, 7]) == Cancel(7)
+    assert decode([P.CREDIT, 7, 32]) == Credit(7, 32)
+    assert decode([P.SETUP, 1, None, {}]) == Setup(1, None, {})
+    assert decode([P.CALL, 7, "m", "f", [1], {}, "more"]) == Call(7, "m", "f", [1], {})
+    assert decode([42, 7]) is None
+    with pytest.raises(IndexError):
+        decode([P.CALL, 7])
+
+
+def test_a_job_gets_one_terminal_message(pipe: Pipe) -> None:
+    jobs = Jobs(pipe.writer, ProcessState())
+    job = Job(3, None)
+    jobs.table[3] = job
+    jobs.finish(job, P.FAIL, CANCELLED)
+    jobs.finish(job, P.RESULT, "late")
+    jobs.finish(job, P.ERROR, ValueError("late"))
+    jobs.finish(job, P.DONE)
+    assert pipe.messages() == [[P.FAIL, 3, Atom("cancelled")]]
+    assert jobs.table == {}
+
+
+def test_a_result_that_cannot_travel_is_an_error(pipe: Pipe) -> None:
+    jobs = Jobs(pipe.writer, ProcessState())
+    jobs.finish(Job(4, None), P.RESULT, object())
+    [[kind, job_id, type_name, *_]] = pipe.messages()
+    assert (kind, job_id, type_name) == (P.ERROR, 4, "erlpy.EncodeError")
+
+
+def _tasks(pipe: Pipe) -> tuple[asyncio.AbstractEventLoop, Jobs, Tasks]:
+    loop = asyncio.new_event_loop()
+    jobs = Jobs(pipe.writer, ProcessState())
+    return loop, jobs, Tasks(loop, jobs, ProcessState())
+
+
+def test_a_cancelled_async_call_is_answered_then_ends_cancelled(pipe: Pipe) -> None:
+    loop, _, tasks = _tasks(pipe)
+    job = Job(5, None)
+    try:
+        tasks.start_awaitable(job, asyncio.sleep(30))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert job.task is not None
+        job.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(job.task)
+        assert job.task.cancelled()  # the CancelledError went on up, once answered
+        assert pipe.messages() == [[P.FAIL, 5, Atom("cancelled")]]
+    finally:
+        loop.close()
+
+
+def test_a_cancelled_async_stream_closes_its_generator_first(pipe: Pipe) -> None:
+    loop, _, tasks = _tasks(pipe)
+    job = Job(6, None)
+    job.stream = Stream(loop, pipe.writer, 6, credit=10, resume=lambda: None)
+    closed = []
+
+    async def numbers() -> Any:
+        try:
+            for i in range(3):
+                yield i
+            await asyncio.sleep(30)
+        finally:
+            closed.append(pipe.messages())  # what Erlang had heard when it closed
+
+    try:
+        tasks.start_stream(job, numbers())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert job.task is not None
+        job.stream.cancel()
+        job.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(job.task)
+        assert job.task.cancelled()
+        assert [m[0] for m in closed[0]] == [P.DATA, P.DATA]  # no terminal message yet
+        assert pipe.messages() == [[P.FAIL, 6, Atom("cancelled")]]
+    finally:
+        loop.close()
+
+
+def test_an_async_job_cancelled_before_it_ran_is_answered(pipe: Pipe) -> None:
+    loop, _, tasks = _tasks(pipe)
+    job = Job(7, None)
+    job.cancelled = True
+    try:
+        tasks.start_awaitable(job, loop.create_future())
+        assert job.task is not None
+        with pytest.raises(asyncio.CancelledError):
+            loop.run_until_complete(job.task)
+        loop.run_until_complete(asyncio.sleep(0))  # the done-callback
+        assert pipe.messages() == [[P.FAIL, 7, Atom("cancelled")]]
+    finally:
+        loop.close()
