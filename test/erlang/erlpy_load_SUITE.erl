@@ -232,8 +232,9 @@ check_stream(Token, {Terminal, Items}, N) ->
 %% It also notes the worker processes (Erlang) it sees: a Python crash is handled inside
 %% its worker, so the set should not grow.
 chaos(Interval) ->
-    spawn_link(fun() -> chaos_loop(Interval, 0, worker_pids()) end).
+    spawn_link(fun() -> chaos_loop(Interval, [], worker_pids()) end).
 
+%% Kills: the os pids of the Pythons killed.
 chaos_loop(Interval, Kills, Seen) ->
     receive
         {stop, From} -> From ! {kills, Kills, Seen}
@@ -247,7 +248,7 @@ chaos_loop(Interval, Kills, Seen) ->
             _ ->
                 Victim = lists:nth(rand:uniform(length(Ready)), Ready),
                 _ = os:cmd("kill -9 " ++ integer_to_list(Victim)),
-                chaos_loop(Interval, Kills + 1, Seen1)
+                chaos_loop(Interval, [Victim | Kills], Seen1)
         end
     end.
 
@@ -255,9 +256,14 @@ chaos_loop(Interval, Kills, Seen) ->
 stop_chaos(Chaos) ->
     Chaos ! {stop, self()},
     receive
-        {kills, K, Seen} ->
+        {kills, Killed, Seen} ->
             unlink(Chaos),
-            {K, lists:usort(Seen ++ worker_pids())}
+            %% The workers notice a kill a little later: wait until every killed Python
+            %% has been replaced, so that what follows meets no dying one.
+            ok = erlpy_test:wait_until(
+                   fun() -> [O || #{os_pid := O} <- workers(), lists:member(O, Killed)] =:= [] end,
+                   10000),
+            {length(Killed), lists:usort(Seen ++ worker_pids())}
     after 10000 -> error(chaos_stuck)
     end.
 
