@@ -5,6 +5,8 @@
 # (erlang/src) with Mix's own Erlang compiler and takes everything about the application
 # (version, description, mod, env, registered, applications) and the package metadata
 # (licenses, links, files) from erlang/src/erlpy.app.src, so they live in one place.
+# The Elixir API (the `Erlpy` module, docs/elixir.md) is in elixir/lib, which only this
+# file compiles: rebar3 never looks there, so Erlang users get exactly what they had.
 # The application's priv directory is priv/, whose `python` link holds the Python
 # package the workers run; the `erlpy_priv` step below copies it, links followed, when
 # the build is embedded (a link would dangle there). `mix release` copies it too.
@@ -23,17 +25,31 @@ defmodule Erlpy.MixProject do
       elixir: "~> 1.12",
       description: to_string(@props[:description]),
       package: package(),
-      language: :erlang,
+      # :elixir: the application built here holds Elixir modules, so it needs :elixir.
+      language: :elixir,
       erlc_paths: ["erlang/src"],
       erlc_include_path: "erlang/src",
       erlc_options: [:debug_info],
-      compilers: [:erlang, :app, :erlpy_priv],
+      elixirc_paths: ["elixir/lib"],
+      compilers: [:erlang, :elixir, :app, :erlpy_priv],
       deps: [],
       # Used only when this checkout itself runs Mix (its ExUnit suite, `mix test`);
       # a project depending on erlpy builds it into its own _build. rebar3 owns
       # _build/default and _build/test, so Mix keeps to _build/mix.
       build_path: "_build/mix",
       test_paths: ["test/elixir"],
+      # For ExDoc, where it is installed (`mix docs`); erlpy itself depends on nothing.
+      name: "erlpy",
+      docs: [
+        main: "Erlpy",
+        extras: [
+          "README.md"
+          | Enum.map(
+              Path.wildcard(Path.join(__DIR__, "docs/*.md")),
+              &Path.relative_to(&1, __DIR__)
+            )
+        ]
+      ],
       aliases: [test: "test --no-start"]
     ]
   end
@@ -53,7 +69,8 @@ defmodule Erlpy.MixProject do
       name: "erlpy",
       licenses: Enum.map(@props[:licenses], &to_string/1),
       links: Map.new(@props[:links], fn {k, v} -> {to_string(k), to_string(v)} end),
-      files: Enum.map(@props[:files], &to_string/1),
+      # erlpy.app.src lists the files of the Erlang build; Mix adds the Elixir sources.
+      files: Enum.map(@props[:files], &to_string/1) ++ ["elixir/lib"],
       build_tools: Enum.map(@props[:build_tools], &to_string/1)
     ]
   end

@@ -43,8 +43,12 @@ defmodule Erlpy.MixAppTest do
     {:ok, [{:application, :erlpy, source}]} =
       :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
 
-    for key <- [:vsn, :description, :mod, :env, :registered, :applications],
+    for key <- [:vsn, :description, :mod, :env, :registered],
         do: assert(built[key] == source[key])
+
+    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too, so it needs :elixir.
+    assert built[:applications] == source[:applications] ++ [:elixir]
+    assert :"Elixir.Erlpy" in built[:modules]
 
     assert File.regular?(Path.join(lib, "priv/python/erlpy/_boot.py"))
 
@@ -98,13 +102,15 @@ defmodule Erlpy.MixAppTest do
     assert config[:description] == to_string(props[:description])
     assert package[:licenses] == Enum.map(props[:licenses], &to_string/1)
     assert package[:licenses] == ["Apache-2.0"]
-    assert package[:files] == Enum.map(props[:files], &to_string/1)
+    # The files of erlpy.app.src, plus the Elixir API that only Mix builds.
+    assert package[:files] == Enum.map(props[:files], &to_string/1) ++ ["elixir/lib"]
     assert package[:build_tools] == ["rebar3", "mix"]
     assert File.regular?(Path.join(root(), "LICENSE"))
 
     for file <- package[:files], do: assert(File.exists?(Path.join(root(), file)), file)
 
     for needed <- ~w(erlang/src/py.erl erlang/src/erlpy.app.src python/erlpy/_boot.py priv/python
+                     elixir/lib/erlpy.ex
                      rebar.config mix.exs README.md LICENSE) do
       assert Enum.any?(package[:files], &(&1 == needed or String.starts_with?(needed, &1 <> "/"))),
              "#{needed} is not in the package's files"
