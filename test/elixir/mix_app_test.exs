@@ -1,5 +1,6 @@
 defmodule Erlpy.MixAppTest do
-  # A Mix project that depends on erlpy (test/elixir/mix_app, by path, also as a
+  # A Mix project that depends on erlpy and uses its Elixir API, Erlpy
+  # (test/elixir/mix_app, by path, also as a
   # `mix release`; and a git dependency on a snapshot of this checkout) compiles and runs
   # offline: fresh
   # MIX_HOME, no Hex, no rebar3, network closed. Its _build is removed first, so every
@@ -15,11 +16,13 @@ defmodule Erlpy.MixAppTest do
   @expected ~S"""
   %{
     children: [erlpy_pool: :mix_app],
+    first_words: ["one", "two"],
     greet: {:ok, "Hello, Ada?"},
     json: {:ok, "{\n  \"a\": 1\n}"},
     none_default: {:ok, nil},
     none_pool: {:ok, nil},
     priv: true,
+    raised: "ValueError",
     words: {:ok, ["streamed", "from", "Python"]}
   }
   """
@@ -83,7 +86,12 @@ defmodule Erlpy.MixAppTest do
 
     try do
       assert {0, _, _} = sh("#{shq(bin)} daemon", cd: tmp, tmp: tmp, env: env)
-      wait_until(fn -> match?({0, _, _}, sh("#{shq(bin)} pid", cd: tmp, tmp: tmp, env: env)) end, 30_000)
+
+      wait_until(
+        fn -> match?({0, _, _}, sh("#{shq(bin)} pid", cd: tmp, tmp: tmp, env: env)) end,
+        30_000
+      )
+
       expected = @expected
 
       assert {0, ^expected, _} =
@@ -112,7 +120,10 @@ defmodule Erlpy.MixAppTest do
     for needed <- ~w(erlang/src/py.erl erlang/src/erlpy.app.src python/erlpy/_boot.py priv/python
                      elixir/lib/erlpy.ex
                      rebar.config mix.exs README.md LICENSE) do
-      assert Enum.any?(package[:files], &(&1 == needed or String.starts_with?(needed, &1 <> "/"))),
+      assert Enum.any?(
+               package[:files],
+               &(&1 == needed or String.starts_with?(needed, &1 <> "/"))
+             ),
              "#{needed} is not in the package's files"
     end
   end
@@ -150,7 +161,7 @@ defmodule Erlpy.MixAppTest do
     assert {0, _, _} = sh("mix deps.get", cd: app, tmp: tmp)
 
     assert {0, out, _} =
-             sh(~S"mix run -e 'IO.inspect({:py.call(:math, :sqrt, [16]), :py.eval(\"None\")})'",
+             sh(~S"mix run -e 'IO.inspect({:py.call(:math, :sqrt, [16]), Erlpy.eval(\"None\")})'",
                cd: app,
                tmp: tmp
              )
