@@ -25,8 +25,10 @@ defmodule Erlpy.MixProject do
       elixir: "~> 1.12",
       description: to_string(@props[:description]),
       package: package(),
-      # :elixir: the application built here holds Elixir modules, so it needs :elixir.
-      language: :elixir,
+      # The Elixir modules need :elixir only when Elixir code calls them, and Elixir code
+      # runs with :elixir; Erlang code using this build (an escript, `erl -eval`) must
+      # not need it. So the application's dependencies stay those of erlpy.app.src.
+      language: :erlang,
       erlc_paths: ["erlang/src"],
       erlc_include_path: "erlang/src",
       erlc_options: [:debug_info],

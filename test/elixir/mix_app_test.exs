@@ -46,11 +46,10 @@ defmodule Erlpy.MixAppTest do
     {:ok, [{:application, :erlpy, source}]} =
       :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
 
-    for key <- [:vsn, :description, :mod, :env, :registered],
+    for key <- [:vsn, :description, :mod, :env, :registered, :applications],
         do: assert(built[key] == source[key])
 
-    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too, so it needs :elixir.
-    assert built[:applications] == source[:applications] ++ [:elixir]
+    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too.
     assert :"Elixir.Erlpy" in built[:modules]
 
     assert File.regular?(Path.join(lib, "priv/python/erlpy/_boot.py"))
