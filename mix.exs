@@ -25,9 +25,9 @@ defmodule Erlpy.MixProject do
       elixir: "~> 1.12",
       description: to_string(@props[:description]),
       package: package(),
-      # The Elixir modules need :elixir only when Elixir code calls them, and Elixir code
-      # runs with :elixir; Erlang code using this build (an escript, `erl -eval`) must
-      # not need it. So the application's dependencies stay those of erlpy.app.src.
+      # The Elixir API needs :elixir only when Elixir code calls it, which runs with
+      # :elixir anyway; Erlang code using this build (an escript, `erl -eval`) must not
+      # need it. So :elixir is an optional application (see application/0).
       language: :erlang,
       erlc_paths: ["erlang/src"],
       erlc_include_path: "erlang/src",
@@ -62,7 +62,9 @@ defmodule Erlpy.MixProject do
       registered: Keyword.get(@props, :registered, []),
       mod: @props[:mod],
       env: Keyword.get(@props, :env, []),
-      extra_applications: Keyword.get(@props, :applications, []) -- [:kernel, :stdlib]
+      # :elixir, optional: the Elixir API calls it, Erlang users may not have it.
+      extra_applications:
+        (Keyword.get(@props, :applications, []) -- [:kernel, :stdlib]) ++ [elixir: :optional]
     ]
   end
 

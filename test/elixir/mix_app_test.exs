@@ -46,11 +46,16 @@ defmodule Erlpy.MixAppTest do
     {:ok, [{:application, :erlpy, source}]} =
       :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
 
-    for key <- [:vsn, :description, :mod, :env, :registered, :applications],
+    for key <- [:vsn, :description, :mod, :env, :registered],
         do: assert(built[key] == source[key])
 
-    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too.
+    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too, for which :elixir is at
+    # most an optional application: Erlang code can start this build without Elixir.
     assert :"Elixir.Erlpy" in built[:modules]
+    assert built[:applications] -- [:elixir] == source[:applications]
+
+    if :elixir in built[:applications],
+      do: assert(:elixir in Keyword.get(built, :optional_applications, []))
 
     assert File.regular?(Path.join(lib, "priv/python/erlpy/_boot.py"))
 
