@@ -198,6 +198,34 @@ defmodule Erlpy.LazyStreamTest do
       no_stream_messages_left()
     end
 
+    test "pool: and timeout: (to start) for stream and stream_eval" do
+      init = "def erlpy_which():\n    yield 'erlpy_stream_pool'"
+      {:ok, _} = Erlpy.start_pool(:erlpy_stream_pool, size: 1, init: init)
+
+      try do
+        assert ["erlpy_stream_pool"] =
+                 Erlpy.stream(:__main__, :erlpy_which, [],
+                   pool: :erlpy_stream_pool,
+                   timeout: 5_000
+                 )
+                 |> Enum.to_list()
+
+        assert ["erlpy_stream_pool"] =
+                 Erlpy.stream_eval("erlpy_which()", %{}, pool: :erlpy_stream_pool, timeout: 5_000)
+                 |> Enum.to_list()
+
+        # Not on the default pool.
+        assert_raise Erlpy.PythonError, ~r/^NameError/, fn ->
+          Erlpy.stream_eval("erlpy_which()") |> Enum.to_list()
+        end
+      after
+        :ok = Erlpy.stop_pool(:erlpy_stream_pool)
+      end
+
+      assert %Erlpy.Error{reason: {:bad_option, {:timeout, -1}}} =
+               catch_error(Erlpy.stream(:builtins, :range, [3], timeout: -1) |> Enum.to_list())
+    end
+
     test "options of the wrong shape raise ArgumentError at once" do
       assert_raise ArgumentError, ~r/no :owner option/, fn ->
         Erlpy.stream(:builtins, :range, [3], owner: self())

@@ -251,6 +251,28 @@ defmodule Erlpy.ApiTest do
       assert {:done, ["BYE!"]} = collect(ref)
     end
 
+    test "idle_timeout: and timeout:" do
+      :ok =
+        Erlpy.exec("""
+        async def erlpy_api_stalls():
+            yield 'first'
+            await asyncio.sleep(60)
+        """)
+
+      assert {:ok, ref} =
+               Erlpy.start_stream(:__main__, :erlpy_api_stalls, [],
+                 idle_timeout: 100,
+                 timeout: 5_000
+               )
+
+      assert {{:error, :timeout}, ["first"]} = collect(ref)
+
+      assert {:error, %Erlpy.Error{reason: {:bad_option, {:idle_timeout, 0}}}} =
+               Erlpy.start_stream(:__main__, :erlpy_api_stalls, [], idle_timeout: 0)
+
+      assert_raise ArgumentError, fn -> Erlpy.start_stream(:builtins, :range, [1], %{}) end
+    end
+
     test "a stream reference of the wrong type raises, as in :py" do
       assert_raise ArgumentError, fn -> Erlpy.cancel(:not_a_ref) end
       assert_raise ArgumentError, fn -> Erlpy.ack(make_ref(), 0) end
