@@ -33,7 +33,7 @@ defmodule Erlpy.MixProject do
       erlc_include_path: "erlang/src",
       erlc_options: [:debug_info],
       elixirc_paths: ["elixir/lib"],
-      compilers: [:erlang, :elixir, :app, :erlpy_priv],
+      compilers: [:erlang, :elixir, :app, :erlpy_priv, :erlpy_docs],
       deps: [],
       # Used only when this checkout itself runs Mix (its ExUnit suite, `mix test`);
       # a project depending on erlpy builds it into its own _build. rebar3 owns
@@ -100,6 +100,40 @@ defmodule Mix.Tasks.Compile.ErlpyPriv do
       File.cp_r!(source, target, dereference_symlinks: true)
     else
       Mix.Utils.symlink_or_copy(source, target)
+    end
+
+    :noop
+  end
+end
+
+defmodule Mix.Tasks.Compile.ErlpyDocs do
+  @moduledoc false
+  # The EDoc of `py` as a documentation chunk (doc/chunks/py.chunk in the build, where
+  # Code.fetch_docs/1 looks), so that `h :py.call` works in IEx as `h Erlpy.call` does:
+  # OTP 25 has no -doc attributes. Best effort: without EDoc, `py` has no docs in IEx.
+  use Mix.Task.Compiler
+
+  @root __DIR__
+
+  @impl true
+  def run(_args) do
+    source = Path.join(@root, "erlang/src/py.erl")
+    dir = Path.join(Mix.Project.app_path(), "doc")
+
+    if Mix.Utils.stale?([source], [Path.join(dir, "chunks/py.chunk")]) do
+      opts = [
+        doclet: :edoc_doclet_chunks,
+        layout: :edoc_layout_chunks,
+        dir: to_charlist(dir),
+        preprocess: true,
+        includes: [to_charlist(Path.join(@root, "erlang/src"))]
+      ]
+
+      try do
+        :edoc.files([to_charlist(source)], opts)
+      catch
+        _, _ -> :ok
+      end
     end
 
     :noop

@@ -450,6 +450,11 @@ defmodule Erlpy.ApiTest do
       end
     end
 
+    test "the Mix build carries the EDoc of :py as a chunk, so h :py.call works too" do
+      assert {:docs_v1, _, :erlang, _, _, _, docs} = Code.fetch_docs(:py)
+      assert {_, _, _, %{"en" => _}, _} = List.keyfind(docs, {:function, :call, 3}, 0)
+    end
+
     test "every public function has a typespec" do
       {:ok, specs} = Code.Typespec.fetch_specs(Erlpy)
       specced = for {{name, arity}, _} <- specs, do: {name, arity}
