@@ -20,7 +20,8 @@ defmodule Erlpy do
 
   ## Options
 
-  Every function takes its options as a keyword list, last:
+  Calls and streams take their options as a keyword list, last (pools take the pool
+  options of docs/pools.md, as a keyword list or a map):
 
     * `:pool` - the pool: an atom (default `:default`), `{pool, node}` for a pool on
       another node, or `{:cluster, pool}`
