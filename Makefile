@@ -66,7 +66,7 @@ test-ct:
 test-elixir:
 	@echo "==> ExUnit"
 	@mkdir -p _build; LC_ALL=C.UTF-8 MIX_ENV=test HEX_OFFLINE=1 mix test 2>&1 | $(PLAIN) | tee _build/exunit.log \
-	  | grep -aE "^[0-9]+ tests?, [0-9]+ failures?|^ +[0-9]+\) test |^\*\* \(" | cut -c1-200 | tail -n 20; \
+	  | grep -aE "^([0-9]+ doctests?, )?[0-9]+ tests?, [0-9]+ failures?|^ +[0-9]+\) test |^\*\* \(" | cut -c1-200 | tail -n 20; \
 	  test $${PIPESTATUS[0]} = 0
 
 test-python:

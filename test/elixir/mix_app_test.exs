@@ -1,5 +1,6 @@
 defmodule Erlpy.MixAppTest do
-  # A Mix project that depends on erlpy (test/elixir/mix_app, by path, also as a
+  # A Mix project that depends on erlpy and uses its Elixir API, Erlpy
+  # (test/elixir/mix_app, by path, also as a
   # `mix release`; and a git dependency on a snapshot of this checkout) compiles and runs
   # offline: fresh
   # MIX_HOME, no Hex, no rebar3, network closed. Its _build is removed first, so every
@@ -15,11 +16,13 @@ defmodule Erlpy.MixAppTest do
   @expected ~S"""
   %{
     children: [erlpy_pool: :mix_app],
+    first_words: ["one", "two"],
     greet: {:ok, "Hello, Ada?"},
     json: {:ok, "{\n  \"a\": 1\n}"},
     none_default: {:ok, nil},
     none_pool: {:ok, nil},
     priv: true,
+    raised: "ValueError",
     words: {:ok, ["streamed", "from", "Python"]}
   }
   """
@@ -43,8 +46,16 @@ defmodule Erlpy.MixAppTest do
     {:ok, [{:application, :erlpy, source}]} =
       :file.consult(Path.join(root(), "erlang/src/erlpy.app.src"))
 
-    for key <- [:vsn, :description, :mod, :env, :registered, :applications],
+    for key <- [:vsn, :description, :mod, :env, :registered],
         do: assert(built[key] == source[key])
+
+    # Built by Mix, erlpy holds the Elixir API (elixir/lib) too, for which :elixir is at
+    # most an optional application: Erlang code can start this build without Elixir.
+    assert :"Elixir.Erlpy" in built[:modules]
+    assert built[:applications] -- [:elixir] == source[:applications]
+
+    if :elixir in built[:applications],
+      do: assert(:elixir in Keyword.get(built, :optional_applications, []))
 
     assert File.regular?(Path.join(lib, "priv/python/erlpy/_boot.py"))
 
@@ -79,7 +90,12 @@ defmodule Erlpy.MixAppTest do
 
     try do
       assert {0, _, _} = sh("#{shq(bin)} daemon", cd: tmp, tmp: tmp, env: env)
-      wait_until(fn -> match?({0, _, _}, sh("#{shq(bin)} pid", cd: tmp, tmp: tmp, env: env)) end, 30_000)
+
+      wait_until(
+        fn -> match?({0, _, _}, sh("#{shq(bin)} pid", cd: tmp, tmp: tmp, env: env)) end,
+        30_000
+      )
+
       expected = @expected
 
       assert {0, ^expected, _} =
@@ -98,15 +114,20 @@ defmodule Erlpy.MixAppTest do
     assert config[:description] == to_string(props[:description])
     assert package[:licenses] == Enum.map(props[:licenses], &to_string/1)
     assert package[:licenses] == ["Apache-2.0"]
-    assert package[:files] == Enum.map(props[:files], &to_string/1)
+    # The files of erlpy.app.src, plus the Elixir API that only Mix builds.
+    assert package[:files] == Enum.map(props[:files], &to_string/1) ++ ["elixir/lib"]
     assert package[:build_tools] == ["rebar3", "mix"]
     assert File.regular?(Path.join(root(), "LICENSE"))
 
     for file <- package[:files], do: assert(File.exists?(Path.join(root(), file)), file)
 
     for needed <- ~w(erlang/src/py.erl erlang/src/erlpy.app.src python/erlpy/_boot.py priv/python
+                     elixir/lib/erlpy.ex
                      rebar.config mix.exs README.md LICENSE) do
-      assert Enum.any?(package[:files], &(&1 == needed or String.starts_with?(needed, &1 <> "/"))),
+      assert Enum.any?(
+               package[:files],
+               &(&1 == needed or String.starts_with?(needed, &1 <> "/"))
+             ),
              "#{needed} is not in the package's files"
     end
   end
@@ -144,7 +165,7 @@ defmodule Erlpy.MixAppTest do
     assert {0, _, _} = sh("mix deps.get", cd: app, tmp: tmp)
 
     assert {0, out, _} =
-             sh(~S"mix run -e 'IO.inspect({:py.call(:math, :sqrt, [16]), :py.eval(\"None\")})'",
+             sh(~S"mix run -e 'IO.inspect({:py.call(:math, :sqrt, [16]), Erlpy.eval(\"None\")})'",
                cd: app,
                tmp: tmp
              )

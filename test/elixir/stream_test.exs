@@ -1,7 +1,7 @@
 defmodule Erlpy.StreamTest do
   # :py.stream_start from Elixir: events go to an Elixir process (the caller, a spawned
-  # collector, a GenServer), windows, cancellation. The Stream.resource recipe is in
-  # docs/elixir.md (run by docs_test.exs).
+  # collector, a GenServer), windows, cancellation. The lazy streams of the Elixir API
+  # (Erlpy.stream/4, built on it) are tested in erlpy_stream_test.exs.
   use ExUnit.Case, async: false
 
   import ErlpyCase

@@ -35,7 +35,8 @@ defmodule Erlpy.SupervisorTest do
     Process.flag(:trap_exit, true)
 
     assert {:error,
-            {:shutdown, {:failed_to_start_child, {:erlpy_pool, :ex_bad}, {:bad_option, {:sise, 2}}}}} =
+            {:shutdown,
+             {:failed_to_start_child, {:erlpy_pool, :ex_bad}, {:bad_option, {:sise, 2}}}}} =
              Supervisor.start_link([{:py, name: :ex_bad, sise: 2}], strategy: :one_for_one)
   end
 

@@ -1,0 +1,610 @@
+defmodule Erlpy do
+  @default_window 64
+  @close_timeout 5_000
+
+  @moduledoc """
+  Run Python from Elixir: call it, evaluate it, and stream from it, on pools of Python
+  worker processes.
+
+      iex> Erlpy.call(:math, :sqrt, [16])
+      {:ok, 4.0}
+      iex> Erlpy.call!(:json, :dumps, [%{a: 1}], kwargs: [indent: 2])
+      "{\\n  \\"a\\": 1\\n}"
+      iex> Erlpy.eval!("x * y", %{x: 6, y: 7})
+      42
+      iex> Erlpy.stream(:itertools, :count, [10]) |> Enum.take(3)
+      [10, 11, 12]
+
+  `Erlpy` is the Elixir face of the Erlang module `:py`, and every function here runs the
+  `:py` function of the same purpose (docs/elixir.md shows both).
+
+  ## Options
+
+  Calls and streams take their options as a keyword list, last (pools take the pool
+  options of docs/pools.md, as a keyword list or a map):
+
+    * `:pool` - the pool: an atom (default `:default`), `{pool, node}` for a pool on
+      another node, or `{:cluster, pool}`
+    * `:timeout` - milliseconds or `:infinity` (default 30 000); for streams, the time to
+      start the stream
+    * `:kwargs` - Python keyword arguments, a map or a keyword list (`call/4`, the
+      streams)
+    * any other option of the `:py` function underneath, which checks them all: an
+      unknown option is `{:error, %Erlpy.Error{reason: {:bad_option, {key, value}}}}`,
+      never silently ignored
+
+  Python keyword arguments never mix with options: `Erlpy.call(:m, :f, [1], pool: :ml)`
+  runs on the pool `:ml`, and `kwargs: [pool: :ml]` is how Python would get `pool`.
+
+  ## Results and errors
+
+  `call/4`, `eval/3` and the other non-bang functions return `{:ok, value}` (`:ok` for
+  `exec/2`) or `{:error, exception}`: an `Erlpy.PythonError` (with `type`, `message`,
+  `traceback`) when Python raised, an `Erlpy.Error` (with the `:py` `reason`, such as
+  `:timeout`) for anything else. The bang functions return the value or raise that
+  exception. Arguments of the wrong shape for this module (options that are not a
+  keyword list, locals that are not a map) raise `ArgumentError`.
+
+  ## Streams
+
+  `stream/4` and `stream_eval/3` return a lazy `Stream`: the Python generator starts
+  when the stream is enumerated, in the process that enumerates it, runs at most
+  `:window` items (default #{@default_window}) ahead of the consumer, and is cancelled when the
+  consumer halts (`Enum.take/2`), raises, or dies; its `finally` blocks have run when
+  `Enum.take/2` returns. `start_stream/4` is the message-based form.
+  """
+
+  @typedoc "A Python module or function name: an atom or a string (dotted names work)."
+  @type name :: atom() | String.t()
+
+  @typedoc "A pool: a local pool's name, `{name, node}`, or `{:cluster, name}`."
+  @type pool :: atom() | {atom(), node()} | {:cluster, atom()}
+
+  @typedoc "Python code: a string (or other chardata)."
+  @type code :: String.t() | IO.chardata()
+
+  @typedoc "Python keyword arguments or local variables, keyed by atoms or strings."
+  @type kwargs :: %{optional(atom() | String.t()) => term()} | keyword()
+
+  @typedoc "The exception of a failed request."
+  @type exception :: Erlpy.PythonError.t() | Erlpy.Error.t()
+
+  @typedoc "An option of a call (`call/4`, `eval/3`, `exec/2`)."
+  @type call_option ::
+          {:pool, pool()} | {:timeout, timeout()} | {:kwargs, kwargs()} | {atom(), term()}
+
+  @typedoc "An option of `stream/4` and `stream_eval/3`."
+  @type stream_option ::
+          {:window, pos_integer()}
+          | {:close_timeout, timeout()}
+          | {:idle_timeout, pos_integer() | :infinity}
+          | call_option()
+
+  @typedoc "An option of `start_stream/4`."
+  @type start_option ::
+          {:owner, pid()}
+          | {:window, pos_integer()}
+          | {:input, boolean()}
+          | {:idle_timeout, pos_integer() | :infinity}
+          | call_option()
+
+  @typedoc "A stream reference (`start_stream/4`)."
+  @type stream_ref :: reference()
+
+  ## Calls
+
+  @doc """
+  Calls `module.function(*args, **kwargs)` in Python.
+
+  Options: `:kwargs` (a map or keyword list), `:pool`, `:timeout`, and the other options
+  of `:py.call/5` (see the moduledoc).
+
+      iex> Erlpy.call(:math, :sqrt, [16])
+      {:ok, 4.0}
+      iex> Erlpy.call(:builtins, :sorted, [[2, 3, 1]], kwargs: [reverse: true], timeout: 5_000)
+      {:ok, [3, 2, 1]}
+      iex> {:error, %Erlpy.PythonError{type: "ValueError"}} = Erlpy.call(:math, :sqrt, [-1])
+      iex> Erlpy.call(:math, :sqrt, [4], pool: :no_such_pool)
+      {:error, %Erlpy.Error{reason: {:no_pool, :no_such_pool}}}
+  """
+  @spec call(name(), name(), list(), [call_option()]) :: {:ok, term()} | {:error, exception()}
+  def call(module, function, args \\ [], opts \\ []) do
+    {kwargs, opts} = pop_kwargs(opts, :call)
+    result(:py.call(module, function, args, kwargs, opts))
+  end
+
+  @doc """
+  Like `call/4`, but returns the value or raises the exception.
+
+      iex> Erlpy.call!(:operator, :add, [1, 2])
+      3
+  """
+  @spec call!(name(), name(), list(), [call_option()]) :: term()
+  def call!(module, function, args \\ [], opts \\ []),
+    do: unwrap!(call(module, function, args, opts))
+
+  @doc """
+  Evaluates a Python expression, with `locals` (a map keyed by atoms or strings) as
+  variables. Options: `:pool`, `:timeout` and the other options of `:py.eval/3`.
+
+      iex> Erlpy.eval("1 + 1")
+      {:ok, 2}
+      iex> Erlpy.eval("[v * v for v in xs]", %{xs: [1, 2, 3]})
+      {:ok, [1, 4, 9]}
+      iex> Erlpy.eval("None", %{}, timeout: 1_000)
+      {:ok, nil}
+  """
+  @spec eval(code(), map(), [call_option()]) :: {:ok, term()} | {:error, exception()}
+  def eval(code, locals \\ %{}, opts \\ []) do
+    check_locals!(locals, :eval)
+    check_opts!(opts, :eval)
+    result(:py.eval(code, locals, opts))
+  end
+
+  @doc """
+  Like `eval/3`, but returns the value or raises the exception.
+
+      iex> Erlpy.eval!("'-'.join(words)", %{words: ["a", "b"]})
+      "a-b"
+  """
+  @spec eval!(code(), map(), [call_option()]) :: term()
+  def eval!(code, locals \\ %{}, opts \\ []), do: unwrap!(eval(code, locals, opts))
+
+  @doc """
+  Runs Python statements in `__main__` on every worker of the pool; the pool replays
+  them on the workers it starts later, so definitions survive restarts.
+  Options: `:pool`, `:timeout`.
+
+      iex> Erlpy.exec("def triple(x): return 3 * x")
+      :ok
+      iex> Erlpy.call(:__main__, :triple, [14])
+      {:ok, 42}
+  """
+  @spec exec(code(), [call_option()]) :: :ok | {:error, exception()}
+  def exec(code, opts \\ []) do
+    check_opts!(opts, :exec)
+    result(:py.exec(code, opts))
+  end
+
+  @doc """
+  Like `exec/2`, but returns `:ok` or raises the exception.
+
+      iex> Erlpy.exec!("import math")
+      :ok
+  """
+  @spec exec!(code(), [call_option()]) :: :ok
+  def exec!(code, opts \\ []), do: unwrap!(exec(code, opts))
+
+  ## Lazy streams
+
+  @doc """
+  A lazy `Stream` of what the Python generator, iterator or iterable (sync or async)
+  `module.function(*args, **kwargs)` yields.
+
+  Nothing runs until the stream is enumerated. Python then runs in step with the
+  consumer, at most `:window` items ahead of it (default #{@default_window}), so memory
+  stays bounded however slow the consumer is. When the consumer stops early
+  (`Enum.take/2`, `Stream.take_while/2`, an exception), the generator is cancelled and
+  the consumer waits up to `:close_timeout` ms (default #{@close_timeout}) for it to
+  close, so its `finally` blocks have run when `Enum.take/2` returns; when the consumer
+  dies, the generator is cancelled too. A Python exception raises `Erlpy.PythonError`
+  in the consumer (after the items yielded before it); any other failure raises
+  `Erlpy.Error`.
+
+  Options: `:window`, `:close_timeout`, `:kwargs`, `:idle_timeout` (ends a stream that
+  yields nothing for that long with `Erlpy.Error` `:timeout`), `:pool`, `:timeout` (to
+  start the stream).
+
+  The stream is enumerated by one process at a time, the one that starts it (a
+  `Task`, a GenServer, a pipeline's stage); enumerate it again to run the generator
+  again.
+
+      iex> Erlpy.stream(:builtins, :range, [4]) |> Enum.to_list()
+      [0, 1, 2, 3]
+      iex> Erlpy.stream(:itertools, :count, [], window: 8) |> Stream.map(&(&1 * 2)) |> Enum.take(3)
+      [0, 2, 4]
+  """
+  @spec stream(name(), name(), list(), [stream_option()]) :: Enumerable.t()
+  def stream(module, function, args \\ [], opts \\ []) do
+    {window, close_timeout, opts} = stream_opts!(opts, :stream)
+    lazy(fn -> :py.stream_start(module, function, args, opts) end, window, close_timeout)
+  end
+
+  @doc """
+  A lazy `Stream` of what a Python expression that gives a generator, iterator or
+  iterable yields, with `locals` as variables; see `stream/4` for how it runs and for
+  the options (all but `:kwargs`).
+
+      iex> Erlpy.stream_eval("(x * x for x in range(n))", %{n: 4}) |> Enum.to_list()
+      [0, 1, 4, 9]
+      iex> Erlpy.stream_eval("iter('abc')") |> Enum.map(&String.upcase/1)
+      ["A", "B", "C"]
+  """
+  @spec stream_eval(code(), map(), [stream_option()]) :: Enumerable.t()
+  def stream_eval(code, locals \\ %{}, opts \\ []) do
+    check_locals!(locals, :stream_eval)
+    {window, close_timeout, opts} = stream_opts!(opts, :stream_eval)
+
+    if Keyword.has_key?(opts, :kwargs),
+      do: raise(ArgumentError, "Erlpy.stream_eval/3 takes no :kwargs (use locals)")
+
+    # `:py` collects stream_eval whole; a lazy one evaluates the expression with
+    # Python's eval in the namespace `:py.eval` uses: __main__'s globals plus the locals.
+    lazy(
+      fn ->
+        case eval_args(code, locals) do
+          {:ok, args} -> :py.stream_start(:builtins, :eval, args, opts)
+          {:error, _} = error -> error
+        end
+      end,
+      window,
+      close_timeout
+    )
+  end
+
+  @eval_code """
+  eval(compile(c, '<erlpy>', 'eval'), {**__import__('sys').modules['__main__'].__dict__, **l} \
+  if l else __import__('sys').modules['__main__'].__dict__)\
+  """
+
+  defp eval_args(code, locals) do
+    with {:ok, code} <- code_string(code),
+         :ok <- local_names(locals) do
+      {:ok, [@eval_code, %{"c" => code, "l" => locals}]}
+    end
+  end
+
+  defp code_string(code) when is_binary(code), do: {:ok, code}
+
+  defp code_string(code) do
+    case :unicode.characters_to_binary(code) do
+      binary when is_binary(binary) -> {:ok, binary}
+      _ -> {:error, {:badarg, {:bad_code, code}}}
+    end
+  rescue
+    ArgumentError -> {:error, {:badarg, {:bad_code, code}}}
+  end
+
+  defp local_names(locals) do
+    case Enum.find(Map.keys(locals), &(not (is_atom(&1) or is_binary(&1)))) do
+      nil -> :ok
+      key -> {:error, {:badarg, {:bad_local, key}}}
+    end
+  end
+
+  defp lazy(start, window, close_timeout) do
+    ack_every = max(1, div(window, 2))
+
+    Stream.resource(
+      fn ->
+        case start.() do
+          {:ok, ref} -> {:running, ref, ack_every, 0, 0}
+          {:error, reason} -> raise to_exception(reason)
+        end
+      end,
+      &next_items/1,
+      &close(&1, close_timeout)
+    )
+  end
+
+  # {:running, ref, ack_every, unacked, delivered}: `delivered` items went to the
+  # consumer last time, which asks for more only once it has handled them; they are
+  # acknowledged in batches of `ack_every`, so Python never runs more than the window
+  # ahead of what the consumer has handled.
+  defp next_items({:running, ref, ack_every, unacked, delivered}) do
+    unacked =
+      case unacked + delivered do
+        n when n >= ack_every ->
+          :ok = :py.stream_ack(ref, n)
+          0
+
+        n ->
+          n
+      end
+
+    receive do
+      {:py_stream, ^ref, {:data, item}} ->
+        items = more_items(ref, ack_every - 1, [item])
+        {items, {:running, ref, ack_every, unacked, length(items)}}
+
+      {:py_stream, ^ref, :done} ->
+        {:halt, :done}
+
+      {:py_stream, ^ref, {:error, reason}} ->
+        {:halt, {:failed, reason}}
+    end
+  end
+
+  # The items already in the mailbox (up to `n` more), without waiting.
+  defp more_items(_ref, 0, acc), do: Enum.reverse(acc)
+
+  defp more_items(ref, n, acc) do
+    receive do
+      {:py_stream, ^ref, {:data, item}} -> more_items(ref, n - 1, [item | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
+  defp close(:done, _timeout), do: :ok
+  defp close({:failed, reason}, _timeout), do: raise(to_exception(reason))
+
+  defp close({:running, ref, _, _, _}, timeout) do
+    :ok = :py.stream_cancel(ref)
+    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
+    await_end(ref, deadline)
+  end
+
+  # Drop what is left of a cancelled stream, up to its terminal message: the generator
+  # has then been closed.
+  defp await_end(ref, deadline) do
+    wait = if deadline == :infinity, do: :infinity, else: max(deadline - now(), 0)
+
+    receive do
+      {:py_stream, ^ref, {:data, _}} -> await_end(ref, deadline)
+      {:py_stream, ^ref, _terminal} -> :ok
+    after
+      wait -> :ok
+    end
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  defp stream_opts!(opts, function) do
+    check_opts!(opts, function)
+
+    for key <- [:owner, :input], Keyword.has_key?(opts, key) do
+      raise ArgumentError,
+            "Erlpy.#{function} takes no #{inspect(key)} option: it streams to the process " <>
+              "that enumerates it (use Erlpy.start_stream/4 for messages)"
+    end
+
+    {window, opts} = Keyword.pop(opts, :window, @default_window)
+    {close_timeout, opts} = Keyword.pop(opts, :close_timeout, @close_timeout)
+
+    unless close_timeout == :infinity or (is_integer(close_timeout) and close_timeout >= 0),
+      do: raise(ArgumentError, "bad :close_timeout: #{inspect(close_timeout)}")
+
+    # `:py` checks the window when the stream starts.
+    ack_window = if is_integer(window) and window > 0, do: window, else: 1
+    {ack_window, close_timeout, [{:window, window} | opts]}
+  end
+
+  ## Message-based streams
+
+  @doc """
+  Starts `module.function(*args, **kwargs)` as a stream and returns its reference at
+  once; this is `:py.stream_start/4`. The owner (the caller, or the process given as
+  `:owner`) receives `{:py_stream, ref, {:data, item}}` for each item, then exactly one
+  of `{:py_stream, ref, :done}` or `{:py_stream, ref, {:error, reason}}` (`to_exception/1`
+  turns the reason into an exception). When the owner dies, the stream is cancelled.
+
+  Options: `:kwargs`, `:owner`, `:window` (the owner then grants items with `ack/2`;
+  the first `window` are granted), `:input` (the Python callable gets, first, an async
+  iterator over the values of `send_input/2`), `:idle_timeout`, `:pool`, `:timeout` (to
+  start).
+
+      iex> {:ok, ref} = Erlpy.start_stream(:builtins, :range, [2])
+      iex> receive do: ({:py_stream, ^ref, {:data, x}} -> x)
+      0
+      iex> receive do: ({:py_stream, ^ref, {:data, x}} -> x)
+      1
+      iex> receive do: ({:py_stream, ^ref, terminal} -> terminal)
+      :done
+  """
+  @spec start_stream(name(), name(), list(), [start_option()]) ::
+          {:ok, stream_ref()} | {:error, exception()}
+  def start_stream(module, function, args \\ [], opts \\ []) do
+    check_opts!(opts, :start_stream)
+    result(:py.stream_start(module, function, args, opts))
+  end
+
+  @doc """
+  Cancels a stream of `start_stream/4`: the generator is closed (its `finally` blocks
+  run) and its owner receives `{:py_stream, ref, {:error, :cancelled}}`. Returns `:ok`,
+  also for a stream that already ended.
+
+      iex> {:ok, ref} = Erlpy.start_stream(:itertools, :count, [], window: 1)
+      iex> Erlpy.cancel(ref)
+      :ok
+      iex> receive do: ({:py_stream, ^ref, {:error, reason}} -> reason)
+      :cancelled
+  """
+  @spec cancel(stream_ref()) :: :ok
+  def cancel(ref), do: :py.stream_cancel(ref)
+
+  @doc """
+  Grants `n` more items to a stream started with `window: ...`.
+
+      iex> {:ok, ref} = Erlpy.start_stream(:builtins, :range, [3], window: 1)
+      iex> receive do: ({:py_stream, ^ref, {:data, x}} -> x)
+      0
+      iex> Erlpy.ack(ref, 2)
+      :ok
+      iex> for _ <- 1..2, do: (receive do: ({:py_stream, ^ref, {:data, x}} -> x))
+      [1, 2]
+      iex> receive do: ({:py_stream, ^ref, terminal} -> terminal)
+      :done
+  """
+  @spec ack(stream_ref(), pos_integer()) :: :ok
+  def ack(ref, n), do: :py.stream_ack(ref, n)
+
+  @doc """
+  Sends `value` to the input of a stream started with `input: true`; it returns at
+  once, like `send/2`.
+
+      iex> :ok = Erlpy.exec("async def echo(inbox):\\n    async for x in inbox:\\n        yield x")
+      iex> {:ok, ref} = Erlpy.start_stream(:__main__, :echo, [], input: true)
+      iex> Erlpy.send_input(ref, "hi")
+      :ok
+      iex> receive do: ({:py_stream, ^ref, {:data, x}} -> x)
+      "hi"
+      iex> Erlpy.close_input(ref)
+      :ok
+      iex> receive do: ({:py_stream, ^ref, terminal} -> terminal)
+      :done
+  """
+  @spec send_input(stream_ref(), term()) :: :ok
+  def send_input(ref, value), do: :py.stream_send(ref, value)
+
+  @doc """
+  Ends the input of a stream started with `input: true` (see `send_input/2`).
+  """
+  @spec close_input(stream_ref()) :: :ok
+  def close_input(ref), do: :py.stream_close(ref)
+
+  ## Erlang and Elixir functions callable from Python
+
+  @doc """
+  Lets Python call `fun` as `erlang.call(name, *args)` (or `erlang.name(*args)`,
+  `erlpy.erlang` being `erlang` in `__main__`).
+
+  A fun of arity N receives the N arguments Python passed (a fun of arity 1, the one
+  argument). When the fun raises, Python gets an `erlpy.erlang.ErlangError` that
+  carries the Elixir exception's message.
+
+      iex> Erlpy.register_function(:add, fn a, b -> a + b end)
+      :ok
+      iex> Erlpy.eval("erlang.call('add', 1, 2)")
+      {:ok, 3}
+  """
+  @spec register_function(name(), function()) :: :ok
+  def register_function(name, fun)
+      when (is_atom(name) or is_binary(name)) and is_function(fun) do
+    {:arity, arity} = Function.info(fun, :arity)
+    # `:py` gives a fun of arity 1 the argument list.
+    :py.register_function(name, fn args -> run_registered(fun, arity, args) end)
+  end
+
+  def register_function(name, fun) do
+    raise ArgumentError,
+          "Erlpy.register_function/2 needs an atom or string name and a fun, got: " <>
+            "#{inspect(name)}, #{inspect(fun)}"
+  end
+
+  defp run_registered(fun, arity, args) when length(args) == arity do
+    apply(fun, args)
+  rescue
+    exception -> :erlang.error(Exception.message(exception))
+  end
+
+  defp run_registered(_fun, arity, args) do
+    :erlang.error("the function takes #{arity} argument(s), Python passed #{length(args)}")
+  end
+
+  @doc """
+  Removes a function registered with `register_function/2`.
+
+      iex> Erlpy.register_function("short_lived", fn -> :ok end)
+      :ok
+      iex> Erlpy.unregister_function("short_lived")
+      :ok
+  """
+  @spec unregister_function(name()) :: :ok
+  def unregister_function(name), do: :py.unregister_function(name)
+
+  ## Pools
+
+  @doc """
+  A child spec for a pool in your supervision tree: `name` plus the pool's options
+  (docs/pools.md), so `{Erlpy, name: :ml, size: 4, none_atom: nil}` goes in a children
+  list. The child's id is `{:erlpy_pool, name}`. Options are checked when the pool
+  starts.
+
+      iex> %{id: {:erlpy_pool, :ml}, type: :supervisor} = Erlpy.child_spec(name: :ml, size: 4)
+  """
+  @spec child_spec(keyword() | map()) :: Supervisor.child_spec()
+  def child_spec(opts), do: :py.child_spec(opts)
+
+  @doc """
+  Starts a pool under erlpy's own supervisor; returns once its workers are up.
+
+      iex> {:ok, _pid} = Erlpy.start_pool(:doc_pool, size: 1)
+      iex> Erlpy.eval("1 + 1", %{}, pool: :doc_pool)
+      {:ok, 2}
+      iex> Erlpy.stop_pool(:doc_pool)
+      :ok
+  """
+  @spec start_pool(atom(), keyword() | map()) :: {:ok, pid()} | {:error, exception()}
+  def start_pool(name, opts \\ []), do: result(:py.start_pool(name, opts))
+
+  @doc """
+  Stops a pool started with `start_pool/2` (or by the application's configuration).
+
+      iex> Erlpy.stop_pool(:no_such_pool)
+      {:error, %Erlpy.Error{reason: {:no_pool, :no_such_pool}}}
+  """
+  @spec stop_pool(atom()) :: :ok | {:error, exception()}
+  def stop_pool(name), do: result(:py.stop_pool(name))
+
+  @doc """
+  A map from the name of each running pool to `info/1` of that pool.
+
+      iex> %{default: %{size: _}} = Erlpy.info()
+  """
+  @spec info() :: %{atom() => map()}
+  def info, do: :py.info()
+
+  @doc """
+  A pool's `size`, `workers` (each with `os_pid`, `in_flight`, `restarts`, ...),
+  `queued` and `python` (the version), or `{:error, exception}`.
+
+      iex> %{size: 2, workers: [_, _]} = Erlpy.info(:default)
+  """
+  @spec info(pool()) :: map() | {:error, exception()}
+  def info(pool) do
+    case :py.info(pool) do
+      {:error, reason} -> {:error, to_exception(reason)}
+      info -> info
+    end
+  end
+
+  ## Errors
+
+  @doc """
+  The exception for an error reason of `:py` (as in the terminal message of a stream
+  of `start_stream/4`): `Erlpy.PythonError` for a Python exception, `Erlpy.Error`
+  for anything else.
+
+      iex> Erlpy.to_exception({:python, "KeyError", "'k'", ""})
+      %Erlpy.PythonError{type: "KeyError", message: "'k'", traceback: ""}
+      iex> Erlpy.to_exception(:timeout)
+      %Erlpy.Error{reason: :timeout}
+  """
+  @spec to_exception(term()) :: exception()
+  def to_exception({:python, type, message, traceback}),
+    do: %Erlpy.PythonError{type: type, message: message, traceback: traceback}
+
+  def to_exception(reason), do: %Erlpy.Error{reason: reason}
+
+  ## Internal
+
+  defp result({:error, reason}), do: {:error, to_exception(reason)}
+  defp result(ok), do: ok
+
+  defp unwrap!({:ok, value}), do: value
+  defp unwrap!(:ok), do: :ok
+  defp unwrap!({:error, exception}), do: raise(exception)
+
+  defp pop_kwargs(opts, function) do
+    check_opts!(opts, function)
+    {kwargs, opts} = Keyword.pop(opts, :kwargs, %{})
+    {kwargs, opts}
+  end
+
+  defp check_opts!(opts, function) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "Erlpy.#{function} takes its options as a keyword list (Python keyword " <>
+              "arguments go in kwargs:), got: #{inspect(opts)}"
+    end
+  end
+
+  defp check_locals!(locals, _function) when is_map(locals), do: :ok
+
+  defp check_locals!(locals, function) do
+    raise ArgumentError,
+          "Erlpy.#{function} takes the Python locals as a map and its options last, as in " <>
+            "Erlpy.#{function}(code, %{}, pool: :name); got locals: #{inspect(locals)}"
+  end
+end
