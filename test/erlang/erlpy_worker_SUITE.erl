@@ -31,7 +31,7 @@ all() ->
      {group, regressions}].
 
 groups() ->
-    %% Not run by all/0: fails because of a product bug (see the report).
+    %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
     [{regressions, [], [
         callback_reentrant_single_worker,
         queued_timeout_kills_busy_worker,
@@ -53,10 +53,6 @@ end_per_testcase(Case, _Config) ->
     _ = py:unregister_function(reenter),
     _ = py:unregister_function(slow_erlang),
     _ = py:stop_pool(Case),
-    %% Workaround for a product bug (erlpy_pool does not trap exits, so its terminate/2
-    %% never erases the pool's persistent_term entry on stop_pool): without this, py:info/0
-    %% crashes in every later suite. erlpy_pool_SUITE:regressions asserts the real behaviour.
-    _ = persistent_term:erase({erlpy_pool, Case}),
     ok.
 
 pool_opts(stuck_in_c_killed_after_grace) -> #{size => 1, cancel_grace => 300};
