@@ -348,7 +348,8 @@ remote_owner_killed_cancels(Config) ->
     %% Killed while idle in a receive that does not match.
     Owner2 = spawn(fun() -> receive never -> ok end end),
     {ok, _} = py:stream_start('__main__', ticker, [self(), killed], #{pool => {default, B}, owner => Owner2}),
-    timer:sleep(50),
+    %% the generator runs: its first item has reached the owner
+    ok = erlpy_test:wait_until(fun() -> element(2, process_info(Owner2, message_queue_len)) > 0 end),
     exit(Owner2, kill),
     BPid = closed(killed),
     ok = idle({default, B}).

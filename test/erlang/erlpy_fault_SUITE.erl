@@ -544,7 +544,8 @@ killed_while_starting_refuses_requests(Config) ->
     end),
     [Starting] = erlpy_test:os_pids(P),
     kill9(Starting),
-    timer:sleep(100),
+    %% the worker has seen that death (and started the next Python)
+    ok = erlpy_test:wait_until(fun() -> not lists:member(Starting, erlpy_test:os_pids(P)) end),
     ?assertMatch({ok, <<"replayed">>}, py:eval(<<"replay_marker">>, #{}, #{pool => P})).
 
 %% erlpy_worker:flush/1 does `true = erlang:port_command(Port, ...)'. When Python dies,

@@ -77,7 +77,9 @@ timeout_time_sleep_no_late_reply(Config) ->
                    "    global finished\n    finished = True\n    return 'late'\n">>, opts(P)),
     [OsPid] = erlpy_test:os_pids(P),
     ?assertEqual({error, timeout}, py:call('__main__', slow, [1.0], #{}, opts(P, 200))),
-    timer:sleep(1800),
+    %% Python has answered the cancel (a sleep it did not interrupt would end it only with
+    %% `finished' set, checked below)
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     ?assertEqual([], erlpy_test:flush()),
     %% the pool serves the next call, on the same Python (interrupted, not killed) ...
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
@@ -121,7 +123,7 @@ timeout_infinity_and_zero(Config) ->
     ?assertEqual({ok, 3.0}, py:call(math, sqrt, [9], #{}, infinity)),
     ok = py:exec(<<"import time">>, opts(P)),
     ?assertEqual({error, timeout}, py:eval(<<"time.sleep(0.3)">>, #{}, opts(P, 0))),
-    timer:sleep(600),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     ?assertEqual([], erlpy_test:flush()),
     ?assertEqual({ok, 3.0}, py:call(math, sqrt, [9], #{}, opts(P))).
 
