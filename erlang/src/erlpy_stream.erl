@@ -3,7 +3,7 @@
 %% window, and the credit that keeps Python a bounded number of items ahead.
 %%
 %% Pure functions: they say what to send (the items for the owner now), and the worker
-%% sends it (erlpy_inflight, erlpy_worker).
+%% sends it (erlpy_inflight returns it as an effect, erlpy_worker_io sends it).
 -module(erlpy_stream).
 
 -include("erlpy_protocol.hrl").
