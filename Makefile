@@ -75,7 +75,8 @@ test-python:
 
 lint:
 	@echo "==> mypy --strict, ruff, xref, dialyzer"
-	@$(VENV)/bin/mypy --strict python/erlpy && \
+	@set -o pipefail; \
+	 $(VENV)/bin/mypy --strict python/erlpy && \
 	 $(VENV)/bin/ruff check python/erlpy test/python && \
 	 rebar3 xref && rebar3 dialyzer 2>&1 | tail -n 5
 

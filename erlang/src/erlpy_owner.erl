@@ -21,7 +21,8 @@
 
 -export([new/0, add/3, remove/2, is_empty/1, target/1, check/3]).
 -export([hold/2, take_held/1, timer/1, set_timer/2, backoff/2]).
--export_type([owner/0, verdict/0]).
+-export([gate/4, ungate/3, want/4, recheck/2]).
+-export_type([owner/0, owners/0, verdict/0]).
 
 -type id() :: pos_integer().
 -type verdict() :: open | busy | stalled.
@@ -31,7 +32,8 @@
     streams = #{} :: #{id() => reference()},
     %% Streams that wanted credit while the owner was behind.
     held = #{} :: #{id() => true},
-    timer :: reference() | undefined,
+    %% A recheck is scheduled (the worker's gen_statem timeout {owner, Pid}).
+    timer = false :: boolean(),
     backoff = 5 :: pos_integer(),
     %% {message_queue_len, reductions} when the mailbox was last looked into, and the
     %% streams whose items were in it then.
@@ -40,6 +42,8 @@
 }).
 
 -opaque owner() :: #owner{}.
+%% The owners of a worker's streams paced this way, by pid.
+-type owners() :: #{pid() => owner()}.
 
 -define(MAX_BACKOFF, 1000).
 
@@ -117,10 +121,10 @@ hold(Id, #owner{held = Held} = O) -> O#owner{held = Held#{Id => true}}.
 -spec take_held(owner()) -> {[id()], owner()}.
 take_held(#owner{held = Held} = O) -> {maps:keys(Held), O#owner{held = #{}}}.
 
--spec timer(owner()) -> reference() | undefined.
+-spec timer(owner()) -> boolean().
 timer(#owner{timer = Timer}) -> Timer.
 
--spec set_timer(reference() | undefined, owner()) -> owner().
+-spec set_timer(boolean(), owner()) -> owner().
 set_timer(Timer, O) -> O#owner{timer = Timer}.
 
 %% @doc Milliseconds until the next look, for a verdict that held a stream back: soon for
@@ -128,3 +132,57 @@ set_timer(Timer, O) -> O#owner{timer = Timer}.
 -spec backoff(busy | stalled, owner()) -> {pos_integer(), owner()}.
 backoff(busy, O) -> {5, O#owner{backoff = 5}};
 backoff(stalled, #owner{backoff = B} = O) -> {B, O#owner{backoff = min(2 * B, ?MAX_BACKOFF)}}.
+
+%%====================================================================
+%% The owners of one worker (erlpy_worker keeps the map; the timer is its gen_statem
+%% timeout {owner, Pid})
+%%====================================================================
+
+%% @doc Stream `Id' of owner `Pid' is paced with the owner's other streams.
+-spec gate(pid(), id(), reference(), owners()) -> owners().
+gate(Pid, Id, Ref, Owners) ->
+    Owners#{Pid => add(Id, Ref, maps:get(Pid, Owners, new()))}.
+
+%% @doc Stream `Id' ended. `cancel': that was the owner's last, stop its timer.
+-spec ungate(pid(), id(), owners()) -> {keep | cancel, owners()}.
+ungate(Pid, Id, Owners) ->
+    case Owners of
+        #{Pid := O} ->
+            O1 = remove(Id, O),
+            case is_empty(O1) of
+                true when O1#owner.timer -> {cancel, maps:remove(Pid, Owners)};
+                true -> {keep, maps:remove(Pid, Owners)};
+                false -> {keep, Owners#{Pid := O1}}
+            end;
+        #{} ->
+            {keep, Owners}
+    end.
+
+%% @doc Stream `Id' has credit due: grant it up to `Target', or hold it and look again
+%% after `Delay' ms (`none': the owner's timer runs already and stays as it is).
+-spec want(pid(), id(), reference(), owners()) ->
+    {grant, pos_integer(), owners()} | {hold, pos_integer() | none, owners()}.
+want(Pid, Id, Ref, Owners) ->
+    #{Pid := O} = Owners,
+    case check(Pid, Ref, O) of
+        {open, O1} ->
+            {grant, target(O1), Owners#{Pid := O1}};
+        {stalled, #owner{timer = true} = O1} ->
+            {hold, none, Owners#{Pid := hold(Id, O1)}};
+        {Why, O1} ->
+            %% No timer yet; or a stalled owner started running: look again soon, not
+            %% after a long backoff.
+            {Delay, O2} = backoff(Why, hold(Id, O1)),
+            {hold, Delay, Owners#{Pid := O2#owner{timer = true}}}
+    end.
+
+%% @doc The owner's timer fired: the held streams, to ask again for each.
+-spec recheck(pid(), owners()) -> {[id()], owners()}.
+recheck(Pid, Owners) ->
+    case Owners of
+        #{Pid := O} ->
+            {Held, O1} = take_held(O#owner{timer = false}),
+            {Held, Owners#{Pid := O1}};
+        #{} ->
+            {[], Owners}
+    end.

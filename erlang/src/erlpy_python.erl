@@ -1,8 +1,9 @@
 %% @private
-%% @doc Finding a Python interpreter and starting a worker process on a port.
+%% @doc Finding a Python interpreter, starting a worker process on a port, and ending it
+%% with everything it started.
 -module(erlpy_python).
 
--export([find/1, open/1, explain/1, explain/2]).
+-export([find/1, open/1, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1]).
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
@@ -75,6 +76,36 @@ spawn_python(Python, Options) ->
                 message => iolist_to_binary(io_lib:format("cannot run ~ts: ~p", [Python, Reason]))
             }}
     end.
+
+%% @doc Close the port and make sure Python is gone: it exits at end of file, but user code
+%% may block its event loop.
+-spec close(port() | undefined, non_neg_integer() | undefined) -> ok.
+close(undefined, _) ->
+    ok;
+close(Port, OsPid) ->
+    catch port_close(Port),
+    kill_group(OsPid).
+
+%% @doc Kill Python and everything it started: it leads its own process group (the port
+%% program starts in a new session), and its children stay in it unless they leave on
+%% purpose. Python's watchdog does the same when the port closes without us
+%% (docs/reliability.md).
+-spec kill_group(non_neg_integer() | undefined) -> ok.
+kill_group(undefined) ->
+    ok;
+kill_group(OsPid) ->
+    Pid = integer_to_list(OsPid),
+    _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"),
+    ok.
+
+%% @doc After Python's exit: only the group, as its pid may already belong to another
+%% process.
+-spec kill_leftovers(non_neg_integer() | undefined) -> ok.
+kill_leftovers(undefined) ->
+    ok;
+kill_leftovers(OsPid) ->
+    _ = os:cmd("kill -9 -" ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+    ok.
 
 %% The directory that holds the `erlpy' Python package: `priv/python' of the application
 %% (a link to python/ in a checkout, a copy in a release), else `python/' next to it (the

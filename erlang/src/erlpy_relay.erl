@@ -9,6 +9,8 @@
 %% bounded on the owner's node too.
 -module(erlpy_relay).
 
+-include("erlpy_protocol.hrl").
+
 -export([start/3]).
 
 -define(WINDOW, 8192).
@@ -99,7 +101,7 @@ maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N} = R) when node(Owner) =/
     ok = py:stream_ack(Ref, N),
     R#relay{unacked = 0};
 maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) ->
-    case erlpy_stream:owner_backlogged(Owner, Ref) of
+    case owner_backlogged(Owner, Ref) of
         false ->
             ok = py:stream_ack(Ref, N),
             R#relay{unacked = 0, backoff = 5};
@@ -112,3 +114,33 @@ maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) 
             erlang:send_after(Backoff, self(), recheck),
             R#relay{rechecking = true, backoff = min(2 * Backoff, 200)}
     end.
+
+%% Is a (local) owner too far behind with its mailbox to be sent more of stream `Ref'?
+%% `busy': it is working through the backlog; `stalled': it leaves this stream's items
+%% unread.
+-spec owner_backlogged(pid(), reference()) -> false | busy | stalled.
+owner_backlogged(Owner, Ref) ->
+    case erlang:process_info(Owner, [message_queue_len, status]) of
+        [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
+            %% Blocked in a receive that none of its messages match: it may be waiting for
+            %% this very stream (one owner reading several streams one after the other).
+            %% Holding back would deadlock it, unless this stream's items are among them.
+            has_items(Owner, Ref) andalso stalled;
+        [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
+            busy;
+        _ ->
+            false
+    end.
+
+%% Copies the owner's mailbox: only used when the owner is stalled with a backlog, and the
+%% caller backs off between checks.
+-spec has_items(pid(), reference()) -> boolean().
+has_items(Owner, Ref) ->
+    case erlang:process_info(Owner, messages) of
+        {messages, Messages} -> lists:any(fun(M) -> is_item(M, Ref) end, Messages);
+        undefined -> true
+    end.
+
+-spec is_item(term(), reference()) -> boolean().
+is_item({py_stream, Ref, {data, _}}, Ref) -> true;
+is_item(_, _) -> false.

@@ -2,14 +2,15 @@
 %% @doc The state of one stream inside its worker: delivery to the owner, the owner's
 %% window, and the credit that keeps Python a bounded number of items ahead.
 %%
-%% Pure functions; the worker owns the records and does the sending they ask for.
+%% Pure functions: they say what to send (the items for the owner now), and the worker
+%% sends it (erlpy_inflight returns it as an effect, erlpy_worker_io sends it).
 -module(erlpy_stream).
 
 -include("erlpy_protocol.hrl").
 
 -export([new/4, deliver/2, ack/2, credit_due/1, take_credit/1, take_credit/2, finish/2,
          terminal/1, owner/1, ref/1, windowed/1]).
--export([python_done/1, owner_backlogged/2, initial_credit/1]).
+-export([python_done/1, initial_credit/1]).
 -export_type([stream/0, owner/0]).
 
 -record(stream, {
@@ -56,41 +57,29 @@ ref(#stream{ref = Ref}) -> Ref.
 -spec owner(stream()) -> owner().
 owner(#stream{owner = Owner}) -> Owner.
 
-%% @doc Items arrived from Python: send what the window allows, hold the rest. A
-%% collected stream's items come as one packed chunk (a binary).
--spec deliver([term()] | binary(), stream()) -> stream().
-deliver(Chunk, #stream{owner = {collect, Alias}} = S) when is_binary(Chunk) ->
-    Alias ! {Alias, {chunk, Chunk}},
-    S;
-deliver(Items, #stream{granted = infinity, owner = Owner, ref = Ref} = S) ->
-    N = send_all(Owner, Ref, Items, 0),
-    S#stream{owed = S#stream.owed + N};
+%% @doc Items arrived from Python: returns what goes to the owner now (the window allows
+%% it; the rest is held). A collected stream's items come as one packed chunk (a binary),
+%% which goes to the caller as it is.
+-spec deliver([term()] | binary(), stream()) -> {[term()] | binary(), stream()}.
+deliver(Chunk, #stream{owner = {collect, _}} = S) when is_binary(Chunk) ->
+    {Chunk, S};
+deliver(Items, #stream{granted = infinity, owed = Owed} = S) ->
+    {Items, S#stream{owed = Owed + length(Items)}};
 deliver(Items, #stream{held = Held} = S) ->
     release(S#stream{held = queue:join(Held, queue:from_list(Items))}).
 
-%% @doc The owner granted `N' more items.
--spec ack(pos_integer(), stream()) -> stream().
-ack(_, #stream{granted = infinity} = S) -> S;
+%% @doc The owner granted `N' more items: returns the held items it may have now.
+-spec ack(pos_integer(), stream()) -> {[term()], stream()}.
+ack(_, #stream{granted = infinity} = S) -> {[], S};
 ack(N, #stream{granted = G} = S) -> release(S#stream{granted = G + N}).
 
--spec release(stream()) -> stream().
+-spec release(stream()) -> {[term()], stream()}.
 release(#stream{granted = 0} = S) ->
-    S;
-release(#stream{held = Held, granted = G, owner = Owner, ref = Ref, owed = Owed} = S) ->
-    case queue:out(Held) of
-        {{value, Item}, Rest} ->
-            Owner ! {py_stream, Ref, {data, Item}},
-            release(S#stream{held = Rest, granted = G - 1, owed = Owed + 1});
-        {empty, _} ->
-            S
-    end.
-
--spec send_all(pid(), reference(), [term()], non_neg_integer()) -> non_neg_integer().
-send_all(Owner, Ref, [Item | Items], N) ->
-    Owner ! {py_stream, Ref, {data, Item}},
-    send_all(Owner, Ref, Items, N + 1);
-send_all(_, _, [], N) ->
-    N.
+    {[], S};
+release(#stream{held = Held, granted = G, owed = Owed} = S) ->
+    N = min(G, queue:len(Held)),
+    {Out, Rest} = queue:split(N, Held),
+    {queue:to_list(Out), S#stream{held = Rest, granted = G - N, owed = Owed + N}}.
 
 %% @doc Is it time to give credit back: a good part of it used (never for a stream
 %% collected whole)?
@@ -115,36 +104,6 @@ take_credit(Target, #stream{owed = Owed, credit = Credit} = S) ->
             Grant = max(0, Target - Left),
             {Grant, S#stream{credit = Left + Grant, owed = 0}}
     end.
-
-%% @doc Is a (local) owner too far behind with its mailbox to be sent more of stream `Ref'?
-%% `busy': it is working through the backlog; `stalled': it leaves this stream's items
-%% unread.
--spec owner_backlogged(pid(), reference()) -> false | busy | stalled.
-owner_backlogged(Owner, Ref) ->
-    case erlang:process_info(Owner, [message_queue_len, status]) of
-        [{message_queue_len, Len}, {status, waiting}] when Len > ?OWNER_BACKLOG ->
-            %% Blocked in a receive that none of its messages match: it may be waiting for
-            %% this very stream (one owner reading several streams one after the other).
-            %% Holding back would deadlock it, unless this stream's items are among them.
-            has_items(Owner, Ref) andalso stalled;
-        [{message_queue_len, Len}, _] when Len > ?OWNER_BACKLOG ->
-            busy;
-        _ ->
-            false
-    end.
-
-%% Copies the owner's mailbox: only used when the owner is stalled with a backlog, and the
-%% caller backs off between checks.
--spec has_items(pid(), reference()) -> boolean().
-has_items(Owner, Ref) ->
-    case erlang:process_info(Owner, messages) of
-        {messages, Messages} -> lists:any(fun(M) -> is_item(M, Ref) end, Messages);
-        undefined -> true
-    end.
-
--spec is_item(term(), reference()) -> boolean().
-is_item({py_stream, Ref, {data, _}}, Ref) -> true;
-is_item(_, _) -> false.
 
 %% @doc Python ended the stream. Returns the terminal message to send now, or `held' when
 %% held items must reach the owner first.

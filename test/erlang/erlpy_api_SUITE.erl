@@ -31,7 +31,7 @@ groups() ->
         {output, [], [print_to_logger, logging_warning_to_logger, stderr_to_logger,
                       fd_output_does_not_corrupt]},
         {info, [], [info_shape, default_pool_from_app_env]},
-        %% Not run by all/0: each fails because of a product bug (see the report).
+        %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
         {regressions, [], [
             call_options_proplist, badarg_non_list_args, badarg_name_not_binary,
             badarg_bad_code, badarg_bad_kwargs, badarg_bad_locals

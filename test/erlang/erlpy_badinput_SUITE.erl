@@ -14,8 +14,8 @@
 %% garbage frames written into a real Python worker's pipe (a port opened by the test, as
 %% erlpy_python:open/1 does), and garbage frames written by Python code to the worker.
 %%
-%% Group regressions is not run by all/0: each case there fails because of a product bug
-%% described in its doc and in docs/reliability.md.
+%% Group regressions, run by all/0, holds the product bugs these tests found (all fixed
+%% since), each described in its doc and in docs/reliability.md.
 -module(erlpy_badinput_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").

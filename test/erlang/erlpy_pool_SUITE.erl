@@ -31,7 +31,7 @@ all() ->
      {group, regressions}].
 
 groups() ->
-    %% Not run by all/0: each fails because of a product bug (see the report).
+    %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
     [{regressions, [], [
         start_pool_proplist_options,
         child_spec_proplist_own_supervisor,
@@ -63,7 +63,7 @@ init_per_testcase(_Case, Config) ->
     Config.
 
 end_per_testcase(Case, Config) ->
-    [stop_pool(P) || P <- [Case, mypool, mypool2, nomsgpack, app_env_extra]],
+    [py:stop_pool(P) || P <- [Case, mypool, mypool2, nomsgpack, app_env_extra]],
     case ?config(venv, Config) of
         undefined -> ok;
         Dir -> os:cmd("rm -rf " ++ Dir)
@@ -80,11 +80,6 @@ max_memory_below_use_fails_start(_) ->
     ?assertEqual({error, {no_pool, max_memory_below_use_fails_start, element(2, Result)}},
                  py:eval(<<"1">>, #{}, #{pool => max_memory_below_use_fails_start})).
 
-%% Stops a pool; see the workaround note in erlpy_worker_SUITE:end_per_testcase/2.
-stop_pool(P) ->
-    R = py:stop_pool(P),
-    _ = persistent_term:erase({erlpy_pool, P}),
-    R.
 
 %% supervisor callback, for pools in the test's own supervision tree
 init(Specs) ->
@@ -184,8 +179,7 @@ own_supervisor(Spec, Name, Size, _Config) ->
         receive {'DOWN', Ref, process, Sup, _} -> ok after 15000 -> error(sup_not_down) end,
         ok = erlpy_test:wait_until(fun() -> not lists:any(fun erlpy_test:os_pid_alive/1, OsPids) end)
     after
-        exit(Sup, kill),
-        _ = persistent_term:erase({erlpy_pool, Name})
+        exit(Sup, kill)
     end.
 
 %%====================================================================
@@ -205,7 +199,6 @@ nomsgpack_start_failed_detail(Config) ->
     ok = erlpy_test:wait_until(fun() ->
         nomatch =:= binary:match(list_to_binary(os:cmd("ps -eo args")), list_to_binary(Python))
     end),
-    _ = persistent_term:erase({erlpy_pool, nomsgpack}),
     _ = start_failed_detail(py:start_pool(nomsgpack, #{python => Python, size => 1})),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
 
@@ -304,7 +297,6 @@ pools_from_app_env(_) ->
         ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16]))
     after
         _ = application:stop(erlpy),
-        [persistent_term:erase({erlpy_pool, N}) || N <- [default, app_env_extra]],
         application:set_env(erlpy, pools, Saved),
         ok = erlpy_test:start_app()
     end,

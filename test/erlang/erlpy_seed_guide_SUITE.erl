@@ -109,7 +109,10 @@ true_streaming_iter(_) ->
 true_streaming_events(_) ->
     erlpy_test:doc("guide, Events: data per value, then exactly one of done / {error, Reason}"),
     {ok, Ref} = py:stream_start(builtins, iter, [[1,2,3,4,5]]),
-    timer:sleep(200),
+    ok = erlpy_test:wait_until(fun() ->
+        {messages, Ms} = erlang:process_info(self(), messages),
+        lists:member({py_stream, Ref, done}, Ms)
+    end),
     {messages, Messages} = erlang:process_info(self(), messages),
     ?assertEqual([{py_stream, Ref, {data, V}} || V <- [1, 2, 3, 4, 5]] ++ [{py_stream, Ref, done}],
                  Messages),

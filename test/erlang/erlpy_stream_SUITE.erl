@@ -782,7 +782,8 @@ held_stream(Opts, Config) ->
     spawn(fun() ->
         Self ! {call, py:eval(<<"__import__('time').sleep(2.5) or 'ok'">>, #{}, #{pool => one})}
     end),
-    timer:sleep(100),
+    %% the call is in flight beside the stream
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(one) =:= 2 end),
     Ref.
 
 held_stream_checks() ->
@@ -813,7 +814,8 @@ owner_down_window_held_keeps_worker(Config) ->
     spawn(fun() ->
         Self ! {call, py:eval(<<"__import__('time').sleep(2.5) or 'ok'">>, #{}, #{pool => one})}
     end),
-    timer:sleep(100),
+    %% the call is in flight beside the stream
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(one) =:= 2 end),
     exit(Owner, kill),
     held_stream_checks().
 

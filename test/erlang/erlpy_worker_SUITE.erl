@@ -31,7 +31,7 @@ all() ->
      {group, regressions}].
 
 groups() ->
-    %% Not run by all/0: fails because of a product bug (see the report).
+    %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
     [{regressions, [], [
         callback_reentrant_single_worker,
         queued_timeout_kills_busy_worker,
@@ -53,10 +53,6 @@ end_per_testcase(Case, _Config) ->
     _ = py:unregister_function(reenter),
     _ = py:unregister_function(slow_erlang),
     _ = py:stop_pool(Case),
-    %% Workaround for a product bug (erlpy_pool does not trap exits, so its terminate/2
-    %% never erases the pool's persistent_term entry on stop_pool): without this, py:info/0
-    %% crashes in every later suite. erlpy_pool_SUITE:regressions asserts the real behaviour.
-    _ = persistent_term:erase({erlpy_pool, Case}),
     ok.
 
 pool_opts(stuck_in_c_killed_after_grace) -> #{size => 1, cancel_grace => 300};
@@ -81,7 +77,9 @@ timeout_time_sleep_no_late_reply(Config) ->
                    "    global finished\n    finished = True\n    return 'late'\n">>, opts(P)),
     [OsPid] = erlpy_test:os_pids(P),
     ?assertEqual({error, timeout}, py:call('__main__', slow, [1.0], #{}, opts(P, 200))),
-    timer:sleep(1800),
+    %% Python has answered the cancel (a sleep it did not interrupt would end it only with
+    %% `finished' set, checked below)
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     ?assertEqual([], erlpy_test:flush()),
     %% the pool serves the next call, on the same Python (interrupted, not killed) ...
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16], #{}, opts(P))),
@@ -125,7 +123,7 @@ timeout_infinity_and_zero(Config) ->
     ?assertEqual({ok, 3.0}, py:call(math, sqrt, [9], #{}, infinity)),
     ok = py:exec(<<"import time">>, opts(P)),
     ?assertEqual({error, timeout}, py:eval(<<"time.sleep(0.3)">>, #{}, opts(P, 0))),
-    timer:sleep(600),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end),
     ?assertEqual([], erlpy_test:flush()),
     ?assertEqual({ok, 3.0}, py:call(math, sqrt, [9], #{}, opts(P))).
 
