@@ -463,7 +463,8 @@ garbage_frames_from_python(_) ->
     Results = [py:call('__main__', garbage, [500, Seed], #{}, ?OPTS) || Seed <- lists:seq(1, 5)],
     ?assertEqual([], [R || R <- Results, R =/= {ok, 500},
                            R =/= {error, {worker_exited, malformed_frame}}]),
-    ?assert(lists:member({error, {worker_exited, malformed_frame}}, Results)),
+    %% Replies that came before the kill took effect still count: a call may get its
+    %% answer although its garbage ended the Python that sent it. But that Python ended.
     [#{pid := Worker, restarts := Restarts}] = workers(),
     ?assert(Restarts >= 1),
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, ?OPTS)).
