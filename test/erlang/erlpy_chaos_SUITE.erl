@@ -58,7 +58,7 @@ init_per_testcase(_Case, Config) ->
 
 end_per_testcase(_Case, Config) ->
     _ = py:stop_pool(?POOL),
-    Left = kill_tagged(?config(tag, Config)),
+    Left = erlpy_test:kill_tagged(?TAG_VAR, ?config(tag, Config)),
     Left =:= [] orelse ct:log("killed processes left behind: ~p", [Left]),
     _ = erlpy_test:flush(),
     ok.
@@ -368,55 +368,12 @@ problem(Key, What, Acc) ->
 now_ms() -> erlang:monotonic_time(millisecond).
 
 wait_groups_empty(Pgids, Deadline) ->
-    Left = group_members(Pgids),
+    Left = erlpy_test:group_members(Pgids),
     case Left =/= [] andalso now_ms() < Deadline of
         true -> timer:sleep(50), wait_groups_empty(Pgids, Deadline);
         false -> Left
     end.
 
-%% Live (not zombie) processes whose process group is one of Pgids.
-group_members(Pgids) ->
-    [Pid || {Pid, Pgid, State} <- os_processes(), lists:member(Pgid, Pgids), State =/= $Z].
-
-%% {Pid, Pgid, State} of every process, from /proc/PID/stat.
-os_processes() ->
-    {ok, Names} = file:list_dir("/proc"),
-    lists:filtermap(fun(Name) ->
-        case string:to_integer(Name) of
-            {Pid, ""} ->
-                case file:read_file("/proc/" ++ Name ++ "/stat") of
-                    {ok, Stat} -> parse_stat(Pid, Stat);
-                    _ -> false
-                end;
-            _ ->
-                false
-        end
-    end, Names).
-
-parse_stat(Pid, Stat) ->
-    %% "pid (comm) state ppid pgrp ...": comm may hold anything, so cut at the last ")".
-    case binary:matches(Stat, <<")">>) of
-        [] ->
-            false;
-        Matches ->
-            {Pos, _} = lists:last(Matches),
-            Rest = binary:part(Stat, Pos + 2, byte_size(Stat) - Pos - 2),
-            case binary:split(Rest, <<" ">>, [global]) of
-                [<<State, _/binary>>, _PPid, Pgrp | _] -> {true, {Pid, binary_to_integer(Pgrp), State}};
-                _ -> false
-            end
-    end.
-
-%% Kill (-9) every process whose environment carries the case's tag; returns their pids.
-kill_tagged(Tag) ->
-    Needle = iolist_to_binary([?TAG_VAR, "=", Tag, 0]),
-    Pids = [Pid || {Pid, _, _} <- os_processes(),
-                   case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/environ") of
-                       {ok, Env} -> binary:match(<<0, Env/binary>>, <<0, Needle/binary>>) =/= nomatch;
-                       _ -> false
-                   end],
-    [os:cmd("kill -9 " ++ integer_to_list(Pid)) || Pid <- Pids],
-    Pids.
 
 %%====================================================================
 %% Python helpers

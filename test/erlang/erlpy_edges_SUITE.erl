@@ -89,7 +89,7 @@ end_per_testcase(Case, Config) ->
     [exit(Pid, kill) || Pid <- tracked()],
     _ = py:stop_pool(Case),
     _ = [py:unregister_function(F) || F <- [edges_block, edges_record_block]],
-    Left = kill_tagged(?config(tag, Config)),
+    Left = erlpy_test:kill_tagged(?TAG_VAR, ?config(tag, Config)),
     Left =:= [] orelse ct:log("killed processes left behind: ~p", [Left]),
     _ = erlpy_test:flush(),
     ok.
@@ -169,7 +169,7 @@ child_holding_fds(Config, Spawn) ->
     O = #{pool => P, timeout => 5000},
     [OsPid] = erlpy_test:os_pids(P),
     {ok, _} = py:call(?M, Spawn, [30], #{}, O),
-    Children = group_members([OsPid]) -- [OsPid],
+    Children = erlpy_test:group_members([OsPid]) -- [OsPid],
     ct:log("worker ~b, children ~p", [OsPid, Children]),
     ?assertNotEqual([], Children),
     {ok, Ref} = py:stream_start(?M, ticks, [0.001], #{pool => P, window => 10}),
@@ -524,12 +524,12 @@ children_end_with_pool(Config) ->
     [OsPid] = erlpy_test:os_pids(P),
     Children = make_children(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
                              ?config(dir, Config)),
-    Group = group_members([OsPid]),
+    Group = erlpy_test:group_members([OsPid]),
     ct:log("worker ~b, children ~p, its process group ~p", [OsPid, Children, Group]),
     [?assert(lists:member(C, Group)) || C <- Children],
     ok = py:stop_pool(P),
     Alive = wait_gone(Children ++ [OsPid], now_ms() + 3000),
-    Left = group_members([OsPid]),
+    Left = erlpy_test:group_members([OsPid]),
     ct:log("alive 3 s after stop_pool: ~p; left in the process group: ~p", [Alive, Left]),
     ?assertEqual([], Alive),
     ?assertEqual([], Left).
@@ -557,7 +557,7 @@ children_end_with_vm(Config) ->
         erpc:cast(Node, erlang, halt, []),
         Alive = wait_gone([OsPid | Children], T0 + 5000),
         ct:log("alive 5 s after the node halted: ~p; left in the process group: ~p",
-               [Alive, group_members([OsPid])]),
+               [Alive, erlpy_test:group_members([OsPid])]),
         ?assertEqual([], Alive)
     after
         catch peer:stop(Peer),
@@ -884,49 +884,6 @@ wait_gone(Pids, Deadline) ->
         false -> Alive
     end.
 
-%% Live (not zombie) processes whose process group is one of Pgids.
-group_members(Pgids) ->
-    [Pid || {Pid, Pgid, State} <- os_processes(), lists:member(Pgid, Pgids), State =/= $Z].
-
-%% {Pid, Pgid, State} of every process, from /proc/PID/stat.
-os_processes() ->
-    {ok, Names} = file:list_dir("/proc"),
-    lists:filtermap(fun(Name) ->
-        case string:to_integer(Name) of
-            {Pid, ""} ->
-                case file:read_file("/proc/" ++ Name ++ "/stat") of
-                    {ok, Stat} -> parse_stat(Pid, Stat);
-                    _ -> false
-                end;
-            _ ->
-                false
-        end
-    end, Names).
-
-parse_stat(Pid, Stat) ->
-    %% "pid (comm) state ppid pgrp ...": comm may hold anything, so cut at the last ")".
-    case binary:matches(Stat, <<")">>) of
-        [] ->
-            false;
-        Matches ->
-            {Pos, _} = lists:last(Matches),
-            Rest = binary:part(Stat, Pos + 2, byte_size(Stat) - Pos - 2),
-            case binary:split(Rest, <<" ">>, [global]) of
-                [<<State, _/binary>>, _PPid, Pgrp | _] -> {true, {Pid, binary_to_integer(Pgrp), State}};
-                _ -> false
-            end
-    end.
-
-%% Kill (-9) every process whose environment carries this case's tag; returns their pids.
-kill_tagged(Tag) ->
-    Needle = iolist_to_binary([?TAG_VAR, "=", Tag, 0]),
-    Pids = [Pid || {Pid, _, _} <- os_processes(),
-                   case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/environ") of
-                       {ok, Env} -> binary:match(<<0, Env/binary>>, <<0, Needle/binary>>) =/= nomatch;
-                       _ -> false
-                   end],
-    [kill9(Pid) || Pid <- Pids],
-    Pids.
 
 %%====================================================================
 %% Python helpers

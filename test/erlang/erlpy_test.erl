@@ -3,7 +3,8 @@
 -export([doc/1, collect/1, collect/2, flush/0, wait_until/1, wait_until/2,
          python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1,
          take/2, take/3, catch_all/1, pmap/2, nest/2,
-         workers/1, os_pids/1, in_flight/1, restarts/1]).
+         workers/1, os_pids/1, in_flight/1, restarts/1,
+         os_processes/0, group_members/1, kill_tagged/2]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -116,3 +117,50 @@ os_pids(Pool) -> [O || #{os_pid := O} <- workers(Pool)].
 in_flight(Pool) -> lists:sum([F || #{in_flight := F} <- workers(Pool)]).
 
 restarts(Pool) -> lists:sum([R || #{restarts := R} <- workers(Pool)]).
+
+%% OS processes, from /proc (Linux).
+
+%% Live (not zombie) processes whose process group is one of Pgids.
+group_members(Pgids) ->
+    [Pid || {Pid, Pgid, State} <- os_processes(), lists:member(Pgid, Pgids), State =/= $Z].
+
+%% {Pid, Pgid, State} of every process, from /proc/PID/stat.
+os_processes() ->
+    {ok, Names} = file:list_dir("/proc"),
+    lists:filtermap(fun(Name) ->
+        case string:to_integer(Name) of
+            {Pid, ""} ->
+                case file:read_file("/proc/" ++ Name ++ "/stat") of
+                    {ok, Stat} -> parse_stat(Pid, Stat);
+                    _ -> false
+                end;
+            _ ->
+                false
+        end
+    end, Names).
+
+parse_stat(Pid, Stat) ->
+    %% "pid (comm) state ppid pgrp ...": comm may hold anything, so cut at the last ")".
+    case binary:matches(Stat, <<")">>) of
+        [] ->
+            false;
+        Matches ->
+            {Pos, _} = lists:last(Matches),
+            Rest = binary:part(Stat, Pos + 2, byte_size(Stat) - Pos - 2),
+            case binary:split(Rest, <<" ">>, [global]) of
+                [<<State, _/binary>>, _PPid, Pgrp | _] -> {true, {Pid, binary_to_integer(Pgrp), State}};
+                _ -> false
+            end
+    end.
+
+%% Kill (-9) every process whose environment has Var=Tag (a pool's `env' reaches everything
+%% its Pythons start); returns their pids.
+kill_tagged(Var, Tag) ->
+    Needle = iolist_to_binary([Var, "=", Tag, 0]),
+    Pids = [Pid || {Pid, _, _} <- os_processes(),
+                   case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/environ") of
+                       {ok, Env} -> binary:match(<<0, Env/binary>>, <<0, Needle/binary>>) =/= nomatch;
+                       _ -> false
+                   end],
+    [os:cmd("kill -9 " ++ integer_to_list(Pid)) || Pid <- Pids],
+    Pids.
