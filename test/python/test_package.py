@@ -131,3 +131,16 @@ def test_import_erlpy_leaves_the_runtime_out() -> None:
         [sys.executable, "-c", code], cwd=ROOT / "python", capture_output=True, text=True
     )
     assert done.stdout.strip() == "['erlpy', 'erlpy._codec', 'erlpy._errors']", done.stderr
+
+
+def test_one_version_for_both_sides() -> None:
+    # The version lives in erlang/src/erlpy.app.src (Mix reads it from there too) and in
+    # pyproject.toml; a release changes both, and this keeps them from drifting apart.
+    import tomllib
+
+    app_src = (ROOT / "erlang" / "src" / "erlpy.app.src").read_text()
+    match = re.search(r'\{vsn,\s*"([^"]+)"\}', app_src)
+    assert match is not None
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        pyproject = tomllib.load(f)
+    assert pyproject["project"]["version"] == match.group(1)
