@@ -494,7 +494,8 @@ too_large_for_a_frame(_) ->
 %% regressions: bugs these tests found (fixed)
 %%====================================================================
 
-%% erlpy._runtime.Runtime._run_loop feeds every frame into one long-lived msgpack
+%% The bug (in the runtime as it was then): erlpy._runtime.Runtime._run_loop fed every
+%% frame into one long-lived msgpack
 %% Unpacker. A frame whose last message is incomplete leaves its bytes in the unpacker,
 %% and the next frames are read as the rest of that message: the valid CALL that follows
 %% is swallowed and never answered (nor is anything after it, until the unpacker's buffer
@@ -536,7 +537,8 @@ random_frames(Port, I, N) ->
         Other -> {Other, I, Frame}
     end.
 
-%% erlpy_worker:handle_message/2 for FATAL calls fatal_detail/1, which turns the `reason'
+%% The bug (in the worker as it was then; now erlpy_frame): erlpy_worker:handle_message/2
+%% for FATAL called fatal_detail/1, which turned the `reason'
 %% field into an atom with binary_to_atom/1: outside the pool's max_atoms budget, so Python
 %% can grow the atom table without bound (and crash the VM when it is full). Expected:
 %% FATAL is only meaningful while starting; its fields stay binaries or existing atoms.
@@ -566,7 +568,8 @@ fatal_message_crashes_worker(_) ->
     timer:sleep(200),
     ?assertMatch([#{pid := Worker}], workers()).
 
-%% erlpy._runtime._packer() keeps one msgpack.Packer per thread; a Packer keeps the buffer
+%% The bug (in the runtime as it was then; now erlpy._codec): erlpy._runtime._packer() kept
+%% one msgpack.Packer per thread; a Packer keeps the buffer
 %% it grew for the biggest message it packed. After one 200 MB reply from sync code and one
 %% from async code, the worker keeps ~400 MB for the rest of its life. Expected: memory
 %% comes back (a fresh packer, or a reset buffer, after a big message).

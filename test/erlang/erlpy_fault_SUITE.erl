@@ -525,7 +525,8 @@ max_memory_request_too_big_hangs(Config) ->
     ?assertNotEqual({error, timeout}, Result),
     ?assertMatch({ok, _}, py:call(?M, echo, [1], #{}, #{pool => P})).
 
-%% erlpy_worker:python_exited/3 in state `starting' treats any exit as a start failure:
+%% The bug (in the worker as it was then): erlpy_worker:python_exited/3 in state `starting'
+%% treated any exit as a start failure:
 %% a Python killed (SIGKILL, OOM killer) while it replays init/exec puts the worker in
 %% `failed' for the retry delay (1 s, doubling up to 30 s on repeated crashes), and every
 %% request routed to it (least busy: a failed worker has nothing in flight) is answered
@@ -549,7 +550,8 @@ killed_while_starting_refuses_requests(Config) ->
     ok = erlpy_test:wait_until(fun() -> not lists:member(Starting, erlpy_test:os_pids(P)) end),
     ?assertMatch({ok, <<"replayed">>}, py:eval(<<"replay_marker">>, #{}, #{pool => P})).
 
-%% erlpy_worker:flush/1 does `true = erlang:port_command(Port, ...)'. When Python dies,
+%% The bug (in the worker as it was then): erlpy_worker:flush/1 did
+%% `true = erlang:port_command(Port, ...)'. When Python dies,
 %% its port closes (EOF, or EPIPE on a write) and the exit messages are queued behind
 %% whatever the worker already has in its mailbox; a '$erlpy_flush' queued before them
 %% runs port_command on a closed port, which raises badarg: the worker's gen_statem
