@@ -4,9 +4,11 @@
 %%
 %%   escript examples/web/web_demo.escript [Port]     (default 0: any free port)
 %%
-%% Prints the URL, then serves until its standard input ends (Ctrl-D) or Ctrl-C.
-%% ERLPY_WEB_STATUS_DIR: where the generator writes each stream's outcome (default: a
-%% fresh directory under the system's temp directory).
+%% Prints the URL, then serves until Ctrl-C. Environment:
+%%   ERLPY_WEB_STATUS_DIR   where the generator writes each stream's outcome (default: a
+%%                          fresh directory under the system's temp directory)
+%%   ERLPY_WEB_UNTIL_EOF=1  stop cleanly (httpd, then erlpy) when standard input ends, as
+%%                          test/python/test_web_demo.py does
 -mode(compile).
 
 main(Args) ->
@@ -30,8 +32,10 @@ main(Args) ->
     {ok, Httpd, Bound} = web_demo:start(#{port => Port, dir => Here, status_dir => StatusDir}),
     io:format("erlpy web demo: http://127.0.0.1:~b/~n", [Bound]),
     io:format("  (several tabs at once; the generators' outcomes go to ~ts)~n", [StatusDir]),
-    io:format("  Ctrl-C (or end of input) stops it~n"),
-    wait_for_eof(),
+    case os:getenv("ERLPY_WEB_UNTIL_EOF") of
+        "1" -> wait_for_eof();
+        _ -> io:format("  Ctrl-C stops it~n"), receive after infinity -> ok end
+    end,
     ok = web_demo:stop(Httpd),
     ok = application:stop(erlpy).
 
