@@ -1,6 +1,7 @@
 # erlpy — thin wrapper over apt (first run only), rebar3, pip/pytest and mix.
 #   make test    install what is missing, build, run every suite
 #   make demo    the token-streaming demo
+#   make demo-web  the same in a browser: tokens over Server-Sent Events (examples/web)
 #   make bench   the benchmarks of docs/performance.md
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
@@ -8,21 +9,30 @@ PY := $(VENV)/bin/python
 export ERLPY_PYTHON ?= $(PY)
 DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper erlang-proper-dev \
         erlang-tools rebar3 elixir
+# The browser that test/python/test_web_demo.py drives (headless) through the web demo.
+BROWSER_DEBS := chromium
 
-.PHONY: all deps venv compile test test-erlang test-ct test-eunit test-python test-elixir \
-        lint demo bench clean
+.PHONY: all deps deps-browser venv compile test test-erlang test-ct test-eunit test-python \
+        test-elixir lint demo demo-web bench clean
 
 all: compile
 
 # Debian packages, installed only when something is missing (CI machines start bare).
-deps:
-	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+define install-debs
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing Debian packages:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+deps:
+	$(call install-debs,$(DEBS))
+
+deps-browser:
+	$(call install-debs,$(BROWSER_DEBS))
 
 # The project virtualenv, from pyproject.toml; rebuilt when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -36,7 +46,7 @@ $(VENV)/.installed: pyproject.toml
 compile: deps
 	@rebar3 compile
 
-test: deps venv compile
+test: deps deps-browser venv compile
 	@status=0; \
 	$(MAKE) --no-print-directory test-eunit  || status=1; \
 	$(MAKE) --no-print-directory test-ct     || status=1; \
@@ -82,6 +92,10 @@ lint:
 
 demo: deps venv compile
 	@escript examples/demo.escript
+
+# The web demo on a free port (or PORT=8080); prints the URL, Ctrl-C stops it.
+demo-web: deps venv compile
+	@escript examples/web/web_demo.escript $(PORT)
 
 bench: deps venv compile
 	@echo "==> codec (Erlang)"; escript bench/codec_bench.escript
