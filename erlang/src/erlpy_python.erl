@@ -2,7 +2,7 @@
 %% @doc Finding a Python interpreter and starting a worker process on a port.
 -module(erlpy_python).
 
--export([find/1, open/1, explain/1, explain/2]).
+-export([find/1, open/1, explain/1, explain/2, package_parent/0]).
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
