@@ -7,7 +7,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export ERLPY_PYTHON ?= $(PY)
 DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper erlang-proper-dev \
-        erlang-tools rebar3 elixir
+        erlang-tools rebar3 elixir python3-venv
 
 .PHONY: all deps venv compile test test-erlang test-ct test-eunit test-python test-elixir \
         lint demo bench clean
@@ -15,6 +15,7 @@ DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer er
 all: compile
 
 # Debian packages, installed only when something is missing (CI machines start bare).
+# python3-venv: Debian's /usr/bin/python3 builds the virtualenvs of erlpy_venv_SUITE.
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
