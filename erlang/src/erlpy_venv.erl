@@ -595,7 +595,7 @@ installed(Lines) ->
 %% certificate), logging its output line by line at `info' and its progress every 30 s
 %% at `notice'. Returns the exit status and the last lines of output.
 -spec run(string(), [string()], map(), tool()) -> {non_neg_integer() | {error, term()}, [binary()]}.
-run(Exe, Args, #{dir := Dir, env := Env, pip := PipConf}, Tool) ->
+run(Exe, Args, #{dir := Dir, base := Base, env := Env, pip := PipConf}, Tool) ->
     Extra =
         case Tool of
             {uv, _} ->
@@ -607,13 +607,14 @@ run(Exe, Args, #{dir := Dir, env := Env, pip := PipConf}, Tool) ->
                 [{"PIP_NO_INPUT", "1"}]
         end,
     ?LOG_INFO("erlpy: ~ts ~ts", [Exe, lists:join(" ", Args)], #{erlpy => venv, venv => Dir}),
-    try open_port({spawn_executable, Exe},
-                  [{args, Args}, {env, Extra ++ Env}, {line, 4096}, binary, exit_status,
-                   stderr_to_stdout, hide]) of
+    %% Through venvtool.py run: the tool dies with this process (its port).
+    try open_port({spawn_executable, Base},
+                  [{args, ["-I", venvtool(), "run", Exe | Args]}, {env, Extra ++ Env},
+                   {line, 4096}, binary, exit_status, stderr_to_stdout, hide]) of
         Port ->
             collect(Port, Dir, [], 0, erlang:monotonic_time(millisecond), [])
     catch
-        error:Reason -> {{error, Reason}, [iolist_to_binary(io_lib:format("cannot run ~ts: ~p", [Exe, Reason]))]}
+        error:Reason -> {{error, Reason}, [iolist_to_binary(io_lib:format("cannot run ~ts: ~p", [Base, Reason]))]}
     end.
 
 -spec collect(port(), string(), [binary()], non_neg_integer(), integer(), [binary()]) ->

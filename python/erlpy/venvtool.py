@@ -15,6 +15,12 @@ environment is built from (which may lack msgpack):
         OWNER into FILE and prints `locked`; holds the lock until standard input ends
         (the Erlang port closes, or the VM dies), then exits. The kernel releases the
         lock with the process, so no lock outlives its holder.
+
+    python -I venvtool.py run COMMAND ARGS...
+        runs the installer (uv, pip, python -m venv) in a process group of its own and
+        returns its exit status; when standard input ends (the Erlang process that runs
+        the build went away, or the VM died) it kills that group, so no installer goes
+        on writing into an environment that another builder takes over.
 """
 
 from __future__ import annotations
@@ -22,7 +28,11 @@ from __future__ import annotations
 import configparser
 import fcntl
 import os
+import signal
+import subprocess
 import sys
+import threading
+from typing import NoReturn
 
 # pip's settings that say where packages come from, and whether they are lists.
 _KEYS = {
@@ -112,6 +122,26 @@ def lock(path: str, owner: str) -> None:
             pass
 
 
+def run(command: list[str]) -> NoReturn:
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(65536):
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    status = proc.wait()
+    # The watcher still blocks on stdin: leave without the interpreter's shutdown, which
+    # would wait for stdin's lock.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status if status >= 0 else 128 - status)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "probe":
         probe(argv[2])
@@ -119,7 +149,13 @@ def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[1] == "lock":
         lock(argv[2], argv[3])
         return 0
-    sys.stderr.write("usage: venvtool.py probe PREFIX | lock FILE OWNER\n")
+    if len(argv) >= 3 and argv[1] == "run":
+        try:
+            run(argv[2:])
+        except OSError as e:
+            sys.stderr.write(f"error: cannot run {argv[2]}: {e}\n")
+            return 127
+    sys.stderr.write("usage: venvtool.py probe PREFIX | lock FILE OWNER | run COMMAND...\n")
     return 2
 
 
