@@ -35,7 +35,7 @@ groups() ->
     Cases = [build_from_bare_python, same_spec_reuses, changed_requirements_update,
              three_pools_fresh_dir, failing_requirement_named],
     [{uv, [sequence], Cases},
-     {pip, [sequence], Cases},
+     {pip, [sequence], Cases ++ [killed_build_recovers]},
      {misc, [sequence], [venv_alone, not_managed_dir, bad_options, requirements_file_offline,
                          build_ahead, release_hook, application_defaults]}].
 
@@ -186,6 +186,30 @@ failing_requirement_named(Config) ->
     %% and the spec without the broken package finishes it
     {ok, _} = py:start_pool(fixed, opts(Config, Env, [pkg("greeter")])),
     #{state := <<"ready">>} = state(Env).
+
+killed_build_recovers(Config) ->
+    erlpy_test:doc("the process building an environment is killed halfway: its installer "
+                   "dies with it, the lock goes with it, and the next start finishes the "
+                   "environment"),
+    Env = env_dir(Config, "killed"),
+    Opts = opts(Config, Env, [pkg("greeter")]),
+    Builder = spawn(fun() -> py:start_pool(killed, Opts) end),
+    receive
+        {venv_log, {notice, <<"erlpy: building virtualenv ", _/binary>>, _}} -> ok
+    after 30000 -> ct:fail(no_build_started)
+    end,
+    ok = erlpy_test:wait_until(fun() -> processes_on(Env) =/= [] end, 30000),
+    exit(Builder, kill),
+    ok = erlpy_test:wait_until(fun() -> processes_on(Env) =:= [] end, 10000),
+    {ok, _} = py:start_pool(killed, Opts),
+    ?assertEqual({ok, <<"Hello, Ki!">>}, py:call(erlpy_greeter, greet, [<<"Ki">>], #{}, #{pool => killed})),
+    #{state := <<"ready">>} = state(Env).
+
+%% OS processes whose command line names Dir (the installer, the lock helper).
+processes_on(Dir) ->
+    Needle = list_to_binary(Dir),
+    [P || P <- filelib:wildcard("/proc/[0-9]*/cmdline"),
+          {ok, Cmd} <- [file:read_file(P)], binary:match(Cmd, Needle) =/= nomatch].
 
 %%====================================================================
 %% misc
