@@ -16,7 +16,8 @@
 %%             requirement that cannot be installed is named in the error, and no pool
 %%             starts on the half-built environment.
 %%   misc      `venv' alone, a directory erlpy did not build, bad options, building ahead
-%%             (py:build_venv/1, the release hook of priv/release), application defaults,
+%%             (py:build_venv/1, the release hook of priv/release run by hand and as the
+%%             pre_start hook of a relx release), application defaults,
 %%             and the examples of docs/python-environments.md marked norun.
 -module(erlpy_venv_SUITE).
 -include_lib("common_test/include/ct.hrl").
@@ -37,7 +38,7 @@ groups() ->
     [{uv, [sequence], Cases},
      {pip, [sequence], Cases ++ [killed_build_recovers]},
      {misc, [sequence], [venv_alone, not_managed_dir, bad_options, requirements_file_offline,
-                         build_ahead, release_hook, application_defaults]}].
+                         build_ahead, release_hook, relx_release, application_defaults]}].
 
 init_per_suite(Config) ->
     filelib:is_regular(?BARE) orelse ct:fail({no_bare_python, ?BARE}),
@@ -326,6 +327,58 @@ release_hook(Config) ->
     {1, Out2} = run("/bin/sh", [Hook], HookEnv),
     ct:log("~ts", [Out2]),
     ?assertNotEqual(nomatch, binary:match(Out2, <<"the environment of pool broken cannot be built: cannot install ">>)).
+
+relx_release(Config) ->
+    erlpy_test:doc("a relx release with erlpy's hook as its pre_start hook "
+                   "(docs/python-environments.md#releases), built offline with erlpy as a "
+                   "_checkouts link: `bin/relapp daemon` builds the environment of the pool "
+                   "of its sys.config before the node starts, and the pool runs it"),
+    Rebar3 = os:find_executable("rebar3"),
+    is_list(Rebar3) orelse ct:fail(no_rebar3),
+    App = filename:join(?config(priv_dir, Config), "relapp"),
+    Env = env_dir(Config, "relx"),
+    ok = filelib:ensure_path(filename:join(App, "_checkouts")),
+    ok = filelib:ensure_path(filename:join(App, "src")),
+    ok = filelib:ensure_path(filename:join(App, "config")),
+    ok = filelib:ensure_path(filename:join(App, "home")),
+    ok = file:make_symlink(root(), filename:join(App, "_checkouts/erlpy")),
+    Files = [{"rebar.config",
+              "{erl_opts, [debug_info]}.\n"
+              "{deps, [{erlpy, {git, \"file:///nonexistent/erlpy.git\", {branch, \"main\"}}}]}.\n"
+              "{relx, [{release, {relapp, \"0.1.0\"}, [relapp]},\n"
+              "        {mode, prod},\n"
+              "        {sys_config, \"config/sys.config\"},\n"
+              "        {vm_args_src, \"config/vm.args.src\"},\n"
+              "        {overlay, [{copy, \"_checkouts/erlpy/priv/release/erlpy_venv_hook\",\n"
+              "                    \"bin/hooks/erlpy_venv\"}]},\n"
+              "        {extended_start_script_hooks, [{pre_start, [{custom, \"hooks/erlpy_venv\"}]}]}]}.\n"},
+             {"src/relapp.app.src",
+              "{application, relapp, [{description, \"relx + erlpy venv\"}, {vsn, \"0.1.0\"},\n"
+              "                       {applications, [kernel, stdlib, erlpy]}, {env, []}]}.\n"},
+             {"config/vm.args.src", "-sname ${RELEASE_NODE}\n-setcookie relapp\n"},
+             {"config/sys.config",
+              io_lib:format("~p.~n", [[{erlpy, [{pools, #{default => disabled,
+                                                          relpool => opts(Config, Env, [pkg("greeter")])}}]}]])}],
+    _ = [ok = file:write_file(filename:join(App, F), Text) || {F, Text} <- Files],
+    Offline = [{"HOME", filename:join(App, "home")}, {"HEX_OFFLINE", "1"}, {"ERL_LIBS", false},
+               {"REBAR_CONFIG", false}],
+    {0, Built} = run("/bin/sh", ["-c", "cd " ++ App ++ " && exec rebar3 release"], Offline),
+    ct:log("~ts", [Built]),
+    Bin = filename:join(App, "_build/default/rel/relapp/bin/relapp"),
+    Node = [{"RELEASE_NODE", "erlpy_relx_" ++ integer_to_list(erlang:unique_integer([positive]))}],
+    try
+        {0, Started} = run(Bin, ["daemon"], Node),
+        ct:log("daemon: ~ts", [Started]),
+        ?assertNotEqual(nomatch, binary:match(Started, iolist_to_binary(["erlpy: pool relpool runs ", Env, "/bin/python"]))),
+        #{state := <<"ready">>} = state(Env),
+        ok = erlpy_test:wait_until(fun() -> element(1, run(Bin, ["ping"], Node)) =:= 0 end, 30000),
+        %% eval prints what the expression returns
+        Eval = "{ok, P} = py:eval(<<\"__import__('sys').prefix\">>, #{}, #{pool => relpool}), "
+               "P =:= <<\"" ++ Env ++ "\">>.",
+        ?assertEqual({0, <<"true\n">>}, run(Bin, ["eval", Eval], Node))
+    after
+        ct:log("stop: ~p", [run(Bin, ["stop"], Node)])
+    end.
 
 application_defaults(Config) ->
     erlpy_test:doc("venv and requirements as application-wide defaults: every pool runs the "
