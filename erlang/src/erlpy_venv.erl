@@ -112,15 +112,15 @@ resolve_requirement(Spec, {priv, _, _} = Priv, Resolve) ->
     local(Spec, [], Resolve(Priv));
 resolve_requirement(Spec, {flag, "-e", Arg}, Resolve) ->
     case is_path(Arg) of
-        true -> local(Spec, ["-e"], Resolve(Arg));
+        true -> local(Spec, ["-e"], Resolve(home(Arg)));
         false -> #{spec => Spec, args => ["-e", Arg], files => [], names => []}
     end;
 resolve_requirement(Spec, {flag, Flag, Arg}, Resolve) ->
-    File = existing(Resolve(Arg)),
+    File = existing(Resolve(home(Arg))),
     #{spec => Spec, args => [Flag, File], files => [File], names => [path_name(File) | file_names(File)]};
 resolve_requirement(Spec, {spec, S}, Resolve) ->
     case is_path(S) of
-        true -> local(Spec, [], Resolve(S));
+        true -> local(Spec, [], Resolve(home(S)));
         false -> #{spec => Spec, args => [S], files => [], names => [name_of(S)]}
     end.
 
@@ -135,6 +135,16 @@ local(Spec, Flags, Path0) ->
         end,
     #{spec => Spec, args => Flags ++ [Path], files => Files,
       names => [path_name(Path) | [N || N <- [project_name(Path)], N =/= <<>>]]}.
+
+%% `~/x' is in the home directory, as in a shell.
+-spec home(string()) -> string().
+home("~/" ++ Rest) ->
+    case os:getenv("HOME") of
+        false -> "~/" ++ Rest;
+        Home -> filename:join(Home, Rest)
+    end;
+home(Path) ->
+    Path.
 
 -spec existing(string()) -> string().
 existing(Path) ->
