@@ -380,9 +380,11 @@ plan(#{dir := Dir} = B) ->
         {{error, enoent}, _} -> create;
         {{ok, []}, _} -> create;
         {{ok, _}, none} ->
-            failed(Dir, not_managed,
-                   <<(bin(Dir))/binary, " exists and was not built by erlpy (no ", ?STATE_FILE,
-                     "): remove it, or give the pool venv alone to use it as it is">>, #{});
+            case filelib:is_regular(creating(Dir)) of
+                %% A creation of ours that was cut short: it is ours to redo.
+                true -> recreate;
+                false -> not_managed(Dir)
+            end;
         {{ok, _}, #{python := P}} ->
             case P =:= python_line(B) andalso filelib:is_regular(venv_python(Dir)) of
                 true -> update;
@@ -394,6 +396,26 @@ plan(#{dir := Dir} = B) ->
                                  (atom_to_binary(Posix))/binary>>, #{})
     end.
 
+-spec not_managed(string()) -> {error, term()}.
+not_managed(Dir) ->
+    failed(Dir, not_managed,
+           <<(bin(Dir))/binary, " exists and was not built by erlpy (no ", ?STATE_FILE,
+             "): remove it, or give the pool venv alone to use it as it is">>, #{}).
+
+%% The mark of a creation in progress, next to the directory: from before the directory
+%% is removed or created until its state file says `building', a window in which the
+%% directory alone would not show it is erlpy's.
+-spec creating(string()) -> string().
+creating(Dir) ->
+    Dir ++ ".creating".
+
+-spec mark(string()) -> ok | {error, term()}.
+mark(Dir) ->
+    case file:write_file(creating(Dir), <<"erlpy is creating this virtualenv\n">>) of
+        ok -> ok;
+        {error, Posix} -> state_failed(Dir, creating(Dir), Posix)
+    end.
+
 -spec run_build(create | update | recreate, map()) -> ok | {error, term()}.
 run_build(Plan, #{dir := Dir, reqs := Reqs} = B) ->
     Tool = tool(),
@@ -402,10 +424,13 @@ run_build(Plan, #{dir := Dir, reqs := Reqs} = B) ->
     ?LOG_NOTICE("erlpy: ~ts virtualenv ~ts from ~ts with ~ts: ~ts",
                 [verb(Plan), Dir, maps:get(base, B), tool_name(Tool), join(Specs)],
                 #{erlpy => venv, venv => Dir}),
-    Steps = [fun() -> remove(Dir) end || Plan =:= recreate] ++
-            [fun() -> create(Tool, B) end || Plan =/= update] ++
-            [fun() -> write_state(B, Tool, <<"building">>) end,
-             fun() -> install(Tool, B) end],
+    New = Plan =/= update,
+    Steps = [fun() -> mark(Dir) end || New] ++
+            [fun() -> remove(Dir) end || Plan =:= recreate] ++
+            [fun() -> create(Tool, B) end || New] ++
+            [fun() -> write_state(B, Tool, <<"building">>) end] ++
+            [fun() -> _ = file:delete(creating(Dir)), ok end || New] ++
+            [fun() -> install(Tool, B) end],
     case run_steps(Steps) of
         {ok, Installed} ->
             ok = write_state(B, Tool, <<"ready">>),

@@ -199,12 +199,17 @@ killed_build_recovers(Config) ->
         {venv_log, {notice, <<"erlpy: building virtualenv ", _/binary>>, _}} -> ok
     after 30000 -> ct:fail(no_build_started)
     end,
-    ok = erlpy_test:wait_until(fun() -> processes_on(Env) =/= [] end, 30000),
+    %% Killed while the virtualenv is being created: the directory has files, and no
+    %% state file yet (Env.creating says it is erlpy's).
+    ok = erlpy_test:wait_until(fun() -> filelib:is_dir(filename:join(Env, "bin")) end, 30000),
     exit(Builder, kill),
+    ct:log("killed with state file: ~p, creating mark: ~p",
+           [filelib:is_regular(filename:join(Env, ".erlpy-venv")), filelib:is_regular(Env ++ ".creating")]),
     ok = erlpy_test:wait_until(fun() -> processes_on(Env) =:= [] end, 10000),
     {ok, _} = py:start_pool(killed, Opts),
     ?assertEqual({ok, <<"Hello, Ki!">>}, py:call(erlpy_greeter, greet, [<<"Ki">>], #{}, #{pool => killed})),
-    #{state := <<"ready">>} = state(Env).
+    #{state := <<"ready">>} = state(Env),
+    ?assertNot(filelib:is_regular(Env ++ ".creating")).
 
 %% OS processes whose command line names Dir (the installer, the lock helper).
 processes_on(Dir) ->
