@@ -8,7 +8,8 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export ERLPY_PYTHON ?= $(PY)
 DEBS := erlang-nox erlang-dev erlang-eunit erlang-common-test erlang-dialyzer erlang-proper erlang-proper-dev \
-        erlang-tools rebar3 elixir
+        erlang-tools rebar3 elixir python3-venv
+# python3-venv: Debian's /usr/bin/python3 builds the virtualenvs of erlpy_venv_SUITE.
 # The browser that test/python/test_web_demo.py drives (headless) through the web demo.
 BROWSER_DEBS := chromium
 

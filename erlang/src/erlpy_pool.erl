@@ -34,7 +34,9 @@
     start_timeout := pos_integer(),
     max_requests := pos_integer() | infinity,
     max_memory := pos_integer() | infinity,
-    cluster := boolean()
+    cluster := boolean(),
+    venv := string() | undefined,
+    requirements := [erlpy_venv:requirement()]
 }.
 
 -include("erlpy_protocol.hrl").
@@ -70,9 +72,14 @@ validate(Opts) ->
         AppDefaults = options_map(application:get_env(erlpy, defaults, #{})),
         Config0 = maps:fold(fun check/3, defaults(), maps:without([name], maps:merge(AppDefaults, Own))),
         Config = resolve_dirs(Config0),
-        case erlpy_python:find(maps:get(python, Config)) of
-            {ok, Python} -> {ok, Config#{python := Python}};
-            {error, Reason} -> {error, {python_start_failed, Reason}}
+        %% `venv' alone runs the environment's interpreter (erlpy_venv:ensure/1 checks it).
+        case erlpy_venv:interpreter(Config) of
+            {venv, VenvPython} -> {ok, Config#{python := VenvPython}};
+            base ->
+                case erlpy_python:find(maps:get(python, Config)) of
+                    {ok, Python} -> {ok, Config#{python := Python}};
+                    {error, Reason} -> {error, {python_start_failed, Reason}}
+                end
         end
     catch
         throw:{bad_option, {_, _}} = Bad -> {error, Bad}
@@ -94,7 +101,9 @@ defaults() ->
         start_timeout => 30000,
         max_requests => infinity,
         max_memory => infinity,
-        cluster => false
+        cluster => false,
+        venv => undefined,
+        requirements => []
     }.
 
 %% Options are a map or a proplist; anything else is `{bad_option, {options, Term}}'.
@@ -135,6 +144,8 @@ check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
 check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
+check(venv, Dir, C) -> C#{venv := dir(Dir, venv)};
+check(requirements, Reqs, C) -> C#{requirements := erlpy_venv:check_requirements(Reqs)};
 check(Key, Value, _) -> throw({bad_option, {Key, Value}}).
 
 %% A directory as given: a string, or `{priv, App, SubDir}' (resolved by resolve_dirs/1).
@@ -175,9 +186,12 @@ env_pair({K, V}, Env) -> {string(K, env, Env), string(V, env, Env)};
 env_pair(_, Env) -> throw({bad_option, {env, Env}}).
 
 %% `cd' first (relative to the VM's working directory), then `path' (relative to `cd'
-%% when given) and `python'. Directories must exist.
+%% when given) and `python'. Directories must exist. `venv' and local `requirements' are
+%% relative to `cd' too; requirements need a `venv'.
 -spec resolve_dirs(map()) -> map().
-resolve_dirs(#{cd := Cd0, path := Paths0, python := Python0} = C) ->
+resolve_dirs(#{venv := undefined, requirements := [_ | _] = Reqs}) ->
+    throw({bad_option, {requirements, [Spec || {Spec, _} <- Reqs]}});
+resolve_dirs(#{cd := Cd0, path := Paths0, python := Python0, venv := Venv0, requirements := Reqs0} = C) ->
     {ok, Cwd} = file:get_cwd(),
     Cd = case Cd0 of
         undefined -> undefined;
@@ -191,7 +205,13 @@ resolve_dirs(#{cd := Cd0, path := Paths0, python := Python0} = C) ->
         {priv, _, _} -> resolve(Python0, Cwd, python);
         _ -> Python0
     end,
-    C#{cd := Cd, path := [existing_dir(P, Base, path) || P <- Paths0], python := Python}.
+    Venv = case Venv0 of
+        undefined -> undefined;
+        _ -> resolve(Venv0, Base, venv)
+    end,
+    Reqs = erlpy_venv:resolve_requirements(Reqs0, fun(R) -> resolve(R, Base, requirements) end),
+    C#{cd := Cd, path := [existing_dir(P, Base, path) || P <- Paths0], python := Python,
+       venv := Venv, requirements := Reqs}.
 
 -spec existing_dir(string() | {priv, atom(), string()}, string(), atom()) -> string().
 existing_dir(Dir0, Base, Key) ->

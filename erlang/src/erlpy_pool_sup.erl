@@ -4,7 +4,7 @@
 -module(erlpy_pool_sup).
 -behaviour(supervisor).
 
--export([start_link/2, init/1, start_failure/1, forget_failures/0]).
+-export([start_link/2, init/1, start_failure/1, forget_failures/0, failed/2]).
 
 -define(FAILED(Name), {erlpy_pool, Name, start_failed}).
 
@@ -16,14 +16,29 @@
 start_link(Name, Opts) ->
     Result =
         case erlpy_pool:validate(Opts) of
-            {ok, Config} ->
-                case supervisor:start_link(?MODULE, {Name, Config}) of
-                    {ok, Sup} -> await_workers(Sup, Name, Config);
-                    Error -> Error
+            {ok, Config0} ->
+                %% The pool's `venv', built or updated if need be (erlpy_venv).
+                case erlpy_venv:ensure(Config0) of
+                    {ok, Config} ->
+                        case supervisor:start_link(?MODULE, {Name, Config}) of
+                            {ok, Sup} -> await_workers(Sup, Name, Config);
+                            Error -> Error
+                        end;
+                    {error, _} = Error ->
+                        Error
                 end;
             {error, _} = Error ->
                 Error
         end,
+    remember(Name, Result).
+
+%% @doc Remember a start failure found before the pool's start (erlpy_venv:prepare/2).
+-spec failed(erlpy_pool:name(), {error, term()}) -> {error, term()}.
+failed(Name, {error, _} = Error) ->
+    remember(Name, Error).
+
+-spec remember(erlpy_pool:name(), {ok, pid()} | {error, term()}) -> {ok, pid()} | {error, term()}.
+remember(Name, Result) ->
     case Result of
         {ok, _} ->
             _ = persistent_term:erase(?FAILED(Name));

@@ -3,7 +3,8 @@
 %% with everything it started.
 -module(erlpy_python).
 
--export([find/1, open/1, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1]).
+-export([find/1, open/1, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1,
+         package_parent/0]).
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.

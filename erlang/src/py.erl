@@ -32,6 +32,8 @@
 -export([register_function/2, unregister_function/1]).
 %% Pools
 -export([start_pool/2, stop_pool/1, child_spec/1, info/0, info/1]).
+%% Python environments of pools (docs/python-environments.md)
+-export([build_venv/1, build_venvs/0]).
 
 -export_type([pool/0, opts/0, error/0, name/0, code/0]).
 
@@ -269,10 +271,16 @@ unregister_function(Name) ->
 start_pool(Name, Opts) when not is_atom(Name) ->
     erlang:error(badarg, [Name, Opts]);
 start_pool(Name, Opts) ->
-    try supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
-        Result -> started(Name, Opts, Result)
-    catch
-        exit:{noproc, _} -> {error, {not_started, erlpy}}
+    %% A `venv' is built here, in the caller, rather than in erlpy's supervisor.
+    case erlpy_venv:prepare(Name, Opts) of
+        ok ->
+            try supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
+                Result -> started(Name, Opts, Result)
+            catch
+                exit:{noproc, _} -> {error, {not_started, erlpy}}
+            end;
+        {error, _} = Error ->
+            Error
     end.
 
 -spec started(atom(), term(), supervisor:startchild_ret()) -> {ok, pid()} | {error, term()}.
@@ -330,6 +338,18 @@ pool_spec(Name, Opts) ->
         type => supervisor,
         shutdown => infinity
     }.
+
+%% @doc Build (or update, or check) the virtualenv of a pool ahead of its start: the name
+%% of a pool of the application's `pools' (with its `defaults'), or pool options with
+%% `venv'. Returns the interpreter the pool will run (docs/python-environments.md).
+-spec build_venv(atom() | map() | list()) -> {ok, binary()} | {error, term()}.
+build_venv(Pool) ->
+    erlpy_venv:build(Pool).
+
+%% @doc build_venv/1 for every pool of the application's environment that has a `venv'.
+-spec build_venvs() -> {ok, [{atom(), binary()}]} | {error, {atom(), term()}}.
+build_venvs() ->
+    erlpy_venv:build_all().
 
 %% @doc A map from pool name to info/1 of that pool.
 -spec info() -> #{atom() => map()}.

@@ -1,0 +1,1 @@
+../greeter/wheel_backend.py
