@@ -29,16 +29,19 @@
 -export([stream_start/3, stream_start/4]).
 -export([stream_cancel/1, stream_send/2, stream_close/1, stream_ack/2]).
 %% Erlang functions callable from Python
+-export([call_method/3, call_method/4, call_method/5, getattr/2, getattr/3, release/1]).
 -export([register_function/2, unregister_function/1]).
 %% Pools
 -export([start_pool/2, stop_pool/1, child_spec/1, info/0, info/1]).
 
--export_type([pool/0, opts/0, error/0, name/0, code/0]).
+-export_type([pool/0, opts/0, error/0, name/0, code/0, ref/0]).
 
 -include("erlpy_protocol.hrl").
 
 -type name() :: atom() | binary().
 -type code() :: unicode:chardata().
+%% A handle: a Python object kept in one worker (docs/state.md).
+-type ref() :: {'$erlpy_ref', atom(), pid(), pos_integer(), pos_integer()}.
 %% A local pool, a pool on another node, or a cluster-wide pool (started with
 %% `cluster => true' on any number of nodes).
 -type pool() :: atom() | {atom(), node()} | {cluster, atom()}.
@@ -55,9 +58,13 @@
     | {no_pool, term(), Why :: term()}
     | {not_started, erlpy}
     | {python_start_failed, term()}
-    | {nodedown, node()}.
+    | {nodedown, node()}
+    | {stale_ref, term()}
+    | {max_refs, pos_integer()}.
 
 -define(DEFAULT_TIMEOUT, 30000).
+%% Options of the requests whose result may be kept as a handle.
+-define(RETURN_OPTS, [return, owner]).
 
 %%====================================================================
 %% Calls
@@ -78,11 +85,56 @@ call(Module, Function, Args, Kwargs) ->
     call(Module, Function, Args, Kwargs, #{}).
 
 %% @doc Call with options, or a timeout in milliseconds.
--spec call(name(), name(), list(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+-spec call(name() | ref(), name(), list(), map(), opts() | timeout()) ->
+    {ok, term()} | {error, error()}.
 call(Module, Function, Args, Kwargs, Opts) ->
-    run(call, [Module, Function, Args, Kwargs], Opts, fun(O) ->
-        {call, ?OP_CALL, [name(Module), name(Function), list(Args), kwargs(Kwargs)], O}
+    run(call, [Module, Function, Args, Kwargs], at(Module, Opts), ?RETURN_OPTS, fun(O) ->
+        Fields = [target(Module), name(Function), list(Args), kwargs(Kwargs)],
+        {kind(O), op(O, ?OP_CALL, ?OP_CALL_REF), Fields, O}
     end).
+
+%% @doc Call method `Method' of the object a handle names, in the worker that holds it.
+%%
+%% ```
+%% {ok, Counter} = py:call(collections, 'Counter', [], #{}, #{return => ref}),
+%% {ok, none} = py:call_method(Counter, update, [<<"abca">>]),
+%% {ok, 2} = py:call_method(Counter, get, [<<"a">>]),
+%% ok = py:release(Counter).
+%% '''
+-spec call_method(ref(), name(), list()) -> {ok, term()} | {error, error()}.
+call_method(Ref, Method, Args) ->
+    call_method(Ref, Method, Args, #{}, #{}).
+
+-spec call_method(ref(), name(), list(), map()) -> {ok, term()} | {error, error()}.
+call_method(Ref, Method, Args, Kwargs) ->
+    call_method(Ref, Method, Args, Kwargs, #{}).
+
+-spec call_method(ref(), name(), list(), map(), opts() | timeout()) ->
+    {ok, term()} | {error, error()}.
+call_method(?HANDLE(_, _, _, _) = Ref, Method, Args, Kwargs, Opts) ->
+    call(Ref, Method, Args, Kwargs, Opts);
+call_method(Ref, Method, Args, Kwargs, Opts) ->
+    erlang:error(badarg, [Ref, Method, Args, Kwargs, Opts]).
+
+%% @doc An attribute of the object a handle names (`return => ref' keeps it as a handle).
+-spec getattr(ref(), name()) -> {ok, term()} | {error, error()}.
+getattr(Ref, Name) ->
+    getattr(Ref, Name, #{}).
+
+-spec getattr(ref(), name(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+getattr(?HANDLE(_, _, _, _) = Ref, Name, Opts) ->
+    call(builtins, getattr, [Ref, name(Name)], #{}, at(Ref, Opts));
+getattr(Ref, Name, Opts) ->
+    erlang:error(badarg, [Ref, Name, Opts]).
+
+%% @doc Let the worker drop the object a handle names; later uses of the handle get
+%% `{error, {stale_ref, _}}'. Releasing a handle twice, or a stale one, is fine.
+-spec release(ref()) -> ok.
+release(?HANDLE(_, Worker, _, Id)) ->
+    Worker ! {'$erlpy_release', Id},
+    ok;
+release(Ref) ->
+    erlang:error(badarg, [Ref]).
 
 %% @doc Evaluate a Python expression.
 %%
@@ -100,8 +152,8 @@ eval(Code, Locals) ->
 
 -spec eval(code(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
 eval(Code, Locals, Opts) ->
-    run(eval, [Code, Locals], Opts, fun(O) ->
-        {call, ?OP_EVAL, [code(Code), locals(Locals)], O}
+    run(eval, [Code, Locals], Opts, ?RETURN_OPTS, fun(O) ->
+        {kind(O), op(O, ?OP_EVAL, ?OP_EVAL_REF), [code(Code), locals(Locals)], O}
     end).
 
 %% @doc Run statements in `__main__' on every worker of the pool. The pool remembers them
@@ -157,8 +209,8 @@ stream(Module, Function, Args, Kwargs) ->
 
 -spec stream(name(), name(), list(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream(Module, Function, Args, Kwargs, Opts) ->
-    run(stream, [Module, Function, Args, Kwargs], Opts, fun(O) ->
-        Fields = [name(Module), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
+    run(stream, [Module, Function, Args, Kwargs], at(Module, Opts), [], fun(O) ->
+        Fields = [target(Module), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
         {collect, ?OP_STREAM_CALL, Fields, O}
     end).
 
@@ -176,7 +228,7 @@ stream_eval(Code, Locals) ->
 
 -spec stream_eval(code(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream_eval(Code, Locals, Opts) ->
-    run(stream_eval, [Code, Locals], Opts, fun(O) ->
+    run(stream_eval, [Code, Locals], Opts, [], fun(O) ->
         {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
     end).
 
@@ -192,7 +244,7 @@ stream_start(Module, Function, Args) ->
 -spec stream_start(name(), name(), list(), opts()) -> {ok, reference()} | {error, error()}.
 stream_start(Module, Function, Args, Opts0) ->
     Extra = [owner, kwargs, input, window, idle_timeout],
-    case options(Opts0, Extra) of
+    case options(at(Module, Opts0), Extra) of
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
@@ -365,13 +417,13 @@ info(Name) ->
 %% Internal
 %%====================================================================
 
--type request() :: {call | collect, Op :: integer(), Fields :: list(), map()}.
+-type request() :: {call | collect | {ref, pid()}, Op :: integer(), Fields :: list(), map()}.
 
 %% Run one request: here, or on the node the `pool' option names.
--spec run(atom(), list(), opts() | timeout(), fun((map()) -> request())) ->
+-spec run(atom(), list(), opts() | timeout(), [atom()], fun((map()) -> request())) ->
     {ok, term()} | {error, error()}.
-run(Function, Args, Opts0, Build) ->
-    case options(Opts0, []) of
+run(Function, Args, Opts0, Extra, Build) ->
+    case options(Opts0, Extra) of
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} -> with_pool(Local, fun(Meta) -> send(Build, Local, Meta) end);
@@ -406,15 +458,62 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
         {Kind, Timeout, erlpy_codec:message([Op, Id | Fields], NoneAtom)}
     of
         {Kind, Timeout, Request} ->
-            case erlpy_pool:checkout(Meta) of
+            case checkout(Meta) of
                 {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
-                {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
+                {ok, Worker, _} when Kind =:= collect ->
+                    erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
+                {ok, Worker, _} ->
+                    {ref, Owner} = Kind,
+                    erlpy_worker:call_ref(Worker, Id, Request, Owner, Timeout);
                 {error, no_workers} -> {error, {worker_exited, no_workers}};
                 {error, _} = Error -> Error
             end
     catch
-        throw:{badarg, Detail} -> {error, {badarg, Detail}}
+        throw:{badarg, Detail} ->
+            _ = erase(?HANDLE_KEY),
+            {error, {badarg, Detail}}
     end.
+
+%% The worker for a request just encoded: the one of the handles it carries, if any (the
+%% codec noted it), else the pool's least busy.
+-spec checkout(erlpy_pool:meta()) -> {ok, pid(), pos_integer()} | {error, term()}.
+checkout(Meta) ->
+    case erase(?HANDLE_KEY) of
+        undefined ->
+            erlpy_pool:checkout(Meta);
+        {Pool, Worker, Index} ->
+            case erlpy_pool:checkout_worker(Pool, Worker, Index) of
+                stale -> {error, {stale_ref, Worker}};
+                Ok -> Ok
+            end
+    end.
+
+%% Whether a call's result comes back or stays in Python as a handle, and its owner.
+-spec kind(map()) -> call | {ref, pid()}.
+kind(#{return := ref} = Opts) -> {ref, maps:get(owner, Opts, self())};
+kind(_) -> call.
+
+-spec op(map(), integer(), integer()) -> integer().
+op(#{return := ref}, _, Ref) -> Ref;
+op(_, Op, _) -> Op.
+
+%% A request on a handle goes to the node of the handle's worker, in its pool.
+-spec at(term(), term()) -> term().
+at(?HANDLE(Pool, Worker, _, _), Opts) when is_map(Opts) ->
+    Opts#{pool => {Pool, node(Worker)}};
+at(?HANDLE(_, _, _, _) = Ref, Timeout) when is_integer(Timeout); Timeout =:= infinity ->
+    at(Ref, #{timeout => Timeout});
+at(?HANDLE(_, _, _, _) = Ref, Opts) when is_list(Opts) ->
+    case options(Opts, [owner, kwargs, input, window, idle_timeout | ?RETURN_OPTS]) of
+        {ok, Map} -> at(Ref, Map);
+        {error, _} -> Opts
+    end;
+at(_, Opts) ->
+    Opts.
+
+-spec target(term()) -> binary() | ref().
+target(?HANDLE(_, _, _, _) = Ref) -> Ref;
+target(Module) -> name(Module).
 
 %% How a collecting caller decodes the chunks of items its worker forwards.
 -spec decoder(erlpy_pool:meta()) -> fun((binary(), [term()]) -> [term()]).
@@ -430,7 +529,7 @@ start_stream(Module, Function, Args, Opts) ->
         Id = erlang:unique_integer([positive]),
         try
             Fields = [
-                name(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
+                target(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
                 Credit, maps:get(input, Opts, false) =:= true
             ],
             erlpy_codec:message([?OP_STREAM_CALL, Id | Fields], NoneAtom)
@@ -443,7 +542,7 @@ start_stream(Module, Function, Args, Opts) ->
                     input => maps:get(input, Opts, false),
                     idle_timeout => maps:get(idle_timeout, Opts, infinity)
                 },
-                case erlpy_pool:checkout(Meta) of
+                case checkout(Meta) of
                     {ok, Worker, _} ->
                         erlpy_worker:stream_start(Worker, Id, Stream, maps:get(timeout, Opts));
                     {error, no_workers} ->
@@ -452,7 +551,9 @@ start_stream(Module, Function, Args, Opts) ->
                         Error
                 end
         catch
-            throw:{badarg, Detail} -> {error, {badarg, Detail}}
+            throw:{badarg, Detail} ->
+                _ = erase(?HANDLE_KEY),
+                {error, {badarg, Detail}}
         end
     end).
 
@@ -545,7 +646,8 @@ valid_option(K, V, Extra) ->
             kwargs -> is_map(V) orelse is_list(V);
             input -> is_boolean(V);
             window -> is_integer(V) andalso V > 0;
-            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0)
+            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0);
+            return -> V =:= ref orelse V =:= value
         end.
 
 -spec name(term()) -> binary().

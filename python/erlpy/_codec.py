@@ -18,11 +18,14 @@ from typing import Any, Final
 
 import msgpack
 
+from . import _handles
+
 EXT_ATOM: Final = 1
 EXT_TUPLE: Final = 2
 EXT_BIGINT: Final = 3
 EXT_TERM: Final = 4
 EXT_BINARY: Final = 5
+EXT_HANDLE: Final = _handles.EXT_HANDLE  # a handle (docs/state.md): the object it names
 
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
@@ -150,6 +153,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
             return data.decode()
         except UnicodeDecodeError:
             return data
+    if code == EXT_HANDLE:
+        return _handles.decode(data)
     raise ValueError(f"unknown msgpack extension type {code}")
 
 

@@ -30,6 +30,11 @@ class Resolver:
 
     def now(self, module: Any, name: Any) -> Resolved | None:
         """Resolve without importing (the loop thread must not block on imports)."""
+        if not isinstance(module, str):
+            try:
+                return method(module, name)
+            except Exception:
+                return None  # the main thread resolves again and reports the error
         cached = self._cache.get((module, name))
         if cached is not None:
             return cached
@@ -41,6 +46,8 @@ class Resolver:
             return None  # the main thread resolves again and reports the error
 
     def resolve(self, module: Any, name: Any) -> Resolved:
+        if not isinstance(module, str):
+            return method(module, name)
         cached = self._cache.get((module, name))
         if cached is not None:
             return cached
@@ -57,6 +64,17 @@ class Resolver:
         if module != "__main__":
             self._cache[(module, name)] = resolved
         return resolved
+
+
+def method(obj: Any, name: Any) -> Resolved:
+    """A method (or any callable attribute) of a handle's object; never cached."""
+    if not _valid_name(name):
+        raise BadName(f"invalid method name: {name!r}")
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{name} is not callable")
+    return (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
 
 
 def _import(module: str) -> Any:
