@@ -211,12 +211,18 @@ handle_made(Id, Owner, #data{pool = Pool, index = Index} = D) ->
     D1 = effects(Effects, D#data{table = T}),
     case [R || {reply, _, _} = R <- Effects] of
         [] ->
-            enqueue(encode([?OP_RELEASE, [Id]], D1), D1);
+            release_in_python(Id, D1);
         _ ->
             Mon = erlang:monitor(process, Owner),
             D1#data{handles = (D1#data.handles)#{Id => Mon},
                     handle_monitors = (D1#data.handle_monitors)#{Mon => Id}}
     end.
+
+%% Python decodes a frame whole, handles to objects included, before it acts on any of its
+%% messages: a release ends its frame, so requests after it find the object gone.
+-spec release_in_python(id(), #data{}) -> #data{}.
+release_in_python(Id, D) ->
+    flush(enqueue(encode([?OP_RELEASE, [Id]], D), D)).
 
 %% @doc Release a handle (py:release/1); one this Python does not hold is ignored.
 -spec release(id(), #data{}) -> #data{}.
@@ -225,7 +231,7 @@ release(Id, #data{handles = Handles} = D) ->
         {Mon, Handles1} ->
             erlang:demonitor(Mon, [flush]),
             D1 = D#data{handles = Handles1, handle_monitors = maps:remove(Mon, D#data.handle_monitors)},
-            enqueue(encode([?OP_RELEASE, [Id]], D1), D1);
+            release_in_python(Id, D1);
         error ->
             D
     end.
@@ -237,7 +243,7 @@ down(Mon, #data{handle_monitors = Monitors} = D) ->
     case maps:take(Mon, Monitors) of
         {Id, Monitors1} ->
             D1 = D#data{handles = maps:remove(Id, D#data.handles), handle_monitors = Monitors1},
-            enqueue(encode([?OP_RELEASE, [Id]], D1), D1);
+            release_in_python(Id, D1);
         error ->
             perform(erlpy_inflight:down(Mon, D#data.table), D)
     end.

@@ -1,0 +1,328 @@
+%% State in Python with an owner and a lifetime (docs/state.md): handles (return => ref,
+%% call_method, getattr, release), sessions (a private namespace on one worker) and
+%% reload (new code on every worker, or none).
+-module(erlpy_state_SUITE).
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+-compile([export_all, nowarn_export_all]).
+
+-define(POOL, state).
+
+all() ->
+    [
+        handle_keeps_state_and_is_an_argument,
+        handle_of_eval_and_getattr,
+        handle_stream_on_method,
+        release_makes_stale,
+        owner_death_releases,
+        owner_option,
+        python_killed_makes_stale,
+        worker_killed_makes_stale,
+        max_refs_cap,
+        handles_of_two_workers_badarg,
+        timed_out_ref_call_keeps_nothing,
+        handles_under_chaos
+    ].
+
+init_per_suite(Config) ->
+    ok = erlpy_test:start_app(),
+    Config.
+
+end_per_suite(_Config) ->
+    ok.
+
+init_per_testcase(Case, Config) ->
+    Size = case Case of
+               handles_of_two_workers_badarg -> 2;
+               handles_under_chaos -> 3;
+               _ -> 1
+           end,
+    MaxRefs = case Case of max_refs_cap -> 3; _ -> infinity end,
+    {ok, _} = py:start_pool(?POOL, #{size => Size, max_refs => MaxRefs, init => init_code()}),
+    Config.
+
+end_per_testcase(_Case, _Config) ->
+    _ = py:stop_pool(?POOL),
+    ok.
+
+init_code() ->
+    <<"import weakref\n"
+      "released = []\n"
+      "class Acc:\n"
+      "    def __init__(self, name, start=0):\n"
+      "        self.name, self.total = name, start\n"
+      "        weakref.finalize(self, released.append, name)\n"
+      "    def add(self, n=1):\n"
+      "        self.total += n\n"
+      "        return self.total\n"
+      "    def upto(self, n):\n"
+      "        yield from range(self.total, self.total + n)\n"
+      "    async def aadd(self, n):\n"
+      "        self.total += n\n"
+      "        return self.total\n"
+      "def total_of(acc):\n"
+      "    return acc.total\n"
+      "def live():\n"
+      "    import erlpy._handles\n"
+      "    return len(erlpy._handles.objects)\n">>.
+
+opts() -> #{pool => ?POOL}.
+
+new_acc(Name) ->
+    py:call('__main__', 'Acc', [Name], #{}, #{pool => ?POOL, return => ref}).
+
+%% Every worker of the pool, as {Pid, Index}.
+each_worker(Fun) ->
+    [Fun(Pid, Index) || #{pid := Pid, index := Index} <- erlpy_test:workers(?POOL)].
+
+%% Evaluate Code on one given worker.
+eval_on(Pid, Index, Code) ->
+    {ok, Pid, Index} = erlpy_pool:checkout_worker(?POOL, Pid, Index),
+    Id = erlang:unique_integer([positive]),
+    erlpy_worker:call(Pid, Id, erlpy_codec:message([2, Id, Code, #{}], none), 10000).
+
+live_everywhere() ->
+    lists:sum(each_worker(fun(P, I) -> {ok, N} = eval_on(P, I, <<"live()">>), N end)).
+
+handle_keeps_state_and_is_an_argument(_Config) ->
+    erlpy_test:doc("An object made with return => ref keeps its state across call_method, "
+                   "async methods included, and arrives as itself when passed to a function."),
+    {ok, Acc} = new_acc(<<"a">>),
+    {ok, 1} = py:call_method(Acc, add, []),
+    {ok, 11} = py:call_method(Acc, add, [], #{n => 10}),
+    {ok, 16} = py:call_method(Acc, aadd, [5], #{}, #{timeout => 5000}),
+    {ok, 16} = py:call('__main__', total_of, [Acc], #{}, opts()),
+    {ok, 16} = py:call('__main__', total_of, [Acc]),
+    {ok, [16, 16]} = py:eval(<<"[a.total, total_of(a)]">>, #{a => Acc}, opts()),
+    {ok, true} = py:eval(<<"x[0] is x[1]">>, #{x => [Acc, Acc]}, opts()),
+    {error, {python, <<"AttributeError">>, _, _}} = py:call_method(Acc, nope, []),
+    ok = py:release(Acc).
+
+handle_of_eval_and_getattr(_Config) ->
+    erlpy_test:doc("eval with return => ref; getattr gives a value or, with return => ref, "
+                   "another handle."),
+    {ok, L} = py:eval(<<"[1, 2]">>, #{}, (opts())#{return => ref}),
+    {ok, none} = py:call_method(L, append, [3]),
+    {ok, [1, 2, 3]} = py:eval(<<"l">>, #{l => L}, opts()),
+    {ok, Acc} = new_acc(<<"g">>),
+    {ok, <<"g">>} = py:getattr(Acc, name),
+    {ok, Add} = py:getattr(Acc, add, #{return => ref}),
+    {ok, 1} = py:call_method(Add, '__call__', []),
+    {ok, 1} = py:getattr(Acc, total),
+    {error, {python, <<"AttributeError">>, _, _}} = py:getattr(Acc, missing),
+    [ok = py:release(R) || R <- [L, Acc, Add]],
+    ok.
+
+handle_stream_on_method(_Config) ->
+    erlpy_test:doc("py:stream and py:stream_start on a method of a handle's object."),
+    {ok, Acc} = new_acc(<<"s">>),
+    {ok, 5} = py:call_method(Acc, add, [5]),
+    {ok, [5, 6, 7]} = py:stream(Acc, upto, [3]),
+    {ok, [5, 6]} = py:stream(Acc, upto, [], #{n => 2}),
+    {ok, Ref} = py:stream_start(Acc, upto, [4], #{}),
+    {done, [5, 6, 7, 8]} = erlpy_test:collect(Ref),
+    ok = py:release(Acc).
+
+release_makes_stale(_Config) ->
+    erlpy_test:doc("A released handle gives {error, {stale_ref, _}}, as argument too; "
+                   "releasing twice is fine; the finalizer ran."),
+    {ok, Acc} = new_acc(<<"r">>),
+    {ok, 1} = py:call_method(Acc, add, []),
+    ok = py:release(Acc),
+    ok = py:release(Acc),
+    {error, {stale_ref, _}} = py:call_method(Acc, add, []),
+    {error, {stale_ref, _}} = py:call('__main__', total_of, [Acc]),
+    {error, {stale_ref, _}} = py:eval(<<"a">>, #{a => Acc}, opts()),
+    {error, {stale_ref, _}} = py:stream(Acc, upto, [3]),
+    {ok, [<<"r">>]} = py:eval(<<"released">>, #{}, opts()),
+    {ok, 0} = py:call('__main__', live, [], #{}, opts()).
+
+owner_death_releases(_Config) ->
+    erlpy_test:doc("When the process that made a handle dies, the object is released: "
+                   "its weakref.finalize runs in Python."),
+    Self = self(),
+    {Pid, Mon} = spawn_monitor(fun() ->
+        {ok, Acc} = new_acc(<<"owned">>),
+        {ok, 1} = py:call_method(Acc, add, []),
+        Self ! {handle, Acc},
+        receive stop -> ok end
+    end),
+    Acc = receive {handle, A} -> A after 10000 -> error(no_handle) end,
+    {ok, 1} = py:call('__main__', total_of, [Acc]),
+    {ok, []} = py:eval(<<"released">>, #{}, opts()),
+    Pid ! stop,
+    receive {'DOWN', Mon, process, Pid, normal} -> ok end,
+    erlpy_test:wait_until(fun() ->
+        {ok, [<<"owned">>]} =:= py:eval(<<"released">>, #{}, opts())
+    end),
+    {error, {stale_ref, _}} = py:call_method(Acc, add, []),
+    {ok, 0} = py:call('__main__', live, [], #{}, opts()).
+
+owner_option(_Config) ->
+    erlpy_test:doc("owner => Pid gives the handle to another process: it lives as long as "
+                   "that process, not as long as the caller."),
+    Owner = spawn(fun() -> receive stop -> ok end end),
+    Self = self(),
+    spawn(fun() ->
+        Self ! {handle, py:call('__main__', 'Acc', [<<"o">>], #{},
+                                #{pool => ?POOL, return => ref, owner => Owner})}
+    end),
+    {ok, Acc} = receive {handle, H} -> H after 10000 -> error(no_handle) end,
+    timer:sleep(100),
+    {ok, 1} = py:call_method(Acc, add, []),
+    Mon = monitor(process, Owner),
+    Owner ! stop,
+    receive {'DOWN', Mon, process, Owner, _} -> ok end,
+    erlpy_test:wait_until(fun() ->
+        {ok, [<<"o">>]} =:= py:eval(<<"released">>, #{}, opts())
+    end),
+    {error, {bad_option, {owner, nopid}}} =
+        py:call('__main__', 'Acc', [<<"x">>], #{}, #{pool => ?POOL, return => ref, owner => nopid}),
+    {error, {bad_option, {return, refs}}} =
+        py:call('__main__', 'Acc', [<<"x">>], #{}, #{pool => ?POOL, return => refs}).
+
+python_killed_makes_stale(_Config) ->
+    erlpy_test:doc("After the worker's Python is killed, the handle gives {error, {stale_ref, _}} "
+                   "(never another object), and the pool serves on."),
+    {ok, Acc} = new_acc(<<"k">>),
+    {ok, 1} = py:call_method(Acc, add, []),
+    [OsPid] = erlpy_test:os_pids(?POOL),
+    os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(?POOL) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end),
+    {ok, Acc2} = new_acc(<<"k2">>),
+    {error, {stale_ref, _}} = py:call_method(Acc, add, []),
+    {error, {stale_ref, _}} = py:call('__main__', total_of, [Acc]),
+    {ok, 1} = py:call_method(Acc2, add, []),
+    {ok, 4.0} = py:call(math, sqrt, [16], #{}, opts()),
+    ok = py:release(Acc).
+
+worker_killed_makes_stale(_Config) ->
+    erlpy_test:doc("When the worker process itself is gone, its handles are stale."),
+    {ok, Acc} = new_acc(<<"w">>),
+    [#{pid := Worker}] = erlpy_test:workers(?POOL),
+    exit(Worker, kill),
+    erlpy_test:wait_until(fun() ->
+        case erlpy_test:workers(?POOL) of
+            [#{pid := New, state := ready}] -> New =/= Worker;
+            _ -> false
+        end
+    end),
+    {error, {stale_ref, _}} = py:call_method(Acc, add, []),
+    {error, {stale_ref, _}} = py:call('__main__', total_of, [Acc]),
+    ok = py:release(Acc).
+
+max_refs_cap(_Config) ->
+    erlpy_test:doc("A worker holds at most max_refs handles: one more is {error, {max_refs, N}}; "
+                   "a release makes room."),
+    Accs = [begin {ok, A} = new_acc(N), A end || N <- [<<"1">>, <<"2">>, <<"3">>]],
+    {error, {max_refs, 3}} = new_acc(<<"4">>),
+    {ok, 3} = py:call('__main__', live, [], #{}, opts()),
+    ok = py:release(hd(Accs)),
+    erlpy_test:wait_until(fun() -> {ok, 2} =:= py:call('__main__', live, [], #{}, opts()) end),
+    {ok, _} = new_acc(<<"5">>),
+    {error, {bad_option, {max_refs, 0}}} = py:start_pool(bad_refs, #{max_refs => 0}).
+
+handles_of_two_workers_badarg(_Config) ->
+    erlpy_test:doc("One request cannot carry handles of two workers: {error, {badarg, _}}."),
+    %% The first worker tried depends on the caller: handles made by several processes.
+    Self = self(),
+    Accs = erlpy_test:pmap(fun(N) ->
+        {ok, A} = py:call('__main__', 'Acc', [integer_to_binary(N)], #{},
+                          #{pool => ?POOL, return => ref, owner => Self}),
+        A
+    end, lists:seq(1, 16)),
+    Workers = lists:usort([element(3, A) || A <- Accs]),
+    ct:log("workers: ~p", [Workers]),
+    case Workers of
+        [_, _] ->
+            [A | _] = Accs,
+            [B | _] = [X || X <- Accs, element(3, X) =/= element(3, A)],
+            {error, {badarg, {handles_of_two_workers, _, _}}} =
+                py:eval(<<"a.total + b.total">>, #{a => A, b => B}, opts()),
+            %% Nothing was left behind for the next request to be routed by.
+            undefined = get('$erlpy_handle_worker'),
+            {ok, 0} = py:eval(<<"a.total + a.total">>, #{a => A}, opts());
+        [_] ->
+            {skip, all_on_one_worker}
+    end.
+
+timed_out_ref_call_keeps_nothing(_Config) ->
+    erlpy_test:doc("A return => ref call that times out leaves no object behind."),
+    {error, timeout} = py:eval(<<"__import__('time').sleep(0.3) or Acc('slow')">>, #{},
+                               (opts())#{return => ref, timeout => 100}),
+    {error, timeout} = py:call(time, sleep, [0.3], #{}, (opts())#{return => ref, timeout => 100}),
+    timer:sleep(500),
+    {ok, 0} = py:call('__main__', live, [], #{}, opts()).
+
+handles_under_chaos(_Config) ->
+    erlpy_test:doc("Clients make handles and use them while Pythons are killed: every answer "
+                   "is right or an allowed error, and once the clients are gone no object is "
+                   "left in any worker."),
+    Deadline = erlang:monotonic_time(millisecond) + 6000,
+    Self = self(),
+    Clients = [spawn_link(fun() -> Self ! {self(), client(N, Deadline, 0, 0)} end)
+               || N <- lists:seq(1, 6)],
+    Killer = spawn_link(fun() -> killer(Deadline) end),
+    Results = [receive {C, R} -> R after 60000 -> error({client_lost, C}) end || C <- Clients],
+    ct:log("ok/errors per client: ~p", [Results]),
+    unlink(Killer),
+    [{Oks, _} | _] = Results,
+    true = lists:sum([O || {O, _} <- Results]) > 0,
+    _ = Oks,
+    erlpy_test:wait_until(fun() ->
+        lists:all(fun(#{state := S}) -> S =:= ready end, erlpy_test:workers(?POOL))
+    end),
+    erlpy_test:wait_until(fun() -> live_everywhere() =:= 0 end).
+
+client(N, Deadline, Oks, Errors) ->
+    case erlang:monotonic_time(millisecond) > Deadline of
+        true ->
+            {Oks, Errors};
+        false ->
+            Name = integer_to_binary(N),
+            Result =
+                case new_acc(Name) of
+                    {ok, Acc} ->
+                        R = case {py:call_method(Acc, add, [N]), py:call('__main__', total_of, [Acc])} of
+                                {{ok, N}, {ok, N}} -> ok;
+                                {A, B} -> check_errors([A, B])
+                            end,
+                        %% Half are released, the other half are left to the client's death.
+                        _ = rand:uniform(2) =:= 1 andalso py:release(Acc),
+                        R;
+                    Error ->
+                        check_errors([Error])
+                end,
+            case Result of
+                ok -> client(N, Deadline, Oks + 1, Errors);
+                error -> client(N, Deadline, Oks, Errors + 1)
+            end
+    end.
+
+check_errors(Results) ->
+    lists:foreach(fun
+        ({ok, _}) -> ok;
+        ({error, {stale_ref, _}}) -> ok;
+        ({error, {worker_exited, _}}) -> ok;
+        ({error, {python_start_failed, _}}) -> ok;
+        (Other) -> error({wrong_answer, Other})
+    end, Results),
+    error.
+
+killer(Deadline) ->
+    case erlang:monotonic_time(millisecond) > Deadline of
+        true ->
+            ok;
+        false ->
+            timer:sleep(300 + rand:uniform(500)),
+            case [P || P <- erlpy_test:os_pids(?POOL), is_integer(P)] of
+                [] -> ok;
+                Pids -> os:cmd("kill -9 " ++ integer_to_list(lists:nth(rand:uniform(length(Pids)), Pids)))
+            end,
+            killer(Deadline)
+    end.
