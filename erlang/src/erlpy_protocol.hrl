@@ -15,6 +15,9 @@
 -define(OP_RELEASE, 12).
 -define(OP_CALL_REF, 13).
 -define(OP_EVAL_REF, 14).
+-define(OP_EVAL_IN, 15).
+-define(OP_EXEC_IN, 16).
+-define(OP_STREAM_EVAL_IN, 17).
 
 %% Python -> Erlang
 -define(OP_READY, 0).
@@ -50,3 +53,5 @@
 -define(HANDLE(Pool, Worker, Index, Id), {'$erlpy_ref', Pool, Worker, Index, Id}).
 %% Process dictionary key: the worker of the handles met while encoding a request.
 -define(HANDLE_KEY, '$erlpy_handle_worker').
+%% A session: the handle of its namespace.
+-define(SESSION(Handle), {'$erlpy_session', Handle}).

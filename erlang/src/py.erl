@@ -29,12 +29,13 @@
 -export([stream_start/3, stream_start/4]).
 -export([stream_cancel/1, stream_send/2, stream_close/1, stream_ack/2]).
 %% Erlang functions callable from Python
+-export([session_start/1, session_stop/1]).
 -export([call_method/3, call_method/4, call_method/5, getattr/2, getattr/3, release/1]).
 -export([register_function/2, unregister_function/1]).
 %% Pools
 -export([start_pool/2, stop_pool/1, child_spec/1, info/0, info/1]).
 
--export_type([pool/0, opts/0, error/0, name/0, code/0, ref/0]).
+-export_type([pool/0, opts/0, error/0, name/0, code/0, ref/0, session/0]).
 
 -include("erlpy_protocol.hrl").
 
@@ -42,6 +43,8 @@
 -type code() :: unicode:chardata().
 %% A handle: a Python object kept in one worker (docs/state.md).
 -type ref() :: {'$erlpy_ref', atom(), pid(), pos_integer(), pos_integer()}.
+%% A session: a private namespace on one worker (docs/state.md).
+-type session() :: {'$erlpy_session', ref()}.
 %% A local pool, a pool on another node, or a cluster-wide pool (started with
 %% `cluster => true' on any number of nodes).
 -type pool() :: atom() | {atom(), node()} | {cluster, atom()}.
@@ -60,11 +63,12 @@
     | {python_start_failed, term()}
     | {nodedown, node()}
     | {stale_ref, term()}
-    | {max_refs, pos_integer()}.
+    | {max_refs, pos_integer()}
+    | session_ended.
 
 -define(DEFAULT_TIMEOUT, 30000).
 %% Options of the requests whose result may be kept as a handle.
--define(RETURN_OPTS, [return, owner]).
+-define(RETURN_OPTS, [return, owner, session]).
 
 %%====================================================================
 %% Calls
@@ -89,9 +93,41 @@ call(Module, Function, Args, Kwargs) ->
     {ok, term()} | {error, error()}.
 call(Module, Function, Args, Kwargs, Opts) ->
     run(call, [Module, Function, Args, Kwargs], at(Module, Opts), ?RETURN_OPTS, fun(O) ->
-        Fields = [target(Module), name(Function), list(Args), kwargs(Kwargs)],
+        Fields = [target(Module, O), name(Function), list(Args), kwargs(Kwargs)],
         {kind(O), op(O, ?OP_CALL, ?OP_CALL_REF), Fields, O}
     end).
+
+%% @doc Start a session: a private namespace on one worker of the pool, in which the
+%% calls, evals, execs and streams given `#{session => Session}' run. It ends with
+%% `session_stop/1', when its owner (`owner', default the caller) dies, or when its
+%% worker's Python exits; later uses get `{error, session_ended}'.
+%%
+%% ```
+%% {ok, S} = py:session_start(#{}),
+%% ok = py:exec(<<"history = []">>, #{session => S}),
+%% {ok, 1} = py:eval(<<"history.append('hi') or len(history)">>, #{}, #{session => S}),
+%% {error, {python, <<"NameError">>, _, _}} = py:eval(<<"history">>),
+%% ok = py:session_stop(S),
+%% {error, session_ended} = py:eval(<<"history">>, #{}, #{session => S}).
+%% '''
+-spec session_start(opts()) -> {ok, session()} | {error, error()}.
+session_start(Opts0) ->
+    case options(Opts0, [owner]) of
+        {ok, Opts} ->
+            case call('erlpy._handles', new_session, [], #{}, Opts#{return => ref}) of
+                {ok, Handle} -> {ok, ?SESSION(Handle)};
+                {error, _} = Error -> Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc End a session: its namespace is dropped. Stopping it twice is fine.
+-spec session_stop(session()) -> ok.
+session_stop(?SESSION(Handle)) ->
+    release(Handle);
+session_stop(Session) ->
+    erlang:error(badarg, [Session]).
 
 %% @doc Call method `Method' of the object a handle names, in the worker that holds it.
 %%
@@ -152,8 +188,12 @@ eval(Code, Locals) ->
 
 -spec eval(code(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
 eval(Code, Locals, Opts) ->
-    run(eval, [Code, Locals], Opts, ?RETURN_OPTS, fun(O) ->
-        {kind(O), op(O, ?OP_EVAL, ?OP_EVAL_REF), [code(Code), locals(Locals)], O}
+    run(eval, [Code, Locals], at(none, Opts), ?RETURN_OPTS, fun
+        (#{session := ?SESSION(Handle)} = O) ->
+            Fields = [code(Code), locals(Locals), Handle, maps:get(return, O, value) =:= ref],
+            {kind(O), ?OP_EVAL_IN, Fields, O};
+        (O) ->
+            {kind(O), op(O, ?OP_EVAL, ?OP_EVAL_REF), [code(Code), locals(Locals)], O}
     end).
 
 %% @doc Run statements in `__main__' on every worker of the pool. The pool remembers them
@@ -166,7 +206,15 @@ exec(Code) ->
 
 -spec exec(code(), opts() | timeout()) -> ok | {error, error()}.
 exec(Code, Opts0) ->
-    case options(Opts0, []) of
+    case options(at(none, Opts0), [session]) of
+        {ok, #{session := ?SESSION(Handle)} = Opts} ->
+            Result = run(exec, [Code], Opts, [session], fun(O) ->
+                {call, ?OP_EXEC_IN, [code(Code), Handle], O}
+            end),
+            case Result of
+                {ok, _} -> ok;
+                Other -> Other
+            end;
         {ok, #{pool := {cluster, Name}} = Opts} ->
             %% Every member pool runs it and remembers it.
             Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
@@ -209,8 +257,8 @@ stream(Module, Function, Args, Kwargs) ->
 
 -spec stream(name(), name(), list(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream(Module, Function, Args, Kwargs, Opts) ->
-    run(stream, [Module, Function, Args, Kwargs], at(Module, Opts), [], fun(O) ->
-        Fields = [target(Module), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
+    run(stream, [Module, Function, Args, Kwargs], at(Module, Opts), [session], fun(O) ->
+        Fields = [target(Module, O), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
         {collect, ?OP_STREAM_CALL, Fields, O}
     end).
 
@@ -228,8 +276,11 @@ stream_eval(Code, Locals) ->
 
 -spec stream_eval(code(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream_eval(Code, Locals, Opts) ->
-    run(stream_eval, [Code, Locals], Opts, [], fun(O) ->
-        {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
+    run(stream_eval, [Code, Locals], at(none, Opts), [session], fun
+        (#{session := ?SESSION(Handle)} = O) ->
+            {collect, ?OP_STREAM_EVAL_IN, [code(Code), locals(Locals), ?COLLECT_CREDIT, Handle], O};
+        (O) ->
+            {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
     end).
 
 %% @doc Start a stream and return its reference at once. The owner (default: the caller)
@@ -243,12 +294,12 @@ stream_start(Module, Function, Args) ->
 %% `idle_timeout => Ms', `pool', `timeout' (for starting only).
 -spec stream_start(name(), name(), list(), opts()) -> {ok, reference()} | {error, error()}.
 stream_start(Module, Function, Args, Opts0) ->
-    Extra = [owner, kwargs, input, window, idle_timeout],
+    Extra = [owner, kwargs, input, window, idle_timeout, session],
     case options(at(Module, Opts0), Extra) of
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
-                    start_stream(Module, Function, Args, Local);
+                    ended(Local, start_stream(Module, Function, Args, Local));
                 {remote, Node, Remote} ->
                     Owner = maps:get(owner, Remote, self()),
                     relay(Node, [Module, Function, Args], Remote#{owner => Owner});
@@ -426,7 +477,7 @@ run(Function, Args, Opts0, Extra, Build) ->
     case options(Opts0, Extra) of
         {ok, Opts} ->
             case route(Opts) of
-                {local, Local} -> with_pool(Local, fun(Meta) -> send(Build, Local, Meta) end);
+                {local, Local} -> with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end);
                 {remote, Node, Remote} -> remote(Node, Function, Args ++ [Remote], Remote);
                 {error, _} = Error -> Error
             end;
@@ -497,23 +548,48 @@ kind(_) -> call.
 op(#{return := ref}, _, Ref) -> Ref;
 op(_, Op, _) -> Op.
 
-%% A request on a handle goes to the node of the handle's worker, in its pool.
+%% A request on a handle, or in a session, goes to the node of its worker, in its pool.
 -spec at(term(), term()) -> term().
 at(?HANDLE(Pool, Worker, _, _), Opts) when is_map(Opts) ->
     Opts#{pool => {Pool, node(Worker)}};
+at(_, #{session := ?SESSION(Handle)} = Opts) ->
+    at(Handle, Opts);
+at(_, Opts) when is_map(Opts) ->
+    Opts;
 at(?HANDLE(_, _, _, _) = Ref, Timeout) when is_integer(Timeout); Timeout =:= infinity ->
     at(Ref, #{timeout => Timeout});
-at(?HANDLE(_, _, _, _) = Ref, Opts) when is_list(Opts) ->
+at(Module, Opts) when is_list(Opts) ->
     case options(Opts, [owner, kwargs, input, window, idle_timeout | ?RETURN_OPTS]) of
-        {ok, Map} -> at(Ref, Map);
-        {error, _} -> Opts
+        {ok, Map} when is_map_key(session, Map); element(1, Module) =:= '$erlpy_ref' ->
+            at(Module, Map);
+        _ ->
+            Opts
     end;
 at(_, Opts) ->
     Opts.
 
--spec target(term()) -> binary() | ref().
-target(?HANDLE(_, _, _, _) = Ref) -> Ref;
-target(Module) -> name(Module).
+%% What a call or stream names: a module, a handle's object (its methods), or in a
+%% session, `__main__' is the session's namespace.
+-spec target(term(), map()) -> binary() | ref().
+target(?HANDLE(_, _, _, _) = Ref, _) ->
+    Ref;
+target(Module, #{session := ?SESSION(Handle)}) when Module =:= '__main__'; Module =:= <<"__main__">> ->
+    Handle;
+target(Module, #{session := ?SESSION(Handle)}) ->
+    erlpy_codec:note_handle(Handle),
+    name(Module);
+target(Module, _) ->
+    name(Module).
+
+%% A request in a session whose namespace is gone (stopped, its owner dead, its Python
+%% restarted): the session has ended.
+-spec ended(map(), Result) -> Result | {error, session_ended}.
+ended(#{session := ?SESSION(?HANDLE(_, Worker, _, Id))}, {error, {stale_ref, Stale}}) when
+    Stale =:= Id; Stale =:= Worker
+->
+    {error, session_ended};
+ended(_, Result) ->
+    Result.
 
 %% How a collecting caller decodes the chunks of items its worker forwards.
 -spec decoder(erlpy_pool:meta()) -> fun((binary(), [term()]) -> [term()]).
@@ -529,7 +605,7 @@ start_stream(Module, Function, Args, Opts) ->
         Id = erlang:unique_integer([positive]),
         try
             Fields = [
-                target(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
+                target(Module, Opts), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
                 Credit, maps:get(input, Opts, false) =:= true
             ],
             erlpy_codec:message([?OP_STREAM_CALL, Id | Fields], NoneAtom)
@@ -647,7 +723,11 @@ valid_option(K, V, Extra) ->
             input -> is_boolean(V);
             window -> is_integer(V) andalso V > 0;
             idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0);
-            return -> V =:= ref orelse V =:= value
+            return -> V =:= ref orelse V =:= value;
+            session -> is_tuple(V) andalso tuple_size(V) =:= 2 andalso
+                           element(1, V) =:= '$erlpy_session' andalso
+                           tuple_size(element(2, V)) =:= 5 andalso
+                           element(1, element(2, V)) =:= '$erlpy_ref'
         end.
 
 -spec name(term()) -> binary().

@@ -118,7 +118,9 @@ class Dispatcher:
             case Call() | StreamCall():
                 found = find_stale([message.module, message.args, message.kwargs])
             case Eval() | StreamEval():
-                found = find_stale(message.locals)
+                found = find_stale([message.locals, message.session])
+            case Exec():
+                found = find_stale(message.session)
             case _:
                 return False
         if found is None:

@@ -37,6 +37,31 @@ class Stale:
         return f"Stale({self.id})"
 
 
+class Session:
+    """A session's namespace (py:session_start): the globals its evals, execs and calls of
+    ``__main__`` functions run in, seen by no other session and no plain request."""
+
+    __slots__ = ("globals",)
+
+    def __init__(self) -> None:
+        import asyncio
+        import builtins
+
+        self.globals: dict[str, Any] = {
+            "__name__": "__main__",
+            "__builtins__": builtins,
+            "asyncio": asyncio,
+        }
+
+    def __repr__(self) -> str:
+        return f"<erlpy session with {len(self.globals)} names>"
+
+
+def new_session() -> Session:
+    """The object of a new session (py:session_start keeps it as a handle)."""
+    return Session()
+
+
 class TooManyRefs(Exception):
     """The worker holds ``max_refs`` handles already."""
 

@@ -33,12 +33,14 @@ class Eval:
     code: str
     locals: dict[Any, Any]
     ref: bool = False  # the result stays in Python as a handle (return => ref)
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
 class Exec:
     id: int
     code: str
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class StreamEval:
     code: str
     locals: dict[Any, Any]
     credit: int
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
@@ -144,4 +147,10 @@ def decode(msg: list[Any]) -> Message | None:
             return Call(msg[1], msg[2], msg[3], msg[4], msg[5], True)
         case P.EVAL_REF:
             return Eval(msg[1], msg[2], msg[3], True)
+        case P.EVAL_IN:
+            return Eval(msg[1], msg[2], msg[3], msg[5], msg[4])
+        case P.EXEC_IN:
+            return Exec(msg[1], msg[2], msg[3])
+        case P.STREAM_EVAL_IN:
+            return StreamEval(msg[1], msg[2], msg[3], msg[4], msg[5])
     return None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import BadName
+from ._handles import Session
 
 Resolved = tuple[Callable[..., Any], bool]  # the function, and whether it is async
 
@@ -67,10 +68,18 @@ class Resolver:
 
 
 def method(obj: Any, name: Any) -> Resolved:
-    """A method (or any callable attribute) of a handle's object; never cached."""
+    """A method (or any callable attribute) of a handle's object, or a function of a
+    session's namespace; never cached."""
     if not _valid_name(name):
         raise BadName(f"invalid method name: {name!r}")
-    for part in name.split("."):
+    parts = name.split(".")
+    if isinstance(obj, Session):
+        try:
+            obj = obj.globals[parts[0]]
+        except KeyError:
+            raise NameError(f"name {parts[0]!r} is not defined in this session") from None
+        parts = parts[1:]
+    for part in parts:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{name} is not callable")

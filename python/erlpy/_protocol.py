@@ -18,6 +18,9 @@ SETUP: Final = 11  # [SETUP, Id, WorkerPid, Limits]: first message; answered lik
 RELEASE: Final = 12  # [RELEASE, Ids]: handles Python may drop
 CALL_REF: Final = 13  # [CALL_REF, Id, Module, Function, Args, Kwargs]: the result is kept
 EVAL_REF: Final = 14  # [EVAL_REF, Id, Code, Locals]: the result is kept
+EVAL_IN: Final = 15  # [EVAL_IN, Id, Code, Locals, Session, Ref]: in a session's namespace
+EXEC_IN: Final = 16  # [EXEC_IN, Id, Code, Session]
+STREAM_EVAL_IN: Final = 17  # [STREAM_EVAL_IN, Id, Code, Locals, Credit, Session]
 
 # Python -> Erlang
 READY: Final = 0  # [READY, Info]

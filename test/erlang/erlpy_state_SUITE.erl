@@ -21,7 +21,13 @@ all() ->
         max_refs_cap,
         handles_of_two_workers_badarg,
         timed_out_ref_call_keeps_nothing,
-        handles_under_chaos
+        handles_under_chaos,
+        sessions_do_not_see_each_other,
+        session_calls_and_streams,
+        stopped_session_is_ended,
+        session_ends_with_owner,
+        session_ends_with_python,
+        sessions_under_chaos
     ].
 
 init_per_suite(Config) ->
@@ -35,6 +41,8 @@ init_per_testcase(Case, Config) ->
     Size = case Case of
                handles_of_two_workers_badarg -> 2;
                handles_under_chaos -> 3;
+               sessions_do_not_see_each_other -> 2;
+               sessions_under_chaos -> 3;
                _ -> 1
            end,
     MaxRefs = case Case of max_refs_cap -> 3; _ -> infinity end,
@@ -270,7 +278,7 @@ handles_under_chaos(_Config) ->
     Killer = spawn_link(fun() -> killer(Deadline) end),
     Results = [receive {C, R} -> R after 60000 -> error({client_lost, C}) end || C <- Clients],
     ct:log("ok/errors per client: ~p", [Results]),
-    unlink(Killer),
+    stop_killer(Killer),
     [{Oks, _} | _] = Results,
     true = lists:sum([O || {O, _} <- Results]) > 0,
     _ = Oks,
@@ -326,3 +334,156 @@ killer(Deadline) ->
             end,
             killer(Deadline)
     end.
+
+sessions_do_not_see_each_other(_Config) ->
+    erlpy_test:doc("Two sessions on one pool do not see each other's globals, and plain "
+                   "calls see neither."),
+    {ok, S1} = py:session_start(#{pool => ?POOL}),
+    {ok, S2} = py:session_start(#{pool => ?POOL}),
+    ok = py:exec(<<"x = 1">>, #{session => S1}),
+    ok = py:exec(<<"x = 2\ny = 'two'">>, #{session => S2}),
+    {ok, 1} = py:eval(<<"x">>, #{}, #{session => S1}),
+    {ok, 2} = py:eval(<<"x">>, #{}, #{session => S2}),
+    {error, {python, <<"NameError">>, _, _}} = py:eval(<<"y">>, #{}, #{session => S1}),
+    [{error, {python, <<"NameError">>, _, _}} = py:eval(<<"x">>, #{}, opts()) || _ <- [1, 2, 3, 4]],
+    %% A pool-wide exec is in __main__, not in the sessions.
+    ok = py:exec(<<"z = 'main'">>, opts()),
+    {error, {python, <<"NameError">>, _, _}} = py:eval(<<"z">>, #{}, #{session => S1}),
+    {ok, 11} = py:eval(<<"x + n">>, #{n => 10}, #{session => S1}),
+    ok = py:session_stop(S1),
+    ok = py:session_stop(S2).
+
+session_calls_and_streams(_Config) ->
+    erlpy_test:doc("In a session, '__main__' functions are the session's (sync, async, "
+                   "generators); other modules are the worker's; return => ref works."),
+    {ok, S} = py:session_start(#{pool => ?POOL}),
+    ok = py:exec(<<"seen = []\n"
+                   "def note(x):\n    seen.append(x)\n    return len(seen)\n"
+                   "async def anote(x):\n    return note(x)\n"
+                   "def upto(n):\n    yield from range(n)\n">>, #{session => S}),
+    {ok, 1} = py:call('__main__', note, [a], #{}, #{session => S}),
+    {ok, 2} = py:call(<<"__main__">>, anote, [b], #{}, #{session => S}),
+    {ok, [a, b]} = py:eval(<<"seen">>, #{}, #{session => S}),
+    {ok, 3.0} = py:call(math, sqrt, [9], #{}, #{session => S}),
+    {ok, [0, 1, 2]} = py:stream('__main__', upto, [3], #{}, #{session => S}),
+    {ok, [0, 1]} = py:stream_eval(<<"upto(2)">>, #{}, #{session => S}),
+    {ok, Ref} = py:stream_start('__main__', upto, [2], #{session => S}),
+    {done, [0, 1]} = erlpy_test:collect(Ref),
+    {ok, Seen} = py:eval(<<"seen">>, #{}, #{session => S, return => ref}),
+    {ok, none} = py:call_method(Seen, append, [c]),
+    {ok, [a, b, c]} = py:eval(<<"seen">>, #{}, [{session, S}]),
+    {error, {python, <<"NameError">>, _, _}} = py:call('__main__', nope, [], #{}, #{session => S}),
+    {error, {bad_option, {session, nope}}} = py:eval(<<"1">>, #{}, #{session => nope}),
+    ok = py:session_stop(S).
+
+stopped_session_is_ended(_Config) ->
+    erlpy_test:doc("Every use of a stopped session is {error, session_ended}; stopping twice is fine."),
+    {ok, S} = py:session_start(#{pool => ?POOL}),
+    ok = py:exec(<<"x = 1">>, #{session => S}),
+    ok = py:session_stop(S),
+    ok = py:session_stop(S),
+    {error, session_ended} = py:eval(<<"x">>, #{}, #{session => S}),
+    {error, session_ended} = py:exec(<<"x = 2">>, #{session => S}),
+    {error, session_ended} = py:call('__main__', f, [], #{}, #{session => S}),
+    {error, session_ended} = py:stream_eval(<<"[x]">>, #{}, #{session => S}),
+    {error, session_ended} = py:stream('__main__', f, [], #{}, #{session => S}),
+    {ok, 0} = py:call('__main__', live, [], #{}, opts()).
+
+session_ends_with_owner(_Config) ->
+    erlpy_test:doc("A session ends when its owner dies: its namespace is dropped in Python."),
+    Self = self(),
+    {Pid, Mon} = spawn_monitor(fun() ->
+        {ok, S} = py:session_start(#{pool => ?POOL}),
+        ok = py:exec(<<"import __main__\na = __main__.Acc('in-session')">>, #{session => S}),
+        Self ! {session, S},
+        receive stop -> ok end
+    end),
+    S = receive {session, X} -> X after 10000 -> error(no_session) end,
+    {ok, 0} = py:eval(<<"a.total">>, #{}, #{session => S}),
+    Pid ! stop,
+    receive {'DOWN', Mon, process, Pid, normal} -> ok end,
+    erlpy_test:wait_until(fun() ->
+        {ok, [<<"in-session">>]} =:= py:eval(<<"released">>, #{}, opts())
+    end),
+    {error, session_ended} = py:eval(<<"a">>, #{}, #{session => S}).
+
+session_ends_with_python(_Config) ->
+    erlpy_test:doc("When the session's Python dies, the session has ended, for every later "
+                   "use; the pool serves on and new sessions work."),
+    {ok, S} = py:session_start(#{pool => ?POOL}),
+    ok = py:exec(<<"x = 1">>, #{session => S}),
+    [OsPid] = erlpy_test:os_pids(?POOL),
+    {error, {worker_exited, _}} =
+        py:eval(<<"__import__('os')._exit(3)">>, #{}, #{session => S}),
+    erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(?POOL) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end),
+    {error, session_ended} = py:eval(<<"x">>, #{}, #{session => S}),
+    {error, session_ended} = py:exec(<<"x = 2">>, #{session => S}),
+    {ok, S2} = py:session_start(#{pool => ?POOL}),
+    ok = py:exec(<<"x = 2">>, #{session => S2}),
+    {ok, 2} = py:eval(<<"x">>, #{}, #{session => S2}),
+    ok = py:session_stop(S2).
+
+sessions_under_chaos(_Config) ->
+    erlpy_test:doc("Clients keep a session each and use it while Pythons are killed: each "
+                   "answer is right or the session has ended (then a new one starts); "
+                   "once the clients are gone nothing is left in any worker."),
+    Deadline = erlang:monotonic_time(millisecond) + 6000,
+    Self = self(),
+    Clients = [spawn_link(fun() -> Self ! {self(), session_client(N, Deadline, none, 0, 0)} end)
+               || N <- lists:seq(1, 6)],
+    Killer = spawn_link(fun() -> killer(Deadline) end),
+    Results = [receive {C, R} -> R after 60000 -> error({client_lost, C}) end || C <- Clients],
+    ct:log("ok/ended per client: ~p", [Results]),
+    stop_killer(Killer),
+    true = lists:sum([O || {O, _} <- Results]) > 0,
+    erlpy_test:wait_until(fun() ->
+        lists:all(fun(#{state := S}) -> S =:= ready end, erlpy_test:workers(?POOL))
+    end),
+    erlpy_test:wait_until(fun() -> live_everywhere() =:= 0 end).
+
+session_client(N, Deadline, Session, Oks, Ended) ->
+    case erlang:monotonic_time(millisecond) > Deadline of
+        true ->
+            {Oks, Ended};
+        false when Session =:= none ->
+            case py:session_start(#{pool => ?POOL}) of
+                {ok, S} ->
+                    case py:exec(<<"n = 0">>, #{session => S}) of
+                        ok -> session_client(N, Deadline, {S, 0}, Oks, Ended);
+                        Error -> allowed(Error), session_client(N, Deadline, none, Oks, Ended + 1)
+                    end;
+                Error ->
+                    allowed(Error),
+                    session_client(N, Deadline, none, Oks, Ended)
+            end;
+        false ->
+            {S, Count} = Session,
+            Next = Count + 1,
+            case py:eval(<<"globals().__setitem__('n', n + 1) or n">>, #{}, #{session => S}) of
+                {ok, Next} ->
+                    session_client(N, Deadline, {S, Next}, Oks + 1, Ended);
+                {ok, Other} ->
+                    error({wrong_count, Other, Next});
+                Error ->
+                    allowed(Error),
+                    _ = rand:uniform(2) =:= 1 andalso py:session_stop(S),
+                    session_client(N, Deadline, none, Oks, Ended + 1)
+            end
+    end.
+
+allowed({error, session_ended}) -> ok;
+allowed({error, {worker_exited, _}}) -> ok;
+allowed({error, {python_start_failed, _}}) -> ok;
+allowed(Other) -> error({wrong_answer, Other}).
+
+%% The killer must not outlive its test: the next one starts a pool of the same name.
+stop_killer(Killer) ->
+    unlink(Killer),
+    Mon = monitor(process, Killer),
+    exit(Killer, kill),
+    receive {'DOWN', Mon, process, Killer, _} -> ok end.
