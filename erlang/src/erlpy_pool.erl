@@ -9,7 +9,8 @@
 -behaviour(gen_server).
 
 -export([start_link/2, meta/1, validate/1]).
--export([register_worker/3, checkout/1, checkout_worker/3, done/2, draining/3, workers/1, new_atom_fun/1,
+-export([register_worker/3, checkout/1, checkout_worker/3, done/2, draining/3, workers/1,
+         indexed_workers/1, new_atom_fun/1,
          exec_log/1]).
 -export([exec/3, info/1]).
 -export([init/1, handle_call/3, handle_cast/2, terminate/2]).

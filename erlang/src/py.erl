@@ -23,6 +23,7 @@
 -export([call/3, call/4, call/5]).
 -export([eval/1, eval/2, eval/3]).
 -export([exec/1, exec/2]).
+-export([reload/1, reload/2]).
 %% Streams
 -export([stream/3, stream/4, stream/5]).
 -export([stream_eval/1, stream_eval/2, stream_eval/3]).
@@ -96,6 +97,85 @@ call(Module, Function, Args, Kwargs, Opts) ->
         Fields = [target(Module, O), name(Function), list(Args), kwargs(Kwargs)],
         {kind(O), op(O, ?OP_CALL, ?OP_CALL_REF), Fields, O}
     end).
+
+%% @doc Re-import `Module' on every worker of the pool: calls made after `ok' run its new
+%% code, on every worker, and so do Pythons started later. The new code is loaded on
+%% every worker first and installed only if it loaded everywhere: a failure returns the
+%% Python error and leaves the old code running on every worker.
+%%
+%% ```
+%% ok = py:reload(json),
+%% {ok, <<"[1]">>} = py:call(json, dumps, [[1]]),
+%% {error, {python, <<"ModuleNotFoundError">>, _, _}} = py:reload(no_such_module).
+%% '''
+-spec reload(name()) -> ok | {error, error()}.
+reload(Module) ->
+    reload(Module, #{}).
+
+-spec reload(name(), opts() | timeout()) -> ok | {error, error()}.
+reload(Module, Opts0) ->
+    case options(Opts0, []) of
+        {ok, #{pool := {cluster, Name}} = Opts} ->
+            Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
+            Results = [remote(N, reload, [Module, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
+            case [E || {error, _} = E <- Results] of
+                [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
+                [] -> ok;
+                [Error | _] -> Error
+            end;
+        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
+            remote(Node, reload, [Module, Opts#{pool := Name}], Opts);
+        {ok, #{pool := {Name, _}} = Opts} ->
+            reload(Module, Opts#{pool := Name});
+        {ok, #{timeout := Timeout} = Opts} ->
+            with_pool(Opts, fun(Meta) ->
+                try name(Module) of
+                    Bin -> reload_on(Meta, Bin, Timeout)
+                catch
+                    throw:{badarg, Detail} -> {error, {badarg, Detail}}
+                end
+            end);
+        {error, _} = Error ->
+            Error
+    end.
+
+-spec reload_on(erlpy_pool:meta(), binary(), timeout()) -> ok | {error, error()}.
+reload_on(Meta, Module, Timeout) ->
+    Token = erlang:unique_integer([positive]),
+    Workers = erlpy_pool:indexed_workers(Meta),
+    Prepared = on_workers(Meta, Workers, prepare, [Token, Module], Timeout),
+    case [E || {error, _} = E <- Prepared] of
+        [] ->
+            Committed = on_workers(Meta, Workers, commit, [Token], Timeout),
+            case [E || {error, _} = E <- Committed] of
+                [] -> ok;
+                [Error | _] -> Error
+            end;
+        [Error | _] ->
+            _ = on_workers(Meta, Workers, abort, [Token], Timeout),
+            Error
+    end.
+
+%% Call erlpy._reload.Function(*Args) on each of these workers, at the same time.
+-spec on_workers(erlpy_pool:meta(), [{pid(), pos_integer()}], atom(), list(), timeout()) ->
+    [{ok, term()} | {error, term()}].
+on_workers(#{name := Pool, none_atom := NoneAtom}, Workers, Function, Args, Timeout) ->
+    Calls = [spawn_monitor(fun() ->
+                 Id = erlang:unique_integer([positive]),
+                 Request = erlpy_codec:message(
+                     [?OP_CALL, Id, <<"erlpy._reload">>, atom_to_binary(Function), Args, #{}],
+                     NoneAtom),
+                 Result =
+                     case erlpy_pool:checkout_worker(Pool, Worker, Index) of
+                         {ok, Worker, Index} -> erlpy_worker:call(Worker, Id, Request, Timeout);
+                         stale -> {ok, gone}
+                     end,
+                 exit({result, Result})
+             end) || {Worker, Index} <- Workers],
+    [receive
+         {'DOWN', Mon, process, Pid, {result, Result}} -> Result;
+         {'DOWN', Mon, process, Pid, Reason} -> {error, {worker_exited, Reason}}
+     end || {Pid, Mon} <- Calls].
 
 %% @doc Start a session: a private namespace on one worker of the pool, in which the
 %% calls, evals, execs and streams given `#{session => Session}' run. It ends with

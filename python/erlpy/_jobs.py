@@ -23,7 +23,9 @@ CANCELLED: Final = Atom("cancelled")
 # A traceback sent to Erlang starts in user code: leading frames of these are dropped.
 _RUNTIME_MODULES: Final = frozenset(
     f"erlpy.{name}"
-    for name in ("_runtime", "_dispatch", "_sync", "_tasks", "_callbacks", "_jobs", "_names")
+    for name in (
+        "_runtime", "_dispatch", "_sync", "_tasks", "_callbacks", "_jobs", "_names", "_reload"
+    )
 )
 
 

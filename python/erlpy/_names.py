@@ -9,6 +9,7 @@ import inspect
 import sys
 import textwrap
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +19,22 @@ from ._handles import Session
 Resolved = tuple[Callable[..., Any], bool]  # the function, and whether it is async
 
 
+_resolvers: weakref.WeakSet[Resolver] = weakref.WeakSet()
+
+
+def clear_caches() -> None:
+    """Forget every resolved name: a module was reloaded (py:reload)."""
+    for resolver in list(_resolvers):
+        resolver.clear()
+
+
 class Resolver:
     """Resolves names, caching them except in ``__main__`` (which ``exec`` changes)."""
 
     def __init__(self, main_module: types.ModuleType) -> None:
         self._main = main_module
         self._cache: dict[tuple[str, str], Resolved] = {}
+        _resolvers.add(self)
 
     def clear(self) -> None:
         """Forget what is cached: an ``exec`` may have rebound what names point to."""

@@ -27,7 +27,9 @@ all() ->
         stopped_session_is_ended,
         session_ends_with_owner,
         session_ends_with_python,
-        sessions_under_chaos
+        sessions_under_chaos,
+        reload_serves_new_code_everywhere,
+        failed_reload_keeps_old_code_everywhere
     ].
 
 init_per_suite(Config) ->
@@ -46,8 +48,16 @@ init_per_testcase(Case, Config) ->
                _ -> 1
            end,
     MaxRefs = case Case of max_refs_cap -> 3; _ -> infinity end,
-    {ok, _} = py:start_pool(?POOL, #{size => Size, max_refs => MaxRefs, init => init_code()}),
-    Config.
+    Dir = filename:join(?config(priv_dir, Config), atom_to_list(Case)),
+    ok = filelib:ensure_path(Dir),
+    Size1 = case Case of
+                reload_serves_new_code_everywhere -> 3;
+                failed_reload_keeps_old_code_everywhere -> 3;
+                _ -> Size
+            end,
+    {ok, _} = py:start_pool(?POOL, #{size => Size1, max_refs => MaxRefs, init => init_code(),
+                                     path => [Dir]}),
+    [{dir, Dir} | Config].
 
 end_per_testcase(_Case, _Config) ->
     _ = py:stop_pool(?POOL),
@@ -487,3 +497,56 @@ stop_killer(Killer) ->
     Mon = monitor(process, Killer),
     exit(Killer, kill),
     receive {'DOWN', Mon, process, Killer, _} -> ok end.
+
+reload_serves_new_code_everywhere(Config) ->
+    erlpy_test:doc("py:reload after editing a module's file serves the new code from every "
+                   "worker, to code that imported the module before too; a Python started "
+                   "later has it as well."),
+    File = filename:join(?config(dir, Config), "reloaded.py"),
+    ok = file:write_file(File, <<"def version():\n    return 1\n">>),
+    each_worker(fun(P, I) ->
+        {ok, 1} = eval_on(P, I, <<"(globals().__setitem__('reloaded', __import__('reloaded'))"
+                                   " or reloaded.version())">>)
+    end),
+    ok = file:write_file(File, <<"def version():\n    return 2\n">>),
+    ok = py:reload(reloaded, #{pool => ?POOL}),
+    [{ok, 2}, {ok, 2}, {ok, 2}] = each_worker(fun(P, I) -> eval_on(P, I, <<"__import__('reloaded').version()">>) end),
+    [{ok, 2}, {ok, 2}, {ok, 2}] = each_worker(fun(P, I) -> eval_on(P, I, <<"reloaded.version()">>) end),
+    [{ok, 2}] = lists:usort(erlpy_test:pmap(fun(_) -> py:call(reloaded, version, [], #{}, opts()) end,
+                                            lists:seq(1, 30))),
+    [OsPid | _] = erlpy_test:os_pids(?POOL),
+    os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    erlpy_test:wait_until(fun() ->
+        lists:all(fun(#{state := S, os_pid := O}) -> S =:= ready andalso O =/= OsPid end,
+                  erlpy_test:workers(?POOL))
+    end),
+    [{ok, 2}, {ok, 2}, {ok, 2}] = each_worker(fun(P, I) -> eval_on(P, I, <<"__import__('reloaded').version()">>) end),
+    ok = py:reload(<<"reloaded">>, [{pool, ?POOL}]).
+
+failed_reload_keeps_old_code_everywhere(Config) ->
+    erlpy_test:doc("A reload that fails on a worker returns the Python error, and every worker "
+                   "keeps the old code."),
+    File = filename:join(?config(dir, Config), "fragile.py"),
+    ok = file:write_file(File, <<"def version():\n    return 1\n">>),
+    [{ok, 1}, {ok, 1}, {ok, 1}] =
+        each_worker(fun(P, I) -> eval_on(P, I, <<"__import__('fragile').version()">>) end),
+    %% Fails on one worker only: the one whose Python has the marker.
+    ok = file:write_file(File, <<"import builtins\n"
+                                 "if getattr(builtins, 'fragile_marker', False):\n"
+                                 "    raise RuntimeError('not here')\n"
+                                 "def version():\n    return 2\n">>),
+    [{P1, I1} | _] = each_worker(fun(P, I) -> {P, I} end),
+    {ok, none} = eval_on(P1, I1, <<"setattr(__import__('builtins'), 'fragile_marker', True)">>),
+    {error, {python, <<"RuntimeError">>, <<"not here">>, _}} = py:reload(fragile, #{pool => ?POOL}),
+    [{ok, 1}, {ok, 1}, {ok, 1}] =
+        each_worker(fun(P, I) -> eval_on(P, I, <<"__import__('fragile').version()">>) end),
+    [{ok, 1}] = lists:usort(erlpy_test:pmap(fun(_) -> py:call(fragile, version, [], #{}, opts()) end,
+                                            lists:seq(1, 30))),
+    {error, {python, <<"SyntaxError">>, _, _}} =
+        begin
+            ok = file:write_file(File, <<"def version(:\n">>),
+            py:reload(fragile, #{pool => ?POOL})
+        end,
+    {error, {python, <<"ModuleNotFoundError">>, _, _}} = py:reload(no_such_module, #{pool => ?POOL}),
+    {error, {badarg, _}} = py:reload(42, #{pool => ?POOL}),
+    {error, {no_pool, nopool}} = py:reload(json, #{pool => nopool}).
