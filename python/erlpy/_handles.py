@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-EXT_HANDLE: Final = 6
+from . import _codec
 
 objects: dict[int, Any] = {}
 _MISSING: Final = object()
@@ -90,6 +90,9 @@ def store(handle_id: int, value: Any) -> None:
     if limit is not None and len(objects) >= limit:
         raise TooManyRefs(limit)
     objects[handle_id] = value
+
+
+_codec.handle_decoder = decode
 
 
 def release(ids: list[Any]) -> None:

@@ -24,7 +24,14 @@ CANCELLED: Final = Atom("cancelled")
 _RUNTIME_MODULES: Final = frozenset(
     f"erlpy.{name}"
     for name in (
-        "_runtime", "_dispatch", "_sync", "_tasks", "_callbacks", "_jobs", "_names", "_reload"
+        "_runtime",
+        "_dispatch",
+        "_sync",
+        "_tasks",
+        "_callbacks",
+        "_jobs",
+        "_names",
+        "_reload",
     )
 )
 
