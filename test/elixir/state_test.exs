@@ -58,7 +58,7 @@ defmodule Erlpy.StateTest do
       end)
 
     {s, seen} = result
-    assert seen == ["a", "b"]
+    assert seen == [:a, :b]
     assert {:error, %Erlpy.Error{reason: :session_ended}} = Erlpy.eval("seen", %{}, session: s)
   end
 
