@@ -650,11 +650,12 @@ at(_, Opts) ->
 
 %% What a call or stream names: a module, a handle's object (its methods), or in a
 %% session, `__main__' is the session's namespace.
--spec target(term(), map()) -> binary() | ref().
+%% A handle goes as a 1-tuple: Python tells it from a name whatever the object is.
+-spec target(term(), map()) -> binary() | {ref()}.
 target(?HANDLE(_, _, _, _) = Ref, _) ->
-    Ref;
+    {Ref};
 target(Module, #{session := ?SESSION(Handle)}) when Module =:= '__main__'; Module =:= <<"__main__">> ->
-    Handle;
+    {Handle};
 target(Module, #{session := ?SESSION(Handle)}) ->
     erlpy_codec:note_handle(Handle),
     name(Module);

@@ -20,7 +20,7 @@ from . import _protocol as P
 @dataclass(slots=True)
 class Call:
     id: int
-    module: Any  # a module name, or the object of a handle (py:call_method)
+    module: Any  # a module name, or (object,) for a handle's object (py:call_method)
     function: str
     args: list[Any]
     kwargs: dict[Any, Any]
@@ -46,7 +46,7 @@ class Exec:
 @dataclass(slots=True)
 class StreamCall:
     id: int
-    module: Any  # a module name, or the object of a handle
+    module: Any  # a module name, or (object,) for a handle's object
     function: str
     args: list[Any]
     kwargs: dict[Any, Any]

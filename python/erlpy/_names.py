@@ -42,9 +42,9 @@ class Resolver:
 
     def now(self, module: Any, name: Any) -> Resolved | None:
         """Resolve without importing (the loop thread must not block on imports)."""
-        if not isinstance(module, str):
+        if type(module) is tuple:  # (object,): a handle's object, or a session
             try:
-                return method(module, name)
+                return method(module[0], name)
             except Exception:
                 return None  # the main thread resolves again and reports the error
         cached = self._cache.get((module, name))
@@ -58,8 +58,8 @@ class Resolver:
             return None  # the main thread resolves again and reports the error
 
     def resolve(self, module: Any, name: Any) -> Resolved:
-        if not isinstance(module, str):
-            return method(module, name)
+        if type(module) is tuple and len(module) == 1:
+            return method(module[0], name)
         cached = self._cache.get((module, name))
         if cached is not None:
             return cached

@@ -128,7 +128,12 @@ handle_of_eval_and_getattr(_Config) ->
     {ok, 1} = py:call_method(Add, '__call__', []),
     {ok, 1} = py:getattr(Acc, total),
     {error, {python, <<"AttributeError">>, _, _}} = py:getattr(Acc, missing),
-    [ok = py:release(R) || R <- [L, Acc, Add]],
+    %% Any object, a str or bytes too, is a handle's object, never a module name.
+    {ok, Str} = py:eval(<<"'os'">>, #{}, (opts())#{return => ref}),
+    {ok, <<"OS">>} = py:call_method(Str, upper, []),
+    {ok, Bytes} = py:eval(<<"b'\\xff'">>, #{}, (opts())#{return => ref}),
+    {ok, <<"ff">>} = py:call_method(Bytes, hex, []),
+    [ok = py:release(R) || R <- [L, Acc, Add, Str, Bytes]],
     ok.
 
 handle_stream_on_method(_Config) ->
