@@ -88,6 +88,12 @@ defmodule Erlpy do
           | {:idle_timeout, pos_integer() | :infinity}
           | call_option()
 
+  @typedoc "A handle: a Python object kept in one worker (`return: :ref`, docs/state.md)."
+  @type handle :: :py.ref()
+
+  @typedoc "A session: a private Python namespace on one worker (`session_start/1`)."
+  @type session :: :py.session()
+
   @typedoc "A stream reference (`start_stream/4`)."
   @type stream_ref :: reference()
 
@@ -557,6 +563,127 @@ defmodule Erlpy do
       {:error, reason} -> {:error, to_exception(reason)}
       info -> info
     end
+  end
+
+  ## State: handles, sessions, reload (docs/state.md)
+
+  @doc """
+  Calls method `method` of the Python object a handle names (made with `return: :ref`),
+  in the worker that holds it. Options as for `call/4`.
+
+      iex> {:ok, counter} = Erlpy.call(:collections, :Counter, [], return: :ref)
+      iex> Erlpy.call_method(counter, :update, ["abca"])
+      {:ok, nil}
+      iex> Erlpy.call_method(counter, :get, ["a"])
+      {:ok, 2}
+      iex> Erlpy.release(counter)
+      :ok
+  """
+  @spec call_method(handle(), name(), list(), [call_option()]) ::
+          {:ok, term()} | {:error, exception()}
+  def call_method(ref, method, args \\ [], opts \\ []) do
+    {kwargs, opts} = pop_kwargs(opts, :call_method)
+    result(:py.call_method(ref, method, args, kwargs, opts))
+  end
+
+  @doc """
+  Like `call_method/4`, but returns the value or raises the exception.
+
+      iex> {:ok, list} = Erlpy.eval("[3, 1, 2]", %{}, return: :ref)
+      iex> Erlpy.call_method!(list, :sort, [], kwargs: [reverse: true])
+      nil
+      iex> Erlpy.eval!("xs", %{xs: list})
+      [3, 2, 1]
+  """
+  @spec call_method!(handle(), name(), list(), [call_option()]) :: term()
+  def call_method!(ref, method, args \\ [], opts \\ []),
+    do: unwrap!(call_method(ref, method, args, opts))
+
+  @doc """
+  An attribute of the Python object a handle names.
+
+      iex> {:ok, frac} = Erlpy.call(:fractions, :Fraction, [3, 4], return: :ref)
+      iex> Erlpy.getattr(frac, :denominator)
+      {:ok, 4}
+  """
+  @spec getattr(handle(), name(), [call_option()]) :: {:ok, term()} | {:error, exception()}
+  def getattr(ref, name, opts \\ []) do
+    check_opts!(opts, :getattr)
+    result(:py.getattr(ref, name, opts))
+  end
+
+  @doc """
+  Lets the worker drop the object a handle names; later uses of the handle fail with
+  `{:stale_ref, _}`. Handles are also released when the process that made them (or
+  their `:owner`) exits.
+
+      iex> {:ok, obj} = Erlpy.eval("object()", %{}, return: :ref)
+      iex> Erlpy.release(obj)
+      :ok
+  """
+  @spec release(handle()) :: :ok
+  def release(ref), do: :py.release(ref)
+
+  @doc """
+  Starts a session: a private Python namespace on one worker. Pass it as
+  `session: session` to `eval/3`, `exec/2`, `call/4` (of `:__main__` functions) and the
+  streams. Options: `:pool`, `:owner`, `:timeout`.
+
+      iex> {:ok, s} = Erlpy.session_start()
+      iex> Erlpy.exec("n = 41", session: s)
+      :ok
+      iex> Erlpy.eval("n + 1", %{}, session: s)
+      {:ok, 42}
+      iex> Erlpy.session_stop(s)
+      :ok
+  """
+  @spec session_start([call_option()]) :: {:ok, session()} | {:error, exception()}
+  def session_start(opts \\ []) do
+    check_opts!(opts, :session_start)
+    result(:py.session_start(opts))
+  end
+
+  @doc "Ends a session; its namespace is dropped."
+  @spec session_stop(session()) :: :ok
+  def session_stop(session), do: :py.session_stop(session)
+
+  @doc """
+  Runs `fun` with a new session and stops the session when `fun` returns or raises;
+  returns what `fun` returns. Options as for `session_start/1`.
+
+      iex> Erlpy.session(fn s ->
+      ...>   :ok = Erlpy.exec!("history = []", session: s)
+      ...>   Erlpy.eval!("history.append('hi') or history", %{}, session: s)
+      ...> end)
+      ["hi"]
+  """
+  @spec session([call_option()], (session() -> result)) :: result when result: term()
+  def session(opts \\ [], fun) when is_function(fun, 1) do
+    case session_start(opts) do
+      {:ok, session} ->
+        try do
+          fun.(session)
+        after
+          session_stop(session)
+        end
+
+      {:error, exception} ->
+        raise exception
+    end
+  end
+
+  @doc """
+  Loads the current source of a Python module on every worker of the pool, and installs
+  it only if it loaded everywhere (else the old code stays everywhere). Options:
+  `:pool`, `:timeout`.
+
+      iex> Erlpy.reload(:json)
+      :ok
+  """
+  @spec reload(name(), [call_option()]) :: :ok | {:error, exception()}
+  def reload(module, opts \\ []) do
+    check_opts!(opts, :reload)
+    result(:py.reload(module, opts))
   end
 
   ## Errors

@@ -8,7 +8,7 @@
 %% these functions; the messages are the worker's interface (erlpy_worker, erlpy_inflight).
 -module(erlpy_caller).
 
--export([await_ready/2, info/1, call/4, exec/3, collect/5, stream_start/4, stream_command/2,
+-export([await_ready/2, info/1, call/4, call_ref/5, exec/3, collect/5, stream_start/4, stream_command/2,
          exec_sync/1]).
 
 -type id() :: pos_integer().
@@ -35,6 +35,11 @@ call(Worker, Id, Request, Timeout) ->
 %% @doc Run a stream and collect everything it yields. The worker forwards the packed
 %% chunks Python sends; `Decode(Chunk, Acc)' adds a chunk's items to `Acc' in reverse
 %% order, here in the caller, while Python makes the next chunk.
+%% @doc A call whose result stays in Python as a handle owned by `Owner'.
+-spec call_ref(pid(), id(), iodata(), pid(), timeout()) -> {ok, term()} | {error, term()}.
+call_ref(Worker, Id, Request, Owner, Timeout) ->
+    request(Worker, {'$erlpy_call', Id, {self(), Request, {ref, Owner}}}, Id, Timeout).
+
 -spec collect(pid(), id(), iodata(), timeout(), Decode) -> {ok, [term()]} | {error, term()} when
     Decode :: fun((binary(), [term()]) -> [term()]).
 collect(Worker, Id, Request, Timeout, Decode) ->

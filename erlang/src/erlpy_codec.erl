@@ -16,7 +16,7 @@
 %% caller's `NewAtom' fun, which enforces the pool's `max_atoms' budget.
 -module(erlpy_codec).
 
--export([encode/2, message/2, decode/3, decode_items/4, skip/1]).
+-export([note_handle/1, encode/2, message/2, decode/3, decode_items/4, skip/1]).
 -export_type([new_atom_fun/0]).
 
 -include("erlpy_protocol.hrl").
@@ -26,6 +26,7 @@
 -define(EXT_BIGINT, 3).
 -define(EXT_TERM, 4).
 -define(EXT_BINARY, 5).
+-define(EXT_HANDLE, 6).
 
 %% Binaries at least this long are sent as ext 5 (Python checks UTF-8).
 -define(CHECK_LIMIT, 512).
@@ -68,12 +69,30 @@ enc(_, _, 0) -> throw({badarg, {too_deep, ?MAX_DEPTH}});
 enc(L, N, D) when is_list(L) -> enc_list(L, N, D - 1);
 enc(M, N, D) when is_map(M) -> enc_map(M, N, D - 1);
 enc({bytes, B}, _, _) when is_binary(B) -> [bin_header(byte_size(B)), B];
+enc(?HANDLE(Pool, Worker, Index, Id), _, _) when is_pid(Worker), is_integer(Id) ->
+    handle_worker({Pool, Worker, Index}),
+    enc_ext(?EXT_HANDLE, <<Id:64>>);
 enc(T, N, D) when is_tuple(T) ->
     enc_ext(?EXT_TUPLE, enc_list(tuple_to_list(T), N, D - 1));
 enc(T, _, _) when is_pid(T); is_reference(T); is_port(T); is_function(T) ->
     enc_ext(?EXT_TERM, term_to_binary(T));
 enc(T, _, _) ->
     throw({badarg, {unsupported_term, T}}).
+
+%% @doc Route the request being encoded to this handle's worker, as if it carried it.
+-spec note_handle(term()) -> ok.
+note_handle(?HANDLE(Pool, Worker, Index, _)) ->
+    handle_worker({Pool, Worker, Index}).
+
+%% The one impure corner: the caller routes a request that carries handles to their worker
+%% (py), and learns which one here, so requests without handles are not scanned for them.
+-spec handle_worker({term(), pid(), term()}) -> ok.
+handle_worker(Worker) ->
+    case get(?HANDLE_KEY) of
+        undefined -> put(?HANDLE_KEY, Worker), ok;
+        Worker -> ok;
+        Other -> throw({badarg, {handles_of_two_workers, element(2, Other), element(2, Worker)}})
+    end.
 
 -spec enc_int(integer()) -> binary().
 enc_int(I) when I >= 0, I < 128 -> <<I>>;

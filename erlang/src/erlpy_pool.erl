@@ -9,7 +9,8 @@
 -behaviour(gen_server).
 
 -export([start_link/2, meta/1, validate/1]).
--export([register_worker/3, checkout/1, done/2, draining/3, workers/1, new_atom_fun/1,
+-export([register_worker/3, checkout/1, checkout_worker/3, done/2, draining/3, workers/1,
+         indexed_workers/1, new_atom_fun/1,
          exec_log/1]).
 -export([exec/3, info/1]).
 -export([init/1, handle_call/3, handle_cast/2, terminate/2]).
@@ -34,6 +35,7 @@
     start_timeout := pos_integer(),
     max_requests := pos_integer() | infinity,
     max_memory := pos_integer() | infinity,
+    max_refs := pos_integer() | infinity,
     cluster := boolean(),
     venv := string() | undefined,
     requirements := [erlpy_venv:requirement()]
@@ -101,6 +103,7 @@ defaults() ->
         start_timeout => 30000,
         max_requests => infinity,
         max_memory => infinity,
+        max_refs => 100000,
         cluster => false,
         venv => undefined,
         requirements => []
@@ -143,6 +146,7 @@ check(cancel_grace, N, C) when is_integer(N), N > 0 -> C#{cancel_grace := N};
 check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
+check(max_refs, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_refs := N};
 check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
 check(venv, Dir, C) -> C#{venv := dir(Dir, venv)};
 check(requirements, Reqs, C) -> C#{requirements := erlpy_venv:check_requirements(Reqs)};
@@ -268,6 +272,23 @@ least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
             {true, _} -> Best
         end,
     least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N rem ?DRAINING, 0)).
+
+%% @doc Take worker `Index' of pool `Pool' for a request on its handles: `stale' unless
+%% `Worker' still is that worker.
+-spec checkout_worker(atom(), pid(), pos_integer()) -> {ok, pid(), pos_integer()} | stale.
+checkout_worker(Pool, Worker, Index) ->
+    case meta(Pool) of
+        #{tab := Tab, counters := Counters} ->
+            case ets:lookup(Tab, workers) of
+                [Workers] when element(Index + 1, Workers) =:= Worker ->
+                    atomics:add(Counters, Index, 1),
+                    {ok, Worker, Index};
+                _ ->
+                    stale
+            end;
+        _ ->
+            stale
+    end.
 
 %% @doc Mark worker `Index' as draining (or not): it gets new requests only as a last resort.
 -spec draining(meta(), pos_integer(), boolean()) -> ok.

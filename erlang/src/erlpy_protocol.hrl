@@ -12,6 +12,12 @@
 -define(OP_INPUT_CLOSE, 9).
 -define(OP_REPLY, 10).
 -define(OP_SETUP, 11).
+-define(OP_RELEASE, 12).
+-define(OP_CALL_REF, 13).
+-define(OP_EVAL_REF, 14).
+-define(OP_EVAL_IN, 15).
+-define(OP_EXEC_IN, 16).
+-define(OP_STREAM_EVAL_IN, 17).
 
 %% Python -> Erlang
 -define(OP_READY, 0).
@@ -40,3 +46,12 @@
 -define(OWNER_BACKLOG, 8000).
 %% The credit of a stream that the caller collects whole (py:stream, py:stream_eval).
 -define(COLLECT_CREDIT, 0).
+
+%% A handle (docs/state.md): an object kept in the Python of worker `Worker' (number
+%% `Index' of pool `Pool') under the id of the request that made it. Ids are unique in
+%% the node, so a restarted Python never holds the id of an object of the one before.
+-define(HANDLE(Pool, Worker, Index, Id), {'$erlpy_ref', Pool, Worker, Index, Id}).
+%% Process dictionary key: the worker of the handles met while encoding a request.
+-define(HANDLE_KEY, '$erlpy_handle_worker').
+%% A session: the handle of its namespace.
+-define(SESSION(Handle), {'$erlpy_session', Handle}).

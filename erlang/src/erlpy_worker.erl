@@ -25,7 +25,7 @@
 -behaviour(gen_statem).
 
 -export([start_link/3, await_ready/2, info/1]).
--export([call/4, exec/3, collect/5, stream_start/4, stream_command/2, exec_sync/1]).
+-export([call/4, call_ref/5, exec/3, collect/5, stream_start/4, stream_command/2, exec_sync/1]).
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
 -export_type([state/0]).
 
@@ -58,6 +58,10 @@ info(Worker) -> erlpy_caller:info(Worker).
 
 -spec call(pid(), id(), iodata(), timeout()) -> {ok, term()} | {error, term()}.
 call(Worker, Id, Request, Timeout) -> erlpy_caller:call(Worker, Id, Request, Timeout).
+
+-spec call_ref(pid(), id(), iodata(), pid(), timeout()) -> {ok, term()} | {error, term()}.
+call_ref(Worker, Id, Request, Owner, Timeout) ->
+    erlpy_caller:call_ref(Worker, Id, Request, Owner, Timeout).
 
 -spec collect(pid(), id(), iodata(), timeout(), Decode) -> {ok, [term()]} | {error, term()} when
     Decode :: fun((binary(), [term()]) -> [term()]).
@@ -159,7 +163,9 @@ handle_event(info, {'$erlpy_cancel', Id}, _, D) ->
 handle_event(info, {'$erlpy_stream_cmd', Ref, Command}, _, D) ->
     keep(?IO:perform(erlpy_inflight:command(Ref, Command, D#data.table), D));
 handle_event(info, {'DOWN', Mon, process, _, _}, _, D) ->
-    keep(?IO:perform(erlpy_inflight:down(Mon, D#data.table), D));
+    keep(?IO:down(Mon, D));
+handle_event(info, {'$erlpy_release', Id}, _, D) ->
+    {keep_state, ?IO:release(Id, D)};
 handle_event(info, '$erlpy_exec_sync', State, D) when State =/= failed ->
     {keep_state, exec_missing(D)};
 handle_event(info, {'$erlpy_callback_done', CallbackId, Reply}, _, D) ->
@@ -283,7 +289,7 @@ recycle(D) ->
             next(draining, D);
         false ->
             erlpy_python:close(D#data.port, D#data.os_pid),
-            D1 = steer(false, D),
+            D1 = steer(false, ?IO:drop_handles(D)),
             {State, D2} = boot(D1#data{port = undefined, recycled = D1#data.recycled + 1}),
             next(State, D2)
     end.
@@ -305,7 +311,7 @@ boot(#data{meta = Meta} = D) ->
 %% wait in `starting' until all of it has run.
 -spec setup(#data{}) -> #data{}.
 setup(#data{meta = Meta} = D) ->
-    Limits = maps:with([max_memory], Meta),
+    Limits = maps:with([max_memory, max_refs], Meta),
     Log = erlpy_pool:exec_log(Meta),
     Codes = [{init, Code} || Code <- maps:get(init, Meta)] ++ [{exec, Code} || Code <- Log],
     lists:foldl(

@@ -16,6 +16,11 @@
     owners = #{} :: #{pid() => erlpy_owner:owner()},
     %% Processes running callbacks from Python into Erlang, by callback id.
     callbacks = #{} :: #{integer() => pid()},
+    %% Calls made with `return => ref' in flight, by request id: the owner of the handle.
+    ref_calls = #{} :: #{integer() => pid()},
+    %% Handles this Python holds: owner monitor by handle id, and the other way round.
+    handles = #{} :: #{integer() => reference()},
+    handle_monitors = #{} :: #{reference() => integer()},
     %% How many entries of the pool's exec log this Python has run (or has queued).
     execs = 0 :: non_neg_integer(),
     %% Messages for Python, newest first: written as one frame once the mailbox is drained.

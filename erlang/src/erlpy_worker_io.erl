@@ -6,6 +6,7 @@
 %% mailbox is drained. The state machine itself is erlpy_worker.
 -module(erlpy_worker_io).
 
+-export([release/2, down/2, drop_handles/1]).
 -export([accept/2, perform/2, effects/2, recheck_owner/2, fail_all/2, internal/3, message/2,
          enqueue/2, flush/1, encode/2]).
 
@@ -24,6 +25,11 @@
 accept({'$erlpy_call', Alias, Id, {Caller, Request}}, #data{table = T} = D) ->
     Mon = erlang:monitor(process, Caller),
     enqueue(Request, D#data{table = erlpy_inflight:add_call(Id, Alias, Mon, undefined, T)});
+accept({'$erlpy_call', Alias, Id, {Caller, Request, {ref, Owner}}}, #data{table = T} = D) ->
+    Mon = erlang:monitor(process, Caller),
+    RefCalls = D#data.ref_calls,
+    enqueue(Request, D#data{table = erlpy_inflight:add_call(Id, Alias, Mon, undefined, T),
+                            ref_calls = RefCalls#{Id => Owner}});
 accept({'$erlpy_exec', Alias, Id, {Caller, Request, Index}}, #data{table = T} = D) ->
     Mon = erlang:monitor(process, Caller),
     enqueue(Request, D#data{table = erlpy_inflight:add_call(Id, Alias, Mon, Index, T)});
@@ -130,7 +136,8 @@ recheck_owner(Owner, #data{owners = Owners} = D) ->
 
 %% Every request in flight gets exactly one answer; Python's callbacks are killed.
 -spec fail_all(term(), #data{}) -> #data{}.
-fail_all(Error, D) ->
+fail_all(Error, D0) ->
+    D = drop_handles(D0),
     D1 = perform(erlpy_inflight:fail_all(Error, D#data.table), D),
     maps:foreach(fun(_, Pid) -> exit(Pid, kill) end, D1#data.callbacks),
     D1#data{out = [], out_size = 0, callbacks = #{}}.
@@ -142,12 +149,21 @@ internal(Kind, Message, D) ->
     enqueue(encode(Message(Id), D), D#data{table = erlpy_inflight:add_internal(Id, Kind, D#data.table)}).
 
 -spec message(erlpy_frame:message(), #data{}) -> #data{}.
+message([?OP_RESULT, Id, Value], #data{ref_calls = RefCalls} = D) when map_size(RefCalls) > 0 ->
+    case maps:take(Id, RefCalls) of
+        {Owner, RefCalls1} -> handle_made(Id, Owner, D#data{ref_calls = RefCalls1});
+        error -> perform(erlpy_inflight:result(Id, {ok, Value}, D#data.table), D)
+    end;
 message([?OP_RESULT, Id, Value], D) ->
     perform(erlpy_inflight:result(Id, {ok, Value}, D#data.table), D);
 message([?OP_DATA, Id, Items], D) ->
     perform(erlpy_inflight:data(Id, Items, D#data.table), D);
 message([?OP_DONE, Id], D) ->
     perform(erlpy_inflight:result(Id, done, D#data.table), D);
+message([Op, Id | _] = Message, #data{ref_calls = RefCalls} = D) when
+    (Op =:= ?OP_ERROR orelse Op =:= ?OP_FAIL), is_map_key(Id, RefCalls)
+->
+    message(Message, D#data{ref_calls = maps:remove(Id, RefCalls)});
 message([?OP_ERROR, Id, Type, Message, Traceback], D) ->
     perform(erlpy_inflight:result(Id, {error, {python, Type, Message, Traceback}}, D#data.table), D);
 message([?OP_FAIL, Id, Reason], D) ->
@@ -185,6 +201,58 @@ message({undecodable, [Op, Id | _], Reason}, D) when
 message(Message, D) ->
     ?LOG_ERROR(#{what => unexpected_message, pool => D#data.pool, message => Message}),
     D.
+
+%% A call made with `return => ref' answered: Python keeps the object under the call's id.
+%% It lives while its owner does, and only if its caller took the answer.
+-spec handle_made(id(), pid(), #data{}) -> #data{}.
+handle_made(Id, Owner, #data{pool = Pool, index = Index} = D) ->
+    Handle = ?HANDLE(Pool, self(), Index, Id),
+    {T, Effects} = erlpy_inflight:result(Id, {ok, Handle}, D#data.table),
+    D1 = effects(Effects, D#data{table = T}),
+    case [R || {reply, _, _} = R <- Effects] of
+        [] ->
+            release_in_python(Id, D1);
+        _ ->
+            Mon = erlang:monitor(process, Owner),
+            D1#data{handles = (D1#data.handles)#{Id => Mon},
+                    handle_monitors = (D1#data.handle_monitors)#{Mon => Id}}
+    end.
+
+%% Python decodes a frame whole, handles to objects included, before it acts on any of its
+%% messages: a release ends its frame, so requests after it find the object gone.
+-spec release_in_python(id(), #data{}) -> #data{}.
+release_in_python(Id, D) ->
+    flush(enqueue(encode([?OP_RELEASE, [Id]], D), D)).
+
+%% @doc Release a handle (py:release/1); one this Python does not hold is ignored.
+-spec release(id(), #data{}) -> #data{}.
+release(Id, #data{handles = Handles} = D) ->
+    case maps:take(Id, Handles) of
+        {Mon, Handles1} ->
+            erlang:demonitor(Mon, [flush]),
+            D1 = D#data{handles = Handles1, handle_monitors = maps:remove(Mon, D#data.handle_monitors)},
+            release_in_python(Id, D1);
+        error ->
+            D
+    end.
+
+%% @doc A `'DOWN'': the owner of a handle died (the handle is released), or one of the
+%% table's monitors.
+-spec down(reference(), #data{}) -> #data{}.
+down(Mon, #data{handle_monitors = Monitors} = D) ->
+    case maps:take(Mon, Monitors) of
+        {Id, Monitors1} ->
+            D1 = D#data{handles = maps:remove(Id, D#data.handles), handle_monitors = Monitors1},
+            release_in_python(Id, D1);
+        error ->
+            perform(erlpy_inflight:down(Mon, D#data.table), D)
+    end.
+
+%% @doc Python is gone, and the objects it held with it.
+-spec drop_handles(#data{}) -> #data{}.
+drop_handles(#data{handle_monitors = Monitors} = D) ->
+    maps:foreach(fun(Mon, _) -> erlang:demonitor(Mon, [flush]) end, Monitors),
+    D#data{handles = #{}, handle_monitors = #{}, ref_calls = #{}}.
 
 -spec log(term(), term(), #data{}) -> #data{}.
 log(Level0, Text, D) ->

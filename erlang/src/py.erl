@@ -23,24 +23,31 @@
 -export([call/3, call/4, call/5]).
 -export([eval/1, eval/2, eval/3]).
 -export([exec/1, exec/2]).
+-export([reload/1, reload/2]).
 %% Streams
 -export([stream/3, stream/4, stream/5]).
 -export([stream_eval/1, stream_eval/2, stream_eval/3]).
 -export([stream_start/3, stream_start/4]).
 -export([stream_cancel/1, stream_send/2, stream_close/1, stream_ack/2]).
 %% Erlang functions callable from Python
+-export([session_start/1, session_stop/1]).
+-export([call_method/3, call_method/4, call_method/5, getattr/2, getattr/3, release/1]).
 -export([register_function/2, unregister_function/1]).
 %% Pools
 -export([start_pool/2, stop_pool/1, child_spec/1, info/0, info/1]).
 %% Python environments of pools (docs/python-environments.md)
 -export([build_venv/1, build_venvs/0]).
 
--export_type([pool/0, opts/0, error/0, name/0, code/0]).
+-export_type([pool/0, opts/0, error/0, name/0, code/0, ref/0, session/0]).
 
 -include("erlpy_protocol.hrl").
 
 -type name() :: atom() | binary().
 -type code() :: unicode:chardata().
+%% A handle: a Python object kept in one worker (docs/state.md).
+-type ref() :: {'$erlpy_ref', atom(), pid(), pos_integer(), pos_integer()}.
+%% A session: a private namespace on one worker (docs/state.md).
+-type session() :: {'$erlpy_session', ref()}.
 %% A local pool, a pool on another node, or a cluster-wide pool (started with
 %% `cluster => true' on any number of nodes).
 -type pool() :: atom() | {atom(), node()} | {cluster, atom()}.
@@ -57,9 +64,14 @@
     | {no_pool, term(), Why :: term()}
     | {not_started, erlpy}
     | {python_start_failed, term()}
-    | {nodedown, node()}.
+    | {nodedown, node()}
+    | {stale_ref, term()}
+    | {max_refs, pos_integer()}
+    | session_ended.
 
 -define(DEFAULT_TIMEOUT, 30000).
+%% Options of the requests whose result may be kept as a handle.
+-define(RETURN_OPTS, [return, owner, session]).
 
 %%====================================================================
 %% Calls
@@ -80,11 +92,167 @@ call(Module, Function, Args, Kwargs) ->
     call(Module, Function, Args, Kwargs, #{}).
 
 %% @doc Call with options, or a timeout in milliseconds.
--spec call(name(), name(), list(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+-spec call(name() | ref(), name(), list(), map(), opts() | timeout()) ->
+    {ok, term()} | {error, error()}.
 call(Module, Function, Args, Kwargs, Opts) ->
-    run(call, [Module, Function, Args, Kwargs], Opts, fun(O) ->
-        {call, ?OP_CALL, [name(Module), name(Function), list(Args), kwargs(Kwargs)], O}
+    run(call, [Module, Function, Args, Kwargs], at(Module, Opts), ?RETURN_OPTS, fun(O) ->
+        Fields = [target(Module, O), name(Function), list(Args), kwargs(Kwargs)],
+        {kind(O), op(O, ?OP_CALL, ?OP_CALL_REF), Fields, O}
     end).
+
+%% @doc Re-import `Module' on every worker of the pool: calls made after `ok' run its new
+%% code, on every worker, and so do Pythons started later. The new code is loaded on
+%% every worker first and installed only if it loaded everywhere: a failure returns the
+%% Python error and leaves the old code running on every worker.
+%%
+%% ```
+%% ok = py:reload(json),
+%% {ok, <<"[1]">>} = py:call(json, dumps, [[1]]),
+%% {error, {python, <<"ModuleNotFoundError">>, _, _}} = py:reload(no_such_module).
+%% '''
+-spec reload(name()) -> ok | {error, error()}.
+reload(Module) ->
+    reload(Module, #{}).
+
+-spec reload(name(), opts() | timeout()) -> ok | {error, error()}.
+reload(Module, Opts0) ->
+    case options(Opts0, []) of
+        {ok, #{pool := {cluster, Name}} = Opts} ->
+            Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
+            Results = [remote(N, reload, [Module, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
+            case [E || {error, _} = E <- Results] of
+                [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
+                [] -> ok;
+                [Error | _] -> Error
+            end;
+        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
+            remote(Node, reload, [Module, Opts#{pool := Name}], Opts);
+        {ok, #{pool := {Name, _}} = Opts} ->
+            reload(Module, Opts#{pool := Name});
+        {ok, #{timeout := Timeout} = Opts} ->
+            with_pool(Opts, fun(Meta) ->
+                try name(Module) of
+                    Bin -> reload_on(Meta, Bin, Timeout)
+                catch
+                    throw:{badarg, Detail} -> {error, {badarg, Detail}}
+                end
+            end);
+        {error, _} = Error ->
+            Error
+    end.
+
+-spec reload_on(erlpy_pool:meta(), binary(), timeout()) -> ok | {error, error()}.
+reload_on(Meta, Module, Timeout) ->
+    Token = erlang:unique_integer([positive]),
+    Workers = erlpy_pool:indexed_workers(Meta),
+    Prepared = on_workers(Meta, Workers, prepare, [Token, Module], Timeout),
+    case [E || {error, _} = E <- Prepared] of
+        [] ->
+            Committed = on_workers(Meta, Workers, commit, [Token], Timeout),
+            case [E || {error, _} = E <- Committed] of
+                [] -> ok;
+                [Error | _] -> Error
+            end;
+        [Error | _] ->
+            _ = on_workers(Meta, Workers, abort, [Token], Timeout),
+            Error
+    end.
+
+%% Call erlpy._reload.Function(*Args) on each of these workers, at the same time.
+-spec on_workers(erlpy_pool:meta(), [{pid(), pos_integer()}], atom(), list(), timeout()) ->
+    [{ok, term()} | {error, term()}].
+on_workers(#{name := Pool, none_atom := NoneAtom}, Workers, Function, Args, Timeout) ->
+    Calls = [spawn_monitor(fun() ->
+                 Id = erlang:unique_integer([positive]),
+                 Request = erlpy_codec:message(
+                     [?OP_CALL, Id, <<"erlpy._reload">>, atom_to_binary(Function), Args, #{}],
+                     NoneAtom),
+                 Result =
+                     case erlpy_pool:checkout_worker(Pool, Worker, Index) of
+                         {ok, Worker, Index} -> erlpy_worker:call(Worker, Id, Request, Timeout);
+                         stale -> {ok, gone}
+                     end,
+                 exit({result, Result})
+             end) || {Worker, Index} <- Workers],
+    [receive
+         {'DOWN', Mon, process, Pid, {result, Result}} -> Result;
+         {'DOWN', Mon, process, Pid, Reason} -> {error, {worker_exited, Reason}}
+     end || {Pid, Mon} <- Calls].
+
+%% @doc Start a session: a private namespace on one worker of the pool, in which the
+%% calls, evals, execs and streams given `#{session => Session}' run. It ends with
+%% `session_stop/1', when its owner (`owner', default the caller) dies, or when its
+%% worker's Python exits; later uses get `{error, session_ended}'.
+%%
+%% ```
+%% {ok, S} = py:session_start(#{}),
+%% ok = py:exec(<<"history = []">>, #{session => S}),
+%% {ok, 1} = py:eval(<<"history.append('hi') or len(history)">>, #{}, #{session => S}),
+%% {error, {python, <<"NameError">>, _, _}} = py:eval(<<"history">>),
+%% ok = py:session_stop(S),
+%% {error, session_ended} = py:eval(<<"history">>, #{}, #{session => S}).
+%% '''
+-spec session_start(opts()) -> {ok, session()} | {error, error()}.
+session_start(Opts0) ->
+    case options(Opts0, [owner]) of
+        {ok, Opts} ->
+            case call('erlpy._handles', new_session, [], #{}, Opts#{return => ref}) of
+                {ok, Handle} -> {ok, ?SESSION(Handle)};
+                {error, _} = Error -> Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc End a session: its namespace is dropped. Stopping it twice is fine.
+-spec session_stop(session()) -> ok.
+session_stop(?SESSION(Handle)) ->
+    release(Handle);
+session_stop(Session) ->
+    erlang:error(badarg, [Session]).
+
+%% @doc Call method `Method' of the object a handle names, in the worker that holds it.
+%%
+%% ```
+%% {ok, Counter} = py:call(collections, 'Counter', [], #{}, #{return => ref}),
+%% {ok, none} = py:call_method(Counter, update, [<<"abca">>]),
+%% {ok, 2} = py:call_method(Counter, get, [<<"a">>]),
+%% ok = py:release(Counter).
+%% '''
+-spec call_method(ref(), name(), list()) -> {ok, term()} | {error, error()}.
+call_method(Ref, Method, Args) ->
+    call_method(Ref, Method, Args, #{}, #{}).
+
+-spec call_method(ref(), name(), list(), map()) -> {ok, term()} | {error, error()}.
+call_method(Ref, Method, Args, Kwargs) ->
+    call_method(Ref, Method, Args, Kwargs, #{}).
+
+-spec call_method(ref(), name(), list(), map(), opts() | timeout()) ->
+    {ok, term()} | {error, error()}.
+call_method(?HANDLE(_, _, _, _) = Ref, Method, Args, Kwargs, Opts) ->
+    call(Ref, Method, Args, Kwargs, Opts);
+call_method(Ref, Method, Args, Kwargs, Opts) ->
+    erlang:error(badarg, [Ref, Method, Args, Kwargs, Opts]).
+
+%% @doc An attribute of the object a handle names (`return => ref' keeps it as a handle).
+-spec getattr(ref(), name()) -> {ok, term()} | {error, error()}.
+getattr(Ref, Name) ->
+    getattr(Ref, Name, #{}).
+
+-spec getattr(ref(), name(), opts() | timeout()) -> {ok, term()} | {error, error()}.
+getattr(?HANDLE(_, _, _, _) = Ref, Name, Opts) ->
+    call(builtins, getattr, [Ref, name(Name)], #{}, at(Ref, Opts));
+getattr(Ref, Name, Opts) ->
+    erlang:error(badarg, [Ref, Name, Opts]).
+
+%% @doc Let the worker drop the object a handle names; later uses of the handle get
+%% `{error, {stale_ref, _}}'. Releasing a handle twice, or a stale one, is fine.
+-spec release(ref()) -> ok.
+release(?HANDLE(_, Worker, _, Id)) ->
+    Worker ! {'$erlpy_release', Id},
+    ok;
+release(Ref) ->
+    erlang:error(badarg, [Ref]).
 
 %% @doc Evaluate a Python expression.
 %%
@@ -102,8 +270,12 @@ eval(Code, Locals) ->
 
 -spec eval(code(), map(), opts() | timeout()) -> {ok, term()} | {error, error()}.
 eval(Code, Locals, Opts) ->
-    run(eval, [Code, Locals], Opts, fun(O) ->
-        {call, ?OP_EVAL, [code(Code), locals(Locals)], O}
+    run(eval, [Code, Locals], at(none, Opts), ?RETURN_OPTS, fun
+        (#{session := ?SESSION(Handle)} = O) ->
+            Fields = [code(Code), locals(Locals), Handle, maps:get(return, O, value) =:= ref],
+            {kind(O), ?OP_EVAL_IN, Fields, O};
+        (O) ->
+            {kind(O), op(O, ?OP_EVAL, ?OP_EVAL_REF), [code(Code), locals(Locals)], O}
     end).
 
 %% @doc Run statements in `__main__' on every worker of the pool. The pool remembers them
@@ -116,7 +288,15 @@ exec(Code) ->
 
 -spec exec(code(), opts() | timeout()) -> ok | {error, error()}.
 exec(Code, Opts0) ->
-    case options(Opts0, []) of
+    case options(at(none, Opts0), [session]) of
+        {ok, #{session := ?SESSION(Handle)} = Opts} ->
+            Result = run(exec, [Code], Opts, [session], fun(O) ->
+                {call, ?OP_EXEC_IN, [code(Code), Handle], O}
+            end),
+            case Result of
+                {ok, _} -> ok;
+                Other -> Other
+            end;
         {ok, #{pool := {cluster, Name}} = Opts} ->
             %% Every member pool runs it and remembers it.
             Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
@@ -159,8 +339,8 @@ stream(Module, Function, Args, Kwargs) ->
 
 -spec stream(name(), name(), list(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream(Module, Function, Args, Kwargs, Opts) ->
-    run(stream, [Module, Function, Args, Kwargs], Opts, fun(O) ->
-        Fields = [name(Module), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
+    run(stream, [Module, Function, Args, Kwargs], at(Module, Opts), [session], fun(O) ->
+        Fields = [target(Module, O), name(Function), list(Args), kwargs(Kwargs), ?COLLECT_CREDIT, false],
         {collect, ?OP_STREAM_CALL, Fields, O}
     end).
 
@@ -178,8 +358,11 @@ stream_eval(Code, Locals) ->
 
 -spec stream_eval(code(), map(), opts() | timeout()) -> {ok, list()} | {error, error()}.
 stream_eval(Code, Locals, Opts) ->
-    run(stream_eval, [Code, Locals], Opts, fun(O) ->
-        {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
+    run(stream_eval, [Code, Locals], at(none, Opts), [session], fun
+        (#{session := ?SESSION(Handle)} = O) ->
+            {collect, ?OP_STREAM_EVAL_IN, [code(Code), locals(Locals), ?COLLECT_CREDIT, Handle], O};
+        (O) ->
+            {collect, ?OP_STREAM_EVAL, [code(Code), locals(Locals), ?COLLECT_CREDIT], O}
     end).
 
 %% @doc Start a stream and return its reference at once. The owner (default: the caller)
@@ -193,12 +376,12 @@ stream_start(Module, Function, Args) ->
 %% `idle_timeout => Ms', `pool', `timeout' (for starting only).
 -spec stream_start(name(), name(), list(), opts()) -> {ok, reference()} | {error, error()}.
 stream_start(Module, Function, Args, Opts0) ->
-    Extra = [owner, kwargs, input, window, idle_timeout],
-    case options(Opts0, Extra) of
+    Extra = [owner, kwargs, input, window, idle_timeout, session],
+    case options(at(Module, Opts0), Extra) of
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
-                    start_stream(Module, Function, Args, Local);
+                    ended(Local, start_stream(Module, Function, Args, Local));
                 {remote, Node, Remote} ->
                     Owner = maps:get(owner, Remote, self()),
                     relay(Node, [Module, Function, Args], Remote#{owner => Owner});
@@ -385,16 +568,16 @@ info(Name) ->
 %% Internal
 %%====================================================================
 
--type request() :: {call | collect, Op :: integer(), Fields :: list(), map()}.
+-type request() :: {call | collect | {ref, pid()}, Op :: integer(), Fields :: list(), map()}.
 
 %% Run one request: here, or on the node the `pool' option names.
--spec run(atom(), list(), opts() | timeout(), fun((map()) -> request())) ->
+-spec run(atom(), list(), opts() | timeout(), [atom()], fun((map()) -> request())) ->
     {ok, term()} | {error, error()}.
-run(Function, Args, Opts0, Build) ->
-    case options(Opts0, []) of
+run(Function, Args, Opts0, Extra, Build) ->
+    case options(Opts0, Extra) of
         {ok, Opts} ->
             case route(Opts) of
-                {local, Local} -> with_pool(Local, fun(Meta) -> send(Build, Local, Meta) end);
+                {local, Local} -> with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end);
                 {remote, Node, Remote} -> remote(Node, Function, Args ++ [Remote], Remote);
                 {error, _} = Error -> Error
             end;
@@ -426,15 +609,88 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
         {Kind, Timeout, erlpy_codec:message([Op, Id | Fields], NoneAtom)}
     of
         {Kind, Timeout, Request} ->
-            case erlpy_pool:checkout(Meta) of
+            case checkout(Meta) of
                 {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
-                {ok, Worker, _} -> erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
+                {ok, Worker, _} when Kind =:= collect ->
+                    erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
+                {ok, Worker, _} ->
+                    {ref, Owner} = Kind,
+                    erlpy_worker:call_ref(Worker, Id, Request, Owner, Timeout);
                 {error, no_workers} -> {error, {worker_exited, no_workers}};
                 {error, _} = Error -> Error
             end
     catch
-        throw:{badarg, Detail} -> {error, {badarg, Detail}}
+        throw:{badarg, Detail} ->
+            _ = erase(?HANDLE_KEY),
+            {error, {badarg, Detail}}
     end.
+
+%% The worker for a request just encoded: the one of the handles it carries, if any (the
+%% codec noted it), else the pool's least busy.
+-spec checkout(erlpy_pool:meta()) -> {ok, pid(), pos_integer()} | {error, term()}.
+checkout(Meta) ->
+    case erase(?HANDLE_KEY) of
+        undefined ->
+            erlpy_pool:checkout(Meta);
+        {Pool, Worker, Index} ->
+            case erlpy_pool:checkout_worker(Pool, Worker, Index) of
+                stale -> {error, {stale_ref, Worker}};
+                Ok -> Ok
+            end
+    end.
+
+%% Whether a call's result comes back or stays in Python as a handle, and its owner.
+-spec kind(map()) -> call | {ref, pid()}.
+kind(#{return := ref} = Opts) -> {ref, maps:get(owner, Opts, self())};
+kind(_) -> call.
+
+-spec op(map(), integer(), integer()) -> integer().
+op(#{return := ref}, _, Ref) -> Ref;
+op(_, Op, _) -> Op.
+
+%% A request on a handle, or in a session, goes to the node of its worker, in its pool.
+-spec at(term(), term()) -> term().
+at(?HANDLE(Pool, Worker, _, _), Opts) when is_map(Opts) ->
+    Opts#{pool => {Pool, node(Worker)}};
+at(_, #{session := ?SESSION(Handle)} = Opts) ->
+    at(Handle, Opts);
+at(_, Opts) when is_map(Opts) ->
+    Opts;
+at(?HANDLE(_, _, _, _) = Ref, Timeout) when is_integer(Timeout); Timeout =:= infinity ->
+    at(Ref, #{timeout => Timeout});
+at(Module, Opts) when is_list(Opts) ->
+    case options(Opts, [owner, kwargs, input, window, idle_timeout | ?RETURN_OPTS]) of
+        {ok, Map} when is_map_key(session, Map); element(1, Module) =:= '$erlpy_ref' ->
+            at(Module, Map);
+        _ ->
+            Opts
+    end;
+at(_, Opts) ->
+    Opts.
+
+%% What a call or stream names: a module, a handle's object (its methods), or in a
+%% session, `__main__' is the session's namespace.
+%% A handle goes as a 1-tuple: Python tells it from a name whatever the object is.
+-spec target(term(), map()) -> binary() | {ref()}.
+target(?HANDLE(_, _, _, _) = Ref, _) ->
+    {Ref};
+target(Module, #{session := ?SESSION(Handle)}) when Module =:= '__main__'; Module =:= <<"__main__">> ->
+    {Handle};
+target(Module, #{session := ?SESSION(Handle)}) ->
+    erlpy_codec:note_handle(Handle),
+    name(Module);
+target(Module, _) ->
+    name(Module).
+
+%% A request in a session whose namespace is gone (stopped, its owner dead, its Python
+%% restarted): the session has ended.
+-spec ended(map(), Result) -> Result | {error, session_ended}.
+ended(#{session := ?SESSION(?HANDLE(_, Worker, _, Id))}, {error, {stale_ref, Stale}}) when
+    Stale =:= Id; Stale =:= Worker
+->
+    {error, session_ended};
+ended(_, Result) ->
+    Result.
 
 %% How a collecting caller decodes the chunks of items its worker forwards.
 -spec decoder(erlpy_pool:meta()) -> fun((binary(), [term()]) -> [term()]).
@@ -450,7 +706,7 @@ start_stream(Module, Function, Args, Opts) ->
         Id = erlang:unique_integer([positive]),
         try
             Fields = [
-                name(Module), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
+                target(Module, Opts), name(Function), list(Args), kwargs(maps:get(kwargs, Opts, #{})),
                 Credit, maps:get(input, Opts, false) =:= true
             ],
             erlpy_codec:message([?OP_STREAM_CALL, Id | Fields], NoneAtom)
@@ -463,7 +719,7 @@ start_stream(Module, Function, Args, Opts) ->
                     input => maps:get(input, Opts, false),
                     idle_timeout => maps:get(idle_timeout, Opts, infinity)
                 },
-                case erlpy_pool:checkout(Meta) of
+                case checkout(Meta) of
                     {ok, Worker, _} ->
                         erlpy_worker:stream_start(Worker, Id, Stream, maps:get(timeout, Opts));
                     {error, no_workers} ->
@@ -472,7 +728,9 @@ start_stream(Module, Function, Args, Opts) ->
                         Error
                 end
         catch
-            throw:{badarg, Detail} -> {error, {badarg, Detail}}
+            throw:{badarg, Detail} ->
+                _ = erase(?HANDLE_KEY),
+                {error, {badarg, Detail}}
         end
     end).
 
@@ -565,7 +823,12 @@ valid_option(K, V, Extra) ->
             kwargs -> is_map(V) orelse is_list(V);
             input -> is_boolean(V);
             window -> is_integer(V) andalso V > 0;
-            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0)
+            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0);
+            return -> V =:= ref orelse V =:= value;
+            session -> is_tuple(V) andalso tuple_size(V) =:= 2 andalso
+                           element(1, V) =:= '$erlpy_session' andalso
+                           tuple_size(element(2, V)) =:= 5 andalso
+                           element(1, element(2, V)) =:= '$erlpy_ref'
         end.
 
 -spec name(term()) -> binary().

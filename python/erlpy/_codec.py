@@ -23,6 +23,7 @@ EXT_TUPLE: Final = 2
 EXT_BIGINT: Final = 3
 EXT_TERM: Final = 4
 EXT_BINARY: Final = 5
+EXT_HANDLE: Final = 6  # a handle (docs/state.md): the object it names, in a worker
 
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
@@ -131,6 +132,10 @@ def register_encoder(cls: type, fn: Callable[[Any], Any]) -> None:
     _encoders[cls] = fn
 
 
+# Set by erlpy._handles, which only a worker's runtime loads: handles exist in workers.
+handle_decoder: Callable[[bytes], Any] | None = None
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_ATOM:
         atom = _atoms.get(data)
@@ -150,6 +155,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
             return data.decode()
         except UnicodeDecodeError:
             return data
+    if code == EXT_HANDLE and handle_decoder is not None:
+        return handle_decoder(data)
     raise ValueError(f"unknown msgpack extension type {code}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from . import _protocol as P
 from ._callbacks import Callbacks
 from ._codec import Atom, new_unpacker, unpack_all, unpack_frame
+from ._handles import Limits, find_stale, release
 from ._jobs import CANCELLED, Job, Jobs
 from ._messages import (
     Call,
@@ -22,6 +23,7 @@ from ._messages import (
     Input,
     InputClose,
     Message,
+    Release,
     Reply,
     Setup,
     StreamCall,
@@ -95,15 +97,37 @@ class Dispatcher:
         except Exception as exc:
             self._log(f"erlpy: dropped an undecodable frame: {exc!r}")
             return
+        stale = Limits.stale_seen
+        if stale:
+            Limits.stale_seen = False
         for raw in messages:
             try:
                 message = decode(raw)
                 if message is None:
                     self._log(f"erlpy: unknown message {raw[0]!r}")
+                elif stale and self._refuse_stale(message):
+                    pass
                 else:
                     self.dispatch(message)
             except Exception as exc:  # not a message of the protocol: say so, go on
                 self._log(f"erlpy: dropped a malformed message: {exc!r}")
+
+    def _refuse_stale(self, message: Message) -> bool:
+        """Answer a request that carries a handle this process does not hold."""
+        match message:
+            case Call() | StreamCall():
+                found = find_stale([message.module, message.args, message.kwargs])
+            case Eval() | StreamEval():
+                found = find_stale([message.locals, message.session])
+            case Exec():
+                found = find_stale(message.session)
+            case _:
+                return False
+        if found is None:
+            return False
+        reason = (Atom("stale_ref"), found.id)
+        self._jobs.finish(Job(message.id, None), P.FAIL, reason)
+        return True
 
     def _log(self, text: str) -> None:
         self._sync.send([P.LOG, Atom("error"), text])
@@ -130,6 +154,8 @@ class Dispatcher:
         match message:
             case Call():
                 job = Job(message.id, message)
+                if message.ref:
+                    job.ref = True
                 self._table[job.id] = job
                 self._start_call(job, message)
             case Credit():
@@ -145,6 +171,8 @@ class Dispatcher:
                 self._start_call(job, message)
             case Eval() | Exec():
                 job = Job(message.id, message)
+                if isinstance(message, Eval) and message.ref:
+                    job.ref = True
                 self._table[job.id] = job
                 self._submit(job)
             case StreamEval():
@@ -166,6 +194,8 @@ class Dispatcher:
                         stream.input.put(message.values)
                     else:
                         stream.input.close()
+            case Release():
+                release(message.ids)
             case Setup():
                 self._setup(Job(message.id, None), message.worker_pid, message.limits)
 
@@ -186,6 +216,8 @@ class Dispatcher:
     def _setup(self, job: Job, worker_pid: Any, limits: dict[Any, Any]) -> None:
         # Answered like a call: the worker is ready only once its limits are in place.
         self._callbacks.worker_pid = worker_pid
+        max_refs = limits.get("max_refs")
+        Limits.max_refs = max_refs if isinstance(max_refs, int) else None
         try:
             if apply_limits(limits):
                 # Memory kept is memory a later request cannot have.

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from . import _handles
 from . import _protocol as P
 from ._codec import Atom, EncodeError, pack, pack_parts
 from ._messages import Request
@@ -22,7 +23,16 @@ CANCELLED: Final = Atom("cancelled")
 # A traceback sent to Erlang starts in user code: leading frames of these are dropped.
 _RUNTIME_MODULES: Final = frozenset(
     f"erlpy.{name}"
-    for name in ("_runtime", "_dispatch", "_sync", "_tasks", "_callbacks", "_jobs", "_names")
+    for name in (
+        "_runtime",
+        "_dispatch",
+        "_sync",
+        "_tasks",
+        "_callbacks",
+        "_jobs",
+        "_names",
+        "_reload",
+    )
 )
 
 
@@ -60,6 +70,7 @@ class Job:
     iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
     waiting: Pending | None = None  # a callback into Erlang the job waits for
     fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
+    ref: bool = False  # its result stays here as a handle (return => ref)
 
 
 class Jobs:
@@ -90,6 +101,9 @@ class Jobs:
             if kind == P.ERROR:
                 exit_forked(value)
             exit_forked(SystemExit(1) if kind == P.FAIL else None)
+        if kind == P.RESULT and job.ref:
+            self._finish_ref(job, value)
+            return
         if kind == P.RESULT:
             try:
                 parts = pack_parts([P.RESULT, job.id, value])
@@ -111,6 +125,17 @@ class Jobs:
             case _:
                 data = pack([P.DONE, job.id])
         self._writer.send(data)
+
+    def _finish_ref(self, job: Job, value: Any) -> None:
+        # Kept only if answered: a cancelled job's value would be held by nobody.
+        if not self._claim(job):
+            return
+        try:
+            _handles.store(job.id, value)
+        except _handles.TooManyRefs as exc:
+            self._writer.send(pack([P.FAIL, job.id, (Atom("max_refs"), exc.limit)]))
+        else:
+            self._writer.send(pack([P.RESULT, job.id, job.id]))
 
     def _claim(self, job: Job) -> bool:
         with self._lock:

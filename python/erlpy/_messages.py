@@ -20,10 +20,11 @@ from . import _protocol as P
 @dataclass(slots=True)
 class Call:
     id: int
-    module: str
+    module: Any  # a module name, or (object,) for a handle's object (py:call_method)
     function: str
     args: list[Any]
     kwargs: dict[Any, Any]
+    ref: bool = False  # the result stays in Python as a handle (return => ref)
 
 
 @dataclass(slots=True)
@@ -31,18 +32,21 @@ class Eval:
     id: int
     code: str
     locals: dict[Any, Any]
+    ref: bool = False  # the result stays in Python as a handle (return => ref)
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
 class Exec:
     id: int
     code: str
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
 class StreamCall:
     id: int
-    module: str
+    module: Any  # a module name, or (object,) for a handle's object
     function: str
     args: list[Any]
     kwargs: dict[Any, Any]
@@ -56,6 +60,7 @@ class StreamEval:
     code: str
     locals: dict[Any, Any]
     credit: int
+    session: Any = None  # a session's namespace (a handle's Session), else __main__
 
 
 @dataclass(slots=True)
@@ -90,6 +95,13 @@ class Reply:
 
 
 @dataclass(slots=True)
+class Release:
+    """Handles Erlang no longer uses."""
+
+    ids: list[Any]
+
+
+@dataclass(slots=True)
 class Setup:
     id: int
     worker_pid: Any
@@ -97,7 +109,7 @@ class Setup:
 
 
 Request: TypeAlias = Call | Eval | Exec | StreamCall | StreamEval
-Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup
+Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup | Release
 
 
 def decode(msg: list[Any]) -> Message | None:
@@ -129,4 +141,16 @@ def decode(msg: list[Any]) -> Message | None:
             return StreamEval(msg[1], msg[2], msg[3], msg[4])
         case P.SETUP:
             return Setup(msg[1], msg[2], msg[3])
+        case P.RELEASE:
+            return Release(msg[1])
+        case P.CALL_REF:
+            return Call(msg[1], msg[2], msg[3], msg[4], msg[5], True)
+        case P.EVAL_REF:
+            return Eval(msg[1], msg[2], msg[3], True)
+        case P.EVAL_IN:
+            return Eval(msg[1], msg[2], msg[3], msg[5], msg[4])
+        case P.EXEC_IN:
+            return Exec(msg[1], msg[2], msg[3])
+        case P.STREAM_EVAL_IN:
+            return StreamEval(msg[1], msg[2], msg[3], msg[4], msg[5])
     return None

@@ -9,12 +9,23 @@ import inspect
 import sys
 import textwrap
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ._errors import BadName
+from ._handles import Session
 
 Resolved = tuple[Callable[..., Any], bool]  # the function, and whether it is async
+
+
+_resolvers: weakref.WeakSet[Resolver] = weakref.WeakSet()
+
+
+def clear_caches() -> None:
+    """Forget every resolved name: a module was reloaded (py:reload)."""
+    for resolver in list(_resolvers):
+        resolver.clear()
 
 
 class Resolver:
@@ -23,6 +34,7 @@ class Resolver:
     def __init__(self, main_module: types.ModuleType) -> None:
         self._main = main_module
         self._cache: dict[tuple[str, str], Resolved] = {}
+        _resolvers.add(self)
 
     def clear(self) -> None:
         """Forget what is cached: an ``exec`` may have rebound what names point to."""
@@ -30,6 +42,11 @@ class Resolver:
 
     def now(self, module: Any, name: Any) -> Resolved | None:
         """Resolve without importing (the loop thread must not block on imports)."""
+        if type(module) is tuple:  # (object,): a handle's object, or a session
+            try:
+                return method(module[0], name)
+            except Exception:
+                return None  # the main thread resolves again and reports the error
         cached = self._cache.get((module, name))
         if cached is not None:
             return cached
@@ -41,6 +58,8 @@ class Resolver:
             return None  # the main thread resolves again and reports the error
 
     def resolve(self, module: Any, name: Any) -> Resolved:
+        if type(module) is tuple and len(module) == 1:
+            return method(module[0], name)
         cached = self._cache.get((module, name))
         if cached is not None:
             return cached
@@ -57,6 +76,25 @@ class Resolver:
         if module != "__main__":
             self._cache[(module, name)] = resolved
         return resolved
+
+
+def method(obj: Any, name: Any) -> Resolved:
+    """A method (or any callable attribute) of a handle's object, or a function of a
+    session's namespace; never cached."""
+    if not _valid_name(name):
+        raise BadName(f"invalid method name: {name!r}")
+    parts = name.split(".")
+    if isinstance(obj, Session):
+        try:
+            obj = obj.globals[parts[0]]
+        except KeyError:
+            raise NameError(f"name {parts[0]!r} is not defined in this session") from None
+        parts = parts[1:]
+    for part in parts:
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{name} is not callable")
+    return (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
 
 
 def _import(module: str) -> Any:

@@ -15,6 +15,12 @@ INPUT: Final = 8  # [INPUT, Id, Values]
 INPUT_CLOSE: Final = 9  # [INPUT_CLOSE, Id]
 REPLY: Final = 10  # [REPLY, CallbackId, Ok, ValueOrReason]
 SETUP: Final = 11  # [SETUP, Id, WorkerPid, Limits]: first message; answered like a call
+RELEASE: Final = 12  # [RELEASE, Ids]: handles Python may drop
+CALL_REF: Final = 13  # [CALL_REF, Id, Module, Function, Args, Kwargs]: the result is kept
+EVAL_REF: Final = 14  # [EVAL_REF, Id, Code, Locals]: the result is kept
+EVAL_IN: Final = 15  # [EVAL_IN, Id, Code, Locals, Session, Ref]: in a session's namespace
+EXEC_IN: Final = 16  # [EXEC_IN, Id, Code, Session]
+STREAM_EVAL_IN: Final = 17  # [STREAM_EVAL_IN, Id, Code, Locals, Credit, Session]
 
 # Python -> Erlang
 READY: Final = 0  # [READY, Info]

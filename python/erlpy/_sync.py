@@ -240,12 +240,16 @@ class SyncRunner:
                     self._complete(job, value)
                 case Eval():
                     code = compile_code(request.code, "eval")
-                    value = self._user(job, eval, code, namespace(self._globals, request.locals))
+                    globals_ = self._globals if request.session is None else request.session.globals
+                    value = self._user(job, eval, code, namespace(globals_, request.locals))
                     self._complete(job, value)
                 case Exec():
                     code = compile_code(request.code, "exec")
-                    self._user(job, exec, code, self._globals)
-                    self._resolver.clear()
+                    if request.session is None:
+                        self._user(job, exec, code, self._globals)
+                        self._resolver.clear()
+                    else:
+                        self._user(job, exec, code, request.session.globals)
                     self._jobs.finish(job, P.RESULT, None)
                 case StreamCall():
                     fn = job.fn or self._resolver.resolve(request.module, request.function)[0]
@@ -258,7 +262,8 @@ class SyncRunner:
                     self._stream_value(job, value)
                 case StreamEval():
                     code = compile_code(request.code, "eval")
-                    value = self._user(job, eval, code, namespace(self._globals, request.locals))
+                    globals_ = self._globals if request.session is None else request.session.globals
+                    value = self._user(job, eval, code, namespace(globals_, request.locals))
                     self._stream_value(job, value)
         except Interrupted:
             self._jobs.finish(job, P.FAIL, CANCELLED)

@@ -3,7 +3,8 @@
 %% owners killed.
 %%
 %% A pool of 3 workers. Client processes issue calls (sync, async, of a function defined
-%% by py:exec), evals, collected streams (py:stream, py:stream_eval) and started streams,
+%% by py:exec), evals, collected streams (py:stream, py:stream_eval), started streams,
+%% handles (return => ref, used as object and argument) and sessions,
 %% each with a token of its own from which the right answer follows (an echo of the token;
 %% the items {Token, 0} .. {Token, N - 1} with N taken from the token). Every started
 %% stream has an owner process of its own, which checks each item as it comes and, after
@@ -18,10 +19,12 @@
 %%   alive), a client that never reported;
 %% - duplicated: a second answer, a message for a stream after its terminal message;
 %% - misrouted: an answer that does not match its token, items out of order or of another
-%%   token, a message for a reference the process does not own.
-%% Timeouts, cancellations and {worker_exited, _} are allowed answers. Then the pool is
-%% stopped, and no process may be left (within 5 s) in the process group of any Python
-%% the pool ever had (each Python leads its own group).
+%%   token, a message for a reference the process does not own;
+%% - objects held: once every client has exited, what the worker's Pythons hold for
+%%   handles and sessions.
+%% Timeouts, cancellations, {worker_exited, _}, {stale_ref, _} and session_ended are
+%% allowed answers. Then the pool is stopped, and no process may be left (within 5 s) in
+%% the process group of any Python the pool ever had (each Python leads its own group).
 %%
 %% ERLPY_CHAOS_SECONDS sets how long the chaos lasts (default 20).
 -module(erlpy_chaos_SUITE).
@@ -100,6 +103,9 @@ chaos(Config) ->
                end || I <- lists:seq(1, ?CLIENTS)],
     Reports = [await_client(C, Deadline + ?STREAM_DEADLINE + 10000) || C <- Clients],
     Actions = receive {chaos_done, A} -> A after 10000 -> chaos_stuck end,
+    %% Every client has exited: the handles and sessions they left went with them.
+    Held = wait_no_objects(now_ms() + 15000),
+    ct:log("objects held for handles and sessions after the clients exited: ~p", [Held]),
     Sampler ! {stop, self()},
     Seen = receive {sampled, S} -> S after 5000 -> [] end,
     Counts = count(Reports),
@@ -112,8 +118,10 @@ chaos(Config) ->
     ct:log("the case took ~b ms", [now_ms() - T0]),
     ?assert(maps:get(ok, Counts) > 0),
     %% All four at once, so that a failure shows each of them.
-    ?assertEqual(#{lost => 0, duplicated => 0, misrouted => 0, left_in_process_groups => []},
-                 (maps:with([lost, duplicated, misrouted], Counts))#{left_in_process_groups => Left}).
+    ?assertEqual(#{lost => 0, duplicated => 0, misrouted => 0, left_in_process_groups => [],
+                   objects_held => 0},
+                 (maps:with([lost, duplicated, misrouted], Counts))#{left_in_process_groups => Left,
+                                                                    objects_held => Held}).
 
 await_client({Pid, Mon, I}, Deadline) ->
     receive
@@ -143,8 +151,9 @@ client_loop(I, Streams, Deadline, Seq, Acc) ->
             lists:reverse(Acc);
         false ->
             Token = {I, Seq},
-            Kind = lists:nth(rand:uniform(8), [call, slow_call, acall, mcall, eval,
-                                               collect, collect_eval, stream]),
+            Kind = lists:nth(rand:uniform(10), [call, slow_call, acall, mcall, eval,
+                                                collect, collect_eval, stream, handle,
+                                                session]),
             Result = request(Kind, Token, Streams),
             %% Anything in the mailbox now came after the answer: a duplicate or a stray.
             Stray = [{stray, M} || M <- drain(50)],
@@ -173,6 +182,33 @@ request(collect_eval, Token, _) ->
     N = 10 * length_of(Token),
     list_result(Token, N, py:stream_eval(<<"((t, i) for i in range(n))">>, #{t => Token, n => N},
                                          opts()));
+request(handle, Token, _) ->
+    %% A handle made, used as an object and as an argument, released half the time (the
+    %% others go with the client, when it exits).
+    case py:eval(<<"[t]">>, #{t => Token}, (opts())#{return => ref}) of
+        {ok, H} ->
+            R1 = py:call_method(H, '__getitem__', [0], #{}, opts()),
+            R2 = py:eval(<<"h[0]">>, #{h => H}, opts()),
+            _ = rand:uniform(2) =:= 1 andalso py:release(H),
+            both_results(Token, R1, R2);
+        Error ->
+            echo_result(Token, Error)
+    end;
+request(session, Token, _) ->
+    %% A session that keeps the token in its namespace, stopped half the time.
+    case py:session_start(opts()) of
+        {ok, S} ->
+            Keep = <<"def keep(v):\n    global t\n    t = v\n    return v\n">>,
+            R1 = case py:exec(Keep, (opts())#{session => S}) of
+                     ok -> py:call('__main__', keep, [Token], #{}, (opts())#{session => S});
+                     Error -> Error
+                 end,
+            R2 = py:eval(<<"t">>, #{}, (opts())#{session => S}),
+            _ = rand:uniform(2) =:= 1 andalso py:session_stop(S),
+            both_results(Token, R1, R2);
+        Error ->
+            echo_result(Token, Error)
+    end;
 request(stream, Token, Streams) ->
     Client = self(),
     {Owner, Mon} = spawn_monitor(fun() -> owner(Client, Token, Streams) end),
@@ -187,6 +223,13 @@ request(stream, Token, Streams) ->
     after ?TIMEOUT + ?STREAM_DEADLINE + 2000 ->
         exit(Owner, kill),
         lost
+    end.
+
+both_results(Token, R1, R2) ->
+    case {echo_result(Token, R1), echo_result(Token, R2)} of
+        {ok, ok} -> ok;
+        {ok, Other} -> Other;
+        {Other, _} -> Other
     end.
 
 echo_result(Token, {ok, Token}) -> ok;
@@ -204,6 +247,8 @@ list_result(_, _, {error, _} = Error) ->
 error_class({error, timeout}) -> {allowed, timeout};
 error_class({error, cancelled}) -> {allowed, cancelled};
 error_class({error, {worker_exited, _}}) -> {allowed, worker_exited};
+error_class({error, {stale_ref, _}}) -> {allowed, stale_ref};
+error_class({error, session_ended}) -> {allowed, session_ended};
 error_class(Other) -> {other_error, Other}.
 
 %% A stream owner: starts the stream, checks every item, reports its terminal message and
@@ -366,6 +411,28 @@ problem(Key, What, Acc) ->
 %%====================================================================
 
 now_ms() -> erlang:monotonic_time(millisecond).
+
+%% Objects the pool's Pythons hold for handles and sessions, once that is 0 or at Deadline.
+wait_no_objects(Deadline) ->
+    Held = lists:sum([objects_held(W, I) || #{pid := W, index := I} <- erlpy_test:workers(?POOL)]),
+    case Held > 0 andalso now_ms() < Deadline of
+        true -> timer:sleep(100), wait_no_objects(Deadline);
+        false -> Held
+    end.
+
+objects_held(Worker, Index) ->
+    case erlpy_pool:checkout_worker(?POOL, Worker, Index) of
+        {ok, Worker, Index} ->
+            Id = erlang:unique_integer([positive]),
+            Code = <<"len(__import__('erlpy._handles')._handles.objects)">>,
+            Request = erlpy_codec:message([2, Id, Code, #{}], none),
+            case erlpy_worker:call(Worker, Id, Request, 10000) of
+                {ok, N} when is_integer(N) -> N;
+                Other -> ct:log("objects_held: ~p", [Other]), 1
+            end;
+        stale ->
+            1
+    end.
 
 wait_groups_empty(Pgids, Deadline) ->
     Left = erlpy_test:group_members(Pgids),

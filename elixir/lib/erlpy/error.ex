@@ -46,5 +46,14 @@ defmodule Erlpy.Error do
 
   defp describe({:nodedown, node}), do: "node #{inspect(node)} is unreachable ({:nodedown, _})"
   defp describe({:no_erlpy, node}), do: "node #{inspect(node)} runs no erlpy ({:no_erlpy, _})"
+  defp describe({:stale_ref, _} = reason),
+    do: "the handle's object is gone (released, or its Python restarted): #{inspect(reason)}"
+
+  defp describe(:session_ended),
+    do: "the session has ended (stopped, its owner exited, or its Python restarted)"
+
+  defp describe({:max_refs, n}),
+    do: "the worker holds max_refs (#{n}) handles already ({:max_refs, _})"
+
   defp describe(reason), do: "erlpy failed: #{inspect(reason)}"
 end

@@ -1,0 +1,120 @@
+"""Objects kept for Erlang: the value of a call made with ``return => ref`` stays in this
+process under the id of the request that made it, until Erlang releases it (docs/state.md).
+
+A handle travels as msgpack ext 6 holding that id. Decoding one gives the object itself;
+an id this process does not hold (released, or made by an earlier Python of the worker)
+gives a :class:`Stale` marker, and the request that carries it fails with
+``{stale_ref, Id}``, never with another object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from . import _codec
+
+objects: dict[int, Any] = {}
+_MISSING: Final = object()
+
+
+class Limits:
+    """The pool's cap on live handles (``max_refs``), and whether a stale handle was
+    decoded since the dispatcher last looked."""
+
+    max_refs: int | None = None
+    stale_seen = False
+
+
+class Stale:
+    """A handle this process does not hold."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, handle_id: int) -> None:
+        self.id = handle_id
+
+    def __repr__(self) -> str:
+        return f"Stale({self.id})"
+
+
+class Session:
+    """A session's namespace (py:session_start): the globals its evals, execs and calls of
+    ``__main__`` functions run in, seen by no other session and no plain request."""
+
+    __slots__ = ("globals",)
+
+    def __init__(self) -> None:
+        import asyncio
+        import builtins
+
+        self.globals: dict[str, Any] = {
+            "__name__": "__main__",
+            "__builtins__": builtins,
+            "asyncio": asyncio,
+        }
+
+    def __repr__(self) -> str:
+        return f"<erlpy session with {len(self.globals)} names>"
+
+
+def new_session() -> Session:
+    """The object of a new session (py:session_start keeps it as a handle)."""
+    return Session()
+
+
+class TooManyRefs(Exception):
+    """The worker holds ``max_refs`` handles already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this worker holds max_refs ({limit}) handles already")
+        self.limit = limit
+
+
+def decode(data: bytes) -> Any:
+    """The object a handle names, or a :class:`Stale` marker (ext hook; loop thread)."""
+    handle_id = int.from_bytes(data, "big")
+    obj = objects.get(handle_id, _MISSING)
+    if obj is _MISSING:
+        Limits.stale_seen = True
+        return Stale(handle_id)
+    return obj
+
+
+def store(handle_id: int, value: Any) -> None:
+    """Keep ``value`` under ``handle_id``.
+
+    Raises:
+        TooManyRefs: the worker holds ``max_refs`` handles already.
+    """
+    limit = Limits.max_refs
+    if limit is not None and len(objects) >= limit:
+        raise TooManyRefs(limit)
+    objects[handle_id] = value
+
+
+_codec.handle_decoder = decode
+
+
+def release(ids: list[Any]) -> None:
+    for handle_id in ids:
+        objects.pop(handle_id, None)
+
+
+def find_stale(value: Any, depth: int = 0) -> Stale | None:
+    """The first :class:`Stale` marker in a request's arguments, if any (looked for only
+    in a frame that decoded one)."""
+    if isinstance(value, Stale):
+        return value
+    if depth > 100:
+        return None
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = find_stale(item, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for item in value.values():
+            found = find_stale(item, depth + 1)
+            if found is not None:
+                return found
+    return None
