@@ -38,7 +38,7 @@
     max_refs := pos_integer() | infinity,
     cluster := boolean(),
     venv := string() | undefined,
-    requirements := [erlpy_venv:requirement()]
+    requirements := [erlpy_venv_spec:requirement()]
 }.
 
 -include("erlpy_protocol.hrl").
@@ -75,7 +75,7 @@ validate(Opts) ->
         Config0 = maps:fold(fun check/3, defaults(), maps:without([name], maps:merge(AppDefaults, Own))),
         Config = resolve_dirs(Config0),
         %% `venv' alone runs the environment's interpreter (erlpy_venv:ensure/1 checks it).
-        case erlpy_venv:interpreter(Config) of
+        case erlpy_venv_spec:interpreter(Config) of
             {venv, VenvPython} -> {ok, Config#{python := VenvPython}};
             base ->
                 case erlpy_python:find(maps:get(python, Config)) of
@@ -149,7 +149,7 @@ check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memo
 check(max_refs, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_refs := N};
 check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
 check(venv, Dir, C) -> C#{venv := dir(Dir, venv)};
-check(requirements, Reqs, C) -> C#{requirements := erlpy_venv:check_requirements(Reqs)};
+check(requirements, Reqs, C) -> C#{requirements := erlpy_venv_spec:check_requirements(Reqs)};
 check(Key, Value, _) -> throw({bad_option, {Key, Value}}).
 
 %% A directory as given: a string, or `{priv, App, SubDir}' (resolved by resolve_dirs/1).
@@ -213,7 +213,7 @@ resolve_dirs(#{cd := Cd0, path := Paths0, python := Python0, venv := Venv0, requ
         undefined -> undefined;
         _ -> resolve(Venv0, Base, venv)
     end,
-    Reqs = erlpy_venv:resolve_requirements(Reqs0, fun(R) -> resolve(R, Base, requirements) end),
+    Reqs = erlpy_venv_spec:resolve_requirements(Reqs0, fun(R) -> resolve(R, Base, requirements) end),
     C#{cd := Cd, path := [existing_dir(P, Base, path) || P <- Paths0], python := Python,
        venv := Venv, requirements := Reqs}.
 

@@ -26,183 +26,12 @@
 %% `msgpack', which the workers' start checks).
 -module(erlpy_venv).
 
--export([check_requirements/1, resolve_requirements/2, interpreter/1, ensure/1, prepare/2,
-         build/1, build_all/0, release_hook/1]).
--export_type([requirement/0]).
+-export([ensure/1, prepare/2, build/1, build_all/0, release_hook/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
-%% What a requirement was given as, and what it becomes on the installer's command line.
--type requirement() :: #{spec := binary(), args := [string()], files := [string()],
-                         names := [binary()]}.
--type tool() :: {uv, string()} | pip.
--type detail() :: #{reason := atom(), venv := binary(), message := binary(), atom() => term()}.
-
 -define(STATE_FILE, ".erlpy-venv").
 -define(FORMAT, 1).
-%% A progress line in the log while a tool runs this long without ending.
--define(PROGRESS_MS, 30000).
-%% Lines of a tool's output kept for the error.
--define(KEEP_LINES, 400).
-
-%%====================================================================
-%% Options
-%%====================================================================
-
-%% @doc The `requirements' option: a list of requirement strings (as pip takes them:
-%% `"name>=1"', `"name @ URL"', a local path to a project or a wheel, `"-r File"',
-%% `"-c File"', `"-e Path"') or `{priv, App, Path}' (a local path inside an
-%% application). Throws `{bad_option, {requirements, Value}}'.
--spec check_requirements(term()) -> [{binary(), term()}].
-check_requirements(Reqs) when is_list(Reqs) ->
-    Bad = fun() -> throw({bad_option, {requirements, Reqs}}) end,
-    %% A single requirement given as a string is a common slip.
-    (Reqs =/= [] andalso io_lib:printable_unicode_list(Reqs)) andalso Bad(),
-    [check_requirement(R, Bad) || R <- Reqs];
-check_requirements(Reqs) ->
-    throw({bad_option, {requirements, Reqs}}).
-
--spec check_requirement(term(), fun(() -> no_return())) -> {binary(), term()}.
-check_requirement({priv, App, Sub} = R, Bad) when is_atom(App) ->
-    {iolist_to_binary(io_lib:format("~p", [R])), {priv, App, text(Sub, Bad)}};
-check_requirement(R, Bad) when is_list(R); is_binary(R) ->
-    case string:trim(text(R, Bad)) of
-        "" -> Bad();
-        Spec ->
-            Parsed =
-                case string:split(Spec, " ") of
-                    [Flag, Arg] when Flag =:= "-r"; Flag =:= "--requirement"; Flag =:= "-c";
-                                     Flag =:= "--constraint"; Flag =:= "-e"; Flag =:= "--editable" ->
-                        {flag, short(Flag), string:trim(Arg)};
-                    _ ->
-                        case lists:prefix("-", Spec) of
-                            true -> Bad();
-                            false -> {spec, Spec}
-                        end
-                end,
-            {unicode:characters_to_binary(Spec), Parsed}
-    end;
-check_requirement(_, Bad) ->
-    Bad().
-
--spec short(string()) -> string().
-short("--requirement") -> "-r";
-short("--constraint") -> "-c";
-short("--editable") -> "-e";
-short(Flag) -> Flag.
-
--spec text(term(), fun(() -> no_return())) -> string().
-text(S, Bad) ->
-    try unicode:characters_to_list(S) of
-        L when is_list(L) -> L;
-        _ -> Bad()
-    catch
-        error:_ -> Bad()
-    end.
-
-%% @doc Local paths made absolute with `Resolve' (relative to the pool's `cd', else the
-%% VM's directory; `{priv, App, Path}'); each must exist, else
-%% `{bad_option, {requirements, AbsolutePath}}'.
--spec resolve_requirements([{binary(), term()}], fun((term()) -> string())) -> [requirement()].
-resolve_requirements(Reqs, Resolve) ->
-    [resolve_requirement(Spec, Parsed, Resolve) || {Spec, Parsed} <- Reqs].
-
--spec resolve_requirement(binary(), term(), fun((term()) -> string())) -> requirement().
-resolve_requirement(Spec, {priv, _, _} = Priv, Resolve) ->
-    local(Spec, [], Resolve(Priv));
-resolve_requirement(Spec, {flag, "-e", Arg}, Resolve) ->
-    case is_path(Arg) of
-        true -> local(Spec, ["-e"], Resolve(home(Arg)));
-        false -> #{spec => Spec, args => ["-e", Arg], files => [], names => []}
-    end;
-resolve_requirement(Spec, {flag, Flag, Arg}, Resolve) ->
-    File = existing(Resolve(home(Arg))),
-    #{spec => Spec, args => [Flag, File], files => [File], names => [path_name(File) | file_names(File)]};
-resolve_requirement(Spec, {spec, S}, Resolve) ->
-    case is_path(S) of
-        true -> local(Spec, [], Resolve(home(S)));
-        false -> #{spec => Spec, args => [S], files => [], names => [name_of(S)]}
-    end.
-
--spec local(binary(), [string()], string()) -> requirement().
-local(Spec, Flags, Path0) ->
-    Path = existing(Path0),
-    Files =
-        case filelib:is_dir(Path) of
-            true -> [F || B <- ["pyproject.toml", "setup.py", "setup.cfg"],
-                          F <- [filename:join(Path, B)], filelib:is_regular(F)];
-            false -> [Path]
-        end,
-    #{spec => Spec, args => Flags ++ [Path], files => Files,
-      names => [path_name(Path) | [N || N <- [project_name(Path)], N =/= <<>>]]}.
-
-%% `~/x' is in the home directory, as in a shell.
--spec home(string()) -> string().
-home("~/" ++ Rest) ->
-    case os:getenv("HOME") of
-        false -> "~/" ++ Rest;
-        Home -> filename:join(Home, Rest)
-    end;
-home(Path) ->
-    Path.
-
--spec existing(string()) -> string().
-existing(Path) ->
-    filelib:is_file(Path) orelse throw({bad_option, {requirements, Path}}),
-    Path.
-
-%% A local path rather than a name: `/x', `./x', `../x', `~/x', `.', or an archive.
--spec is_path(string()) -> boolean().
-is_path(S) ->
-    lists:any(fun(P) -> lists:prefix(P, S) end, ["/", "./", "../", "~/"]) orelse
-        S =:= "." orelse S =:= ".." orelse
-        lists:any(fun(Ext) -> lists:suffix(Ext, S) end, [".whl", ".tar.gz", ".zip"]).
-
--spec path_name(string()) -> binary().
-path_name(Path) -> unicode:characters_to_binary(Path).
-
-%% The distribution name a requirement string starts with, normalised as pip does.
--spec name_of(string() | binary()) -> binary().
-name_of(S) ->
-    case re:run(S, "^\\s*([A-Za-z0-9][A-Za-z0-9._-]*)", [{capture, all_but_first, binary}, unicode]) of
-        {match, [Name]} -> normalise(Name);
-        nomatch -> unicode:characters_to_binary(S)
-    end.
-
--spec normalise(binary()) -> binary().
-normalise(Name) ->
-    re:replace(string:lowercase(Name), "[-_.]+", "-", [global, {return, binary}]).
-
-%% `name = "..."' of a local project's pyproject.toml, if any.
--spec project_name(string()) -> binary().
-project_name(Dir) ->
-    case file:read_file(filename:join(Dir, "pyproject.toml")) of
-        {ok, Toml} ->
-            case re:run(Toml, "^name\\s*=\\s*[\"']([^\"']+)[\"']", [multiline, {capture, all_but_first, binary}]) of
-                {match, [Name]} -> normalise(Name);
-                nomatch -> <<>>
-            end;
-        {error, _} -> <<>>
-    end.
-
-%% The names listed in a requirements file (to tell which of its lines failed).
--spec file_names(string()) -> [binary()].
-file_names(File) ->
-    case file:read_file(File) of
-        {ok, Bin} ->
-            [name_of(L) || L0 <- binary:split(Bin, <<"\n">>, [global]),
-                           L <- [string:trim(L0)], L =/= <<>>, binary:first(L) =/= $#,
-                           binary:first(L) =/= $-];
-        {error, _} -> []
-    end.
-
-%% @doc The interpreter a pool runs before its environment is made sure of: for `venv'
-%% alone, the environment's; else the pool's `python' (the one a `venv' is built from).
--spec interpreter(map()) -> {venv, string()} | base.
-interpreter(#{venv := Dir, requirements := []}) when Dir =/= undefined ->
-    {venv, venv_python(Dir)};
-interpreter(_) ->
-    base.
 
 %%====================================================================
 %% Making sure of the environment
@@ -212,14 +41,14 @@ interpreter(_) ->
 %% alone, checks the environment is there and complete; with requirements, makes sure
 %% the environment is built from the current spec (building or updating it under the
 %% lock) and returns the configuration with `python' set to the environment's.
--spec ensure(map()) -> {ok, map()} | {error, {python_start_failed, {venv, detail()}}}.
+-spec ensure(map()) -> {ok, map()} | {error, {python_start_failed, {venv, erlpy_venv_spec:detail()}}}.
 ensure(#{venv := undefined} = Config) ->
     {ok, Config};
 ensure(#{venv := Dir, requirements := []} = Config) ->
-    Python = venv_python(Dir),
+    Python = erlpy_venv_spec:venv_python(Dir),
     case {filelib:is_regular(Python), read_state(Dir)} of
         {false, _} ->
-            failed(Dir, no_venv, <<"no virtualenv at ", (bin(Dir))/binary, " (no bin/python): "
+            erlpy_venv_spec:failed(Dir, no_venv, <<"no virtualenv at ", (erlpy_venv_spec:bin(Dir))/binary, " (no bin/python): "
                                    "create it, or give the pool requirements so that erlpy "
                                    "builds it">>, #{});
         {true, #{state := <<"building">>}} ->
@@ -229,17 +58,17 @@ ensure(#{venv := Dir, requirements := []} = Config) ->
     end;
 ensure(#{venv := Dir, python := Base, requirements := Reqs} = Config) ->
     Env = maps:get(env, Config, []),
-    case probe(Base, Dir, Env) of
+    case erlpy_venv_tool:probe(Base, Dir, Env) of
         {ok, Version, PipConf} ->
             Fingerprint = fingerprint(Base, Version, Reqs),
             case is_ready(Dir, Fingerprint) of
                 true ->
-                    {ok, Config#{python := venv_python(Dir)}};
+                    {ok, Config#{python := erlpy_venv_spec:venv_python(Dir)}};
                 false ->
                     Build = #{dir => Dir, base => Base, version => Version, reqs => Reqs,
                               env => Env, pip => PipConf, fingerprint => Fingerprint},
                     case locked(Build, fun() -> build_locked(Build) end) of
-                        ok -> {ok, Config#{python := venv_python(Dir)}};
+                        ok -> {ok, Config#{python := erlpy_venv_spec:venv_python(Dir)}};
                         {error, _} = Error -> Error
                     end
             end;
@@ -280,7 +109,7 @@ build(Opts) ->
     case erlpy_pool:validate(Opts) of
         {ok, Config} ->
             case ensure(Config) of
-                {ok, #{python := Python}} -> {ok, bin(Python)};
+                {ok, #{python := Python}} -> {ok, erlpy_venv_spec:bin(Python)};
                 {error, _} = Error -> Error
             end;
         {error, _} = Error ->
@@ -350,14 +179,10 @@ options(_) -> #{}.
 %% Building
 %%====================================================================
 
--spec venv_python(string()) -> string().
-venv_python(Dir) ->
-    filename:join([Dir, "bin", "python"]).
-
 -spec is_ready(string(), binary()) -> boolean().
 is_ready(Dir, Fingerprint) ->
     case read_state(Dir) of
-        #{state := <<"ready">>, fingerprint := Fingerprint} -> filelib:is_regular(venv_python(Dir));
+        #{state := <<"ready">>, fingerprint := Fingerprint} -> filelib:is_regular(erlpy_venv_spec:venv_python(Dir));
         _ -> false
     end.
 
@@ -386,20 +211,20 @@ plan(#{dir := Dir} = B) ->
                 false -> not_managed(Dir)
             end;
         {{ok, _}, #{python := P}} ->
-            case P =:= python_line(B) andalso filelib:is_regular(venv_python(Dir)) of
+            case P =:= python_line(B) andalso filelib:is_regular(erlpy_venv_spec:venv_python(Dir)) of
                 true -> update;
                 false -> recreate
             end;
         {{ok, _}, _} -> recreate;
         {{error, Posix}, _} ->
-            failed(Dir, Posix, <<"cannot read ", (bin(Dir))/binary, ": ",
+            erlpy_venv_spec:failed(Dir, Posix, <<"cannot read ", (erlpy_venv_spec:bin(Dir))/binary, ": ",
                                  (atom_to_binary(Posix))/binary>>, #{})
     end.
 
 -spec not_managed(string()) -> {error, term()}.
 not_managed(Dir) ->
-    failed(Dir, not_managed,
-           <<(bin(Dir))/binary, " exists and was not built by erlpy (no ", ?STATE_FILE,
+    erlpy_venv_spec:failed(Dir, not_managed,
+           <<(erlpy_venv_spec:bin(Dir))/binary, " exists and was not built by erlpy (no ", ?STATE_FILE,
              "): remove it, or give the pool venv alone to use it as it is">>, #{}).
 
 %% The mark of a creation in progress, next to the directory: from before the directory
@@ -420,7 +245,7 @@ mark(Dir) ->
 run_build(Plan, #{dir := Dir, reqs := Reqs} = B) ->
     Tool = tool(),
     Start = erlang:monotonic_time(millisecond),
-    Specs = [msgpack_spec() | [S || #{spec := S} <- Reqs]],
+    Specs = [erlpy_venv_spec:msgpack_spec() | [S || #{spec := S} <- Reqs]],
     ?LOG_NOTICE("erlpy: ~ts virtualenv ~ts from ~ts with ~ts: ~ts",
                 [verb(Plan), Dir, maps:get(base, B), tool_name(Tool), join(Specs)],
                 #{erlpy => venv, venv => Dir}),
@@ -463,17 +288,14 @@ verb(create) -> "building";
 verb(update) -> "updating";
 verb(recreate) -> "rebuilding".
 
--spec msgpack_spec() -> binary().
-msgpack_spec() -> <<"msgpack>=1.0.5">>.
-
--spec tool() -> tool().
+-spec tool() -> erlpy_venv_tool:tool().
 tool() ->
     case os:find_executable("uv") of
         false -> pip;
         Uv -> {uv, Uv}
     end.
 
--spec tool_name(tool()) -> binary().
+-spec tool_name(erlpy_venv_tool:tool()) -> binary().
 tool_name({uv, _}) -> <<"uv">>;
 tool_name(pip) -> <<"pip">>.
 
@@ -483,11 +305,11 @@ remove(Dir) ->
         ok -> ok;
         {error, enoent} -> ok;
         {error, Posix} ->
-            failed(Dir, Posix, <<"cannot remove the old environment ", (bin(Dir))/binary, ": ",
+            erlpy_venv_spec:failed(Dir, Posix, <<"cannot remove the old environment ", (erlpy_venv_spec:bin(Dir))/binary, ": ",
                                  (atom_to_binary(Posix))/binary>>, #{})
     end.
 
--spec create(tool(), map()) -> ok | {error, term()}.
+-spec create(erlpy_venv_tool:tool(), map()) -> ok | {error, term()}.
 create(Tool, #{dir := Dir, base := Base} = B) ->
     _ = file:del_dir(Dir),
     {Exe, Args} =
@@ -495,38 +317,38 @@ create(Tool, #{dir := Dir, base := Base} = B) ->
             {uv, Uv} -> {Uv, ["venv", "--no-project", "--color", "never", "--python", Base, Dir]};
             pip -> {Base, ["-m", "venv", Dir]}
         end,
-    case run(Exe, Args, B, Tool) of
+    case erlpy_venv_tool:run(Exe, Args, B, Tool) of
         {0, _} -> ok;
         {Exit, Lines} ->
-            failed(Dir, create_failed,
-                   <<"cannot create a virtualenv at ", (bin(Dir))/binary, " with ",
-                     (tool_name(Tool))/binary, ": ", (first_error(Lines))/binary>>,
-                   #{tool => tool_name(Tool), exit => Exit, output => output(Lines)})
+            erlpy_venv_spec:failed(Dir, create_failed,
+                   <<"cannot create a virtualenv at ", (erlpy_venv_spec:bin(Dir))/binary, " with ",
+                     (tool_name(Tool))/binary, ": ", (erlpy_venv_tool:first_error(Lines))/binary>>,
+                   #{tool => tool_name(Tool), exit => Exit, output => erlpy_venv_tool:output(Lines)})
     end.
 
--spec install(tool(), map()) -> {ok, [binary()]} | {error, term()}.
+-spec install(erlpy_venv_tool:tool(), map()) -> {ok, [binary()]} | {error, term()}.
 install(Tool, #{dir := Dir, reqs := Reqs, pip := PipConf} = B) ->
-    ReqArgs = [binary_to_list(msgpack_spec()) | lists:append([A || #{args := A} <- Reqs])],
+    ReqArgs = [binary_to_list(erlpy_venv_spec:msgpack_spec()) | lists:append([A || #{args := A} <- Reqs])],
     {Exe, Args} =
         case Tool of
             {uv, Uv} ->
                 {Uv, ["pip", "install", "--color", "never", "--no-progress", "--python",
-                      venv_python(Dir) | uv_index_args(PipConf)] ++ ReqArgs};
+                      erlpy_venv_spec:venv_python(Dir) | uv_index_args(PipConf)] ++ ReqArgs};
             pip ->
-                {venv_python(Dir), ["-m", "pip", "install", "--disable-pip-version-check",
+                {erlpy_venv_spec:venv_python(Dir), ["-m", "pip", "install", "--disable-pip-version-check",
                                     "--no-input", "--progress-bar", "off" | ReqArgs]}
         end,
-    case run(Exe, Args, B, Tool) of
+    case erlpy_venv_tool:run(Exe, Args, B, Tool) of
         {0, Lines} ->
-            {ok, installed(Lines)};
+            {ok, erlpy_venv_tool:installed(Lines)};
         {Exit, Lines} ->
-            Req = culprit(Lines, Reqs),
-            First = first_error(Lines),
-            failed(Dir, install_failed,
+            Req = erlpy_venv_tool:culprit(Lines, Reqs),
+            First = erlpy_venv_tool:first_error(Lines),
+            erlpy_venv_spec:failed(Dir, install_failed,
                    <<"cannot install ", (case Req of undefined -> join([S || #{spec := S} <- Reqs]); _ -> Req end)/binary,
-                     " into ", (bin(Dir))/binary, " with ", (tool_name(Tool))/binary, ": ", First/binary>>,
+                     " into ", (erlpy_venv_spec:bin(Dir))/binary, " with ", (tool_name(Tool))/binary, ": ", First/binary>>,
                    #{requirement => Req, tool => tool_name(Tool), exit => Exit,
-                     output => output(Lines)})
+                     output => erlpy_venv_tool:output(Lines)})
     end.
 
 %% pip's settings as uv's options. With extra indexes, uv is asked to choose among all
@@ -544,185 +366,6 @@ uv_index_args(PipConf) ->
             _ -> ["--index-strategy", "unsafe-best-match"]
         end.
 
-%% Which requirement failed: the one the tool's error names (by name, path or project
-%% name), else the one pip was working on when it failed.
--spec culprit([binary()], [requirement()]) -> binary() | undefined.
-culprit(Lines, Reqs) ->
-    All = [#{spec => msgpack_spec(), names => [<<"msgpack">>]} | Reqs],
-    {Before, Errors} = lists:splitwith(fun(L) -> not is_error_line(L) end, Lines),
-    ErrorText = normalise(iolist_to_binary(lists:join(<<"\n">>, Errors))),
-    case [S || #{spec := S, names := Ns} <- All, lists:any(fun(N) -> mentions(ErrorText, N) end, Ns)] of
-        [S | _] ->
-            S;
-        [] ->
-            Working = [normalise(L) || L <- Before,
-                                      re:run(L, "^(Collecting|Processing|Obtaining) ") =/= nomatch],
-            case Working of
-                [] -> undefined;
-                _ ->
-                    Last = lists:last(Working),
-                    case [S || #{spec := S, names := Ns} <- All, lists:any(fun(N) -> mentions(Last, N) end, Ns)] of
-                        [S | _] -> S;
-                        [] -> undefined
-                    end
-            end
-    end.
-
--spec mentions(binary(), binary()) -> boolean().
-mentions(_, <<>>) ->
-    false;
-mentions(Text, Name0) ->
-    Name = normalise(Name0),
-    Pattern = <<"(^|[^a-z0-9-])", (re_quote(Name))/binary, "($|[^a-z0-9-])">>,
-    re:run(Text, Pattern, [multiline]) =/= nomatch.
-
--spec re_quote(binary()) -> binary().
-re_quote(Bin) ->
-    re:replace(Bin, "[.^$*+?()\\[\\]{}|\\\\/]", "\\\\&", [global, {return, binary}]).
-
--spec is_error_line(binary()) -> boolean().
-is_error_line(Line) ->
-    re:run(Line, "^\\s*(ERROR:|error:|×)", [unicode]) =/= nomatch.
-
-%% The tool's own message, in a line: its error lines (pip's `ERROR:', `error:' and `×'
-%% lines, uv's `error:' and `cause:' lines) and the last line of each output block pip
-%% quotes (the exception of a failed build), at most five; else its last line.
--spec first_error([binary()]) -> binary().
-first_error(Lines) ->
-    case lists:dropwhile(fun(L) -> not is_error_line(L) end, Lines) of
-        [] ->
-            case [L || L <- Lines, string:trim(L) =/= <<>>] of
-                [] -> <<"no output">>;
-                NonEmpty -> string:trim(lists:last(NonEmpty))
-            end;
-        Errors ->
-            Next = tl(Errors) ++ [<<>>],
-            Key = [string:trim(L) || {L, N} <- lists:zip(Errors, Next),
-                                     is_error_line(L) orelse
-                                         re:run(L, "^\\s*cause:", [unicode]) =/= nomatch orelse
-                                         string:trim(N) =:= <<"[end of output]">>],
-            iolist_to_binary(lists:join(<<" ">>, lists:sublist(Key, 5)))
-    end.
-
--spec output([binary()]) -> binary().
-output(Lines) ->
-    iolist_to_binary(lists:join(<<"\n">>, Lines)).
-
-%% What the tool says it installed: uv's ` + name==1.0' lines, pip's
-%% `Successfully installed name-1.0 ...'.
--spec installed([binary()]) -> [binary()].
-installed(Lines) ->
-    lists:append([case re:run(L, "^ \\+ (\\S+)", [{capture, all_but_first, binary}]) of
-                      {match, [P]} -> [P];
-                      nomatch ->
-                          case L of
-                              <<"Successfully installed ", Ps/binary>> ->
-                                  binary:split(string:trim(Ps), <<" ">>, [global, trim_all]);
-                              _ -> []
-                          end
-                  end || L <- Lines]).
-
-%%====================================================================
-%% Running tools
-%%====================================================================
-
-%% Run a tool with the pool's `env' (and, for uv, no downloads of Python and pip's
-%% certificate), logging its output line by line at `info' and its progress every 30 s
-%% at `notice'. Returns the exit status and the last lines of output.
--spec run(string(), [string()], map(), tool()) -> {non_neg_integer() | {error, term()}, [binary()]}.
-run(Exe, Args, #{dir := Dir, base := Base, env := Env, pip := PipConf}, Tool) ->
-    Extra =
-        case Tool of
-            {uv, _} ->
-                [{"UV_PYTHON_DOWNLOADS", "never"}, {"NO_COLOR", "1"}] ++
-                    [{"SSL_CERT_FILE", binary_to_list(C)} || {<<"cert">>, C} <- PipConf,
-                                                              os:getenv("SSL_CERT_FILE") =:= false,
-                                                              not lists:keymember("SSL_CERT_FILE", 1, Env)];
-            pip ->
-                [{"PIP_NO_INPUT", "1"}]
-        end,
-    ?LOG_INFO("erlpy: ~ts ~ts", [Exe, lists:join(" ", Args)], #{erlpy => venv, venv => Dir}),
-    %% Through venvtool.py run: the tool dies with this process (its port).
-    try open_port({spawn_executable, Base},
-                  [{args, ["-I", venvtool(), "run", Exe | Args]}, {env, Extra ++ Env},
-                   {line, 4096}, binary, exit_status, stderr_to_stdout, hide]) of
-        Port ->
-            collect(Port, Dir, [], 0, erlang:monotonic_time(millisecond), [])
-    catch
-        error:Reason -> {{error, Reason}, [iolist_to_binary(io_lib:format("cannot run ~ts: ~p", [Base, Reason]))]}
-    end.
-
--spec collect(port(), string(), [binary()], non_neg_integer(), integer(), [binary()]) ->
-    {non_neg_integer(), [binary()]}.
-collect(Port, Dir, Acc, N, Start, Partial) ->
-    receive
-        {Port, {data, {noeol, Part}}} ->
-            collect(Port, Dir, Acc, N, Start, [Part | Partial]);
-        {Port, {data, {eol, Part}}} ->
-            Line = iolist_to_binary(lists:reverse([Part | Partial])),
-            ?LOG_INFO("erlpy: ~ts: ~ts", [Dir, Line], #{erlpy => venv, venv => Dir}),
-            %% Newest first; the oldest lines go beyond ?KEEP_LINES.
-            case N >= ?KEEP_LINES of
-                true -> collect(Port, Dir, [Line | lists:droplast(Acc)], N, Start, []);
-                false -> collect(Port, Dir, [Line | Acc], N + 1, Start, [])
-            end;
-        {Port, {exit_status, Status}} ->
-            Rest = [iolist_to_binary(lists:reverse(Partial)) || Partial =/= []],
-            {Status, lists:reverse(Acc) ++ Rest}
-    after ?PROGRESS_MS ->
-        ?LOG_NOTICE("erlpy: still working on virtualenv ~ts (~b s)",
-                    [Dir, (erlang:monotonic_time(millisecond) - Start) div 1000],
-                    #{erlpy => venv, venv => Dir}),
-        collect(Port, Dir, Acc, N, Start, Partial)
-    end.
-
-%% The interpreter's version and pip's index settings (venvtool.py probe).
--spec probe(string(), string(), list()) ->
-    {ok, binary(), [{binary(), binary()}]} | {error, term()}.
-probe(Base, Dir, Env) ->
-    try open_port({spawn_executable, Base},
-                  [{args, ["-I", venvtool(), "probe", Dir]}, {env, Env}, {line, 65536}, binary,
-                   exit_status, hide]) of
-        Port ->
-            case collect_quiet(Port, []) of
-                {0, Lines} ->
-                    KVs = [list_to_tuple(binary:split(L, <<"\t">>)) || L <- Lines,
-                                                                       binary:match(L, <<"\t">>) =/= nomatch],
-                    case lists:keyfind(<<"version">>, 1, KVs) of
-                        {_, Version} -> {ok, Version, KVs -- [{<<"version">>, Version}]};
-                        false -> probe_failed(Base, Dir, {exit_status, 0})
-                    end;
-                {Status, _} ->
-                    probe_failed(Base, Dir, {exit_status, Status})
-            end
-    catch
-        error:Reason -> probe_failed(Base, Dir, Reason)
-    end.
-
--spec probe_failed(string(), string(), term()) -> {error, term()}.
-probe_failed(Base, Dir, Why) ->
-    Message =
-        case erlpy_python:explain(Why, Base) of
-            #{message := M} when is_binary(M) -> M;
-            _ -> iolist_to_binary(io_lib:format("~ts cannot run (~0p)", [Base, Why]))
-        end,
-    failed(Dir, python_failed, <<"cannot build ", (bin(Dir))/binary, ": ", Message/binary>>,
-           #{python => bin(Base), exit => Why}).
-
--spec collect_quiet(port(), [binary()]) -> {non_neg_integer(), [binary()]}.
-collect_quiet(Port, Acc) ->
-    receive
-        {Port, {data, {_, Line}}} -> collect_quiet(Port, [Line | Acc]);
-        {Port, {exit_status, Status}} -> {Status, lists:reverse(Acc)}
-    after 60000 ->
-        catch port_close(Port),
-        {timeout, lists:reverse(Acc)}
-    end.
-
--spec venvtool() -> string().
-venvtool() ->
-    filename:join([erlpy_python:package_parent(), "erlpy", "venvtool.py"]).
-
 %%====================================================================
 %% The lock
 %%====================================================================
@@ -736,7 +379,7 @@ locked(#{dir := Dir, base := Base, env := Env}, Fun) ->
         ok ->
             Owner = lists:flatten(io_lib:format("~ts os_pid=~ts host=~ts", [node(), os:getpid(), net_adm:localhost()])),
             Port = open_port({spawn_executable, Base},
-                             [{args, ["-I", venvtool(), "lock", LockFile, Owner]}, {env, Env},
+                             [{args, ["-I", erlpy_venv_tool:venvtool(), "lock", LockFile, Owner]}, {env, Env},
                               {line, 4096}, binary, exit_status, hide]),
             try await_lock(Port, Dir, LockFile) of
                 ok -> Fun();
@@ -745,7 +388,7 @@ locked(#{dir := Dir, base := Base, env := Env}, Fun) ->
                 catch port_close(Port)
             end;
         {error, Posix} ->
-            failed(Dir, Posix, <<"cannot create the lock ", (bin(LockFile))/binary, ": ",
+            erlpy_venv_spec:failed(Dir, Posix, <<"cannot create the lock ", (erlpy_venv_spec:bin(LockFile))/binary, ": ",
                                  (atom_to_binary(Posix))/binary>>, #{})
     end.
 
@@ -761,7 +404,7 @@ await_lock(Port, Dir, LockFile) ->
         {Port, {data, _}} ->
             await_lock(Port, Dir, LockFile);
         {Port, {exit_status, Status}} ->
-            failed(Dir, lock_failed, <<"cannot lock ", (bin(LockFile))/binary,
+            erlpy_venv_spec:failed(Dir, lock_failed, <<"cannot lock ", (erlpy_venv_spec:bin(LockFile))/binary,
                                        " (the lock helper exited with status ",
                                        (integer_to_binary(Status))/binary, ")">>, #{})
     end.
@@ -770,18 +413,18 @@ await_lock(Port, Dir, LockFile) ->
 %% The state file
 %%====================================================================
 
--spec fingerprint(string(), binary(), [requirement()]) -> binary().
+-spec fingerprint(string(), binary(), [erlpy_venv_spec:requirement()]) -> binary().
 fingerprint(Base, Version, Reqs) ->
     Files = [{F, case file:read_file(F) of {ok, B} -> erlang:md5(B); _ -> missing end}
              || #{files := Fs} <- Reqs, F <- Fs],
-    Term = {?FORMAT, bin(Base), Version, msgpack_spec(), [A || #{args := A} <- Reqs], Files},
+    Term = {?FORMAT, erlpy_venv_spec:bin(Base), Version, erlpy_venv_spec:msgpack_spec(), [A || #{args := A} <- Reqs], Files},
     string:lowercase(binary:encode_hex(erlang:md5(term_to_binary(Term)))).
 
 -spec python_line(map()) -> binary().
 python_line(#{base := Base, version := Version}) ->
-    <<(bin(Base))/binary, " ", Version/binary>>.
+    <<(erlpy_venv_spec:bin(Base))/binary, " ", Version/binary>>.
 
--spec write_state(map(), tool(), binary()) -> ok | {error, term()}.
+-spec write_state(map(), erlpy_venv_tool:tool(), binary()) -> ok | {error, term()}.
 write_state(#{dir := Dir, reqs := Reqs, fingerprint := Fingerprint} = B, Tool, State) ->
     Text = [<<"# erlpy virtualenv: pools start on it only when state is ready and the "
               "fingerprint is theirs\n">>,
@@ -789,7 +432,7 @@ write_state(#{dir := Dir, reqs := Reqs, fingerprint := Fingerprint} = B, Tool, S
             <<"fingerprint: ">>, Fingerprint, <<"\n">>,
             <<"python: ">>, python_line(B), <<"\n">>,
             <<"installer: ">>, tool_name(Tool), <<"\n">>,
-            <<"requirements: ">>, join([msgpack_spec() | [S || #{spec := S} <- Reqs]]), <<"\n">>,
+            <<"requirements: ">>, join([erlpy_venv_spec:msgpack_spec() | [S || #{spec := S} <- Reqs]]), <<"\n">>,
             <<"written: ">>, calendar:system_time_to_rfc3339(erlang:system_time(second)), <<"\n">>],
     File = filename:join(Dir, ?STATE_FILE),
     Tmp = File ++ ".tmp",
@@ -803,7 +446,7 @@ write_state(#{dir := Dir, reqs := Reqs, fingerprint := Fingerprint} = B, Tool, S
 
 -spec state_failed(string(), string(), atom()) -> {error, term()}.
 state_failed(Dir, File, Posix) ->
-    failed(Dir, Posix, <<"cannot write ", (bin(File))/binary, ": ", (atom_to_binary(Posix))/binary>>, #{}).
+    erlpy_venv_spec:failed(Dir, Posix, <<"cannot write ", (erlpy_venv_spec:bin(File))/binary, ": ", (atom_to_binary(Posix))/binary>>, #{}).
 
 -spec read_state(string()) -> none | #{atom() => binary()}.
 read_state(Dir) ->
@@ -819,20 +462,13 @@ read_state(Dir) ->
 
 -spec incomplete(string()) -> {error, term()}.
 incomplete(Dir) ->
-    failed(Dir, incomplete, <<"the virtualenv ", (bin(Dir))/binary, " is being built or its "
+    erlpy_venv_spec:failed(Dir, incomplete, <<"the virtualenv ", (erlpy_venv_spec:bin(Dir))/binary, " is being built or its "
                               "last build failed (", ?STATE_FILE, " says building): start the "
                               "pool with its requirements to finish it">>, #{}).
 
 %%====================================================================
 %% Helpers
 %%====================================================================
-
--spec failed(string(), atom(), binary(), map()) -> {error, {python_start_failed, {venv, detail()}}}.
-failed(Dir, Reason, Message, Extra) ->
-    {error, {python_start_failed, {venv, Extra#{reason => Reason, venv => bin(Dir), message => Message}}}}.
-
--spec bin(unicode:chardata()) -> binary().
-bin(S) -> unicode:characters_to_binary(S).
 
 -spec join([binary()]) -> binary().
 join(Bins) -> iolist_to_binary(lists:join(<<", ">>, Bins)).
