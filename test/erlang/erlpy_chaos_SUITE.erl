@@ -113,7 +113,7 @@ chaos(Config) ->
            [Seconds, Actions, maps:without([problems], Counts), Seen]),
     ct:log("first problems: ~p", [lists:sublist(maps:get(problems, Counts), 30)]),
     ok = py:stop_pool(?POOL),
-    Left = wait_groups_empty(Seen, now_ms() + 5000),
+    Left = erlpy_test:wait_groups_empty(Seen, 5000),
     ct:log("left in the process groups of the Pythons 5 s after stop_pool: ~p", [Left]),
     ct:log("the case took ~b ms", [now_ms() - T0]),
     ?assert(maps:get(ok, Counts) > 0),
@@ -435,12 +435,6 @@ objects_held(Worker, Index) ->
             1
     end.
 
-wait_groups_empty(Pgids, Deadline) ->
-    Left = erlpy_test:group_members(Pgids),
-    case Left =/= [] andalso now_ms() < Deadline of
-        true -> timer:sleep(50), wait_groups_empty(Pgids, Deadline);
-        false -> Left
-    end.
 
 
 %%====================================================================

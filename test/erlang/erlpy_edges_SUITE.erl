@@ -529,7 +529,7 @@ children_end_with_pool(Config) ->
     [?assert(lists:member(C, Group)) || C <- Children],
     ok = py:stop_pool(P),
     Alive = wait_gone(Children ++ [OsPid], now_ms() + 3000),
-    Left = erlpy_test:group_members([OsPid]),
+    Left = erlpy_test:wait_groups_empty([OsPid], 1000),
     ct:log("alive 3 s after stop_pool: ~p; left in the process group: ~p", [Alive, Left]),
     ?assertEqual([], Alive),
     ?assertEqual([], Left).

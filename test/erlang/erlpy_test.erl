@@ -4,7 +4,7 @@
          python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1,
          take/2, take/3, catch_all/1, pmap/2, nest/2,
          workers/1, os_pids/1, in_flight/1, restarts/1,
-         os_processes/0, group_members/1, kill_tagged/2]).
+         os_processes/0, group_members/1, wait_groups_empty/2, kill_tagged/2]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -119,6 +119,19 @@ in_flight(Pool) -> lists:sum([F || #{in_flight := F} <- workers(Pool)]).
 restarts(Pool) -> lists:sum([R || #{restarts := R} <- workers(Pool)]).
 
 %% OS processes, from /proc (Linux).
+
+%% The processes left in the groups Pgids once they are empty, or Timeout ms have passed
+%% (a process killed a moment ago may still be on its way out).
+wait_groups_empty(Pgids, Timeout) ->
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    wait_groups_empty_until(Pgids, Deadline).
+
+wait_groups_empty_until(Pgids, Deadline) ->
+    Left = group_members(Pgids),
+    case Left =/= [] andalso erlang:monotonic_time(millisecond) < Deadline of
+        true -> timer:sleep(50), wait_groups_empty_until(Pgids, Deadline);
+        false -> Left
+    end.
 
 %% Live (not zombie) processes whose process group is one of Pgids.
 group_members(Pgids) ->
