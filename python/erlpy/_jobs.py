@@ -69,6 +69,7 @@ class Job:
     stream: Stream | None = None
     iterator: Iterator[Any] | None = None  # a sync stream being pumped or parked
     waiting: Pending | None = None  # a callback into Erlang the job waits for
+    closing: bool = False  # its generator is being closed: no cancel interrupts that
     fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
     ref: bool = False  # its result stays here as a handle (return => ref)
 

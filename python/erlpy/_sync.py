@@ -128,7 +128,7 @@ class SyncRunner:
                 abandoned = job.waiting
                 abandoned.finish(None, Interrupted())
                 answer = True
-            elif self._current is job:
+            elif self._current is job and not job.closing:
                 self._interrupt_pending = True
                 self._set_async_exc(self.main_ident, ctypes.py_object(Interrupted))
         if abandoned is not None:
@@ -159,8 +159,11 @@ class SyncRunner:
         return value
 
     def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
-        """Run user clean-up code (a generator's ``close``), even for a cancelled job."""
+        """Run user clean-up code (a generator's ``close``), even for a cancelled job. A
+        cancel that comes meanwhile (it may be the one this clean-up is for: it resumed
+        the parked generator before marking the job) must not cut it short."""
         with self.interrupt_lock:
+            job.closing = True
             self._current = job
         try:
             fn()

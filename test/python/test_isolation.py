@@ -616,3 +616,33 @@ def test_cancel_of_code_that_prints_never_silences_the_worker(worker: Worker) ->
         assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
         assert worker.run("ping") == "pong"
         worker.drain(0)
+
+
+def test_a_cancel_never_interrupts_the_clean_up_it_started(worker: Worker, tmp_path: Path) -> None:
+    # A cancel resumes a parked generator so that it can be closed, then marks its job and
+    # interrupts the job's code if it runs: the main thread could already be in the
+    # generator's `finally`, which the interrupt cut short. A second CANCEL while the
+    # `finally` runs shows the same window every time.
+    marker = tmp_path / "closed"
+    worker.exec(
+        textwrap.dedent(
+            """
+            import time
+
+            def endless(marker):
+                try:
+                    while True:
+                        yield 1
+                finally:
+                    time.sleep(0.3)
+                    open(marker, 'w').close()
+            """
+        )
+    )
+    job_id = worker.send(P.STREAM_CALL, "__main__", "endless", [str(marker)], {}, 1, False)
+    assert worker.receive(lambda m: m[0] == P.DATA and m[1] == job_id)
+    worker.send_raw([P.CANCEL, job_id])
+    time.sleep(0.1)  # the main thread is in the finally now
+    worker.send_raw([P.CANCEL, job_id])
+    assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
+    assert marker.exists()
