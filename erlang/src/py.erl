@@ -117,29 +117,39 @@ reload(Module) ->
 -spec reload(name(), opts() | timeout()) -> ok | {error, error()}.
 reload(Module, Opts0) ->
     case options(Opts0, []) of
-        {ok, #{pool := {cluster, Name}} = Opts} ->
-            Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
-            Results = [remote(N, reload, [Module, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
-            case [E || {error, _} = E <- Results] of
-                [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
-                [] -> ok;
-                [Error | _] -> Error
-            end;
-        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
-            remote(Node, reload, [Module, Opts#{pool := Name}], Opts);
-        {ok, #{pool := {Name, _}} = Opts} ->
-            reload(Module, Opts#{pool := Name});
-        {ok, #{timeout := Timeout} = Opts} ->
-            with_pool(Opts, fun(Meta) ->
-                try name(Module) of
-                    Bin -> reload_on(Meta, Bin, Timeout)
-                catch
-                    throw:{badarg, Detail} -> {error, {badarg, Detail}}
-                end
+        {ok, Opts} ->
+            on_every_worker(reload, Module, Opts, fun(Meta, Timeout) ->
+                reload_on(Meta, name(Module), Timeout)
             end);
         {error, _} = Error ->
             Error
     end.
+
+%% Run a request on every worker of a pool (exec, reload): on each member pool of a
+%% cluster, on the pool's node, or here with `Local(Meta, Timeout)'.
+-spec on_every_worker(exec | reload, term(), map(),
+                      fun((erlpy_pool:meta(), timeout()) -> ok | {error, error()})) ->
+    ok | {error, error()}.
+on_every_worker(Function, Arg, #{pool := {cluster, Name}} = Opts, _) ->
+    Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
+    Results = [remote(N, Function, [Arg, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
+    case [E || {error, _} = E <- Results] of
+        [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
+        [] -> ok;
+        [Error | _] -> Error
+    end;
+on_every_worker(Function, Arg, #{pool := {Name, Node}} = Opts, _) when Node =/= node() ->
+    remote(Node, Function, [Arg, Opts#{pool := Name}], Opts);
+on_every_worker(Function, Arg, #{pool := {Name, _}} = Opts, Local) ->
+    on_every_worker(Function, Arg, Opts#{pool := Name}, Local);
+on_every_worker(_, _, #{timeout := Timeout} = Opts, Local) ->
+    with_pool(Opts, fun(Meta) ->
+        try
+            Local(Meta, Timeout)
+        catch
+            throw:{badarg, Detail} -> {error, {badarg, Detail}}
+        end
+    end).
 
 -spec reload_on(erlpy_pool:meta(), binary(), timeout()) -> ok | {error, error()}.
 reload_on(Meta, Module, Timeout) ->
@@ -297,26 +307,10 @@ exec(Code, Opts0) ->
                 {ok, _} -> ok;
                 Other -> Other
             end;
-        {ok, #{pool := {cluster, Name}} = Opts} ->
-            %% Every member pool runs it and remembers it.
-            Nodes = [node(P) || P <- erlpy_cluster:members(Name)],
-            Results = [remote(N, exec, [Code, Opts#{pool := {Name, N}}], Opts) || N <- Nodes],
-            case [E || {error, _} = E <- Results] of
-                [] when Nodes =:= [] -> {error, {no_pool, {cluster, Name}}};
-                [] -> ok;
-                [Error | _] -> Error
-            end;
-        {ok, #{pool := {Name, Node}} = Opts} when Node =/= node() ->
-            remote(Node, exec, [Code, Opts#{pool := Name}], Opts);
-        {ok, #{pool := {Name, _}} = Opts} ->
-            exec(Code, Opts#{pool := Name});
         {ok, Opts} ->
-            with_pool(Opts, fun(Meta) ->
-                try code(Code) of
-                    Bin -> erlpy_pool:exec(Meta, Bin, maps:get(timeout, Opts))
-                catch
-                    throw:{badarg, Detail} -> {error, {badarg, Detail}}
-                end
+            %% Every member pool of a cluster runs it and remembers it.
+            on_every_worker(exec, Code, Opts, fun(Meta, Timeout) ->
+                erlpy_pool:exec(Meta, code(Code), Timeout)
             end);
         {error, _} = Error ->
             Error
