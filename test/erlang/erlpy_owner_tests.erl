@@ -3,6 +3,7 @@
 -module(erlpy_owner_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-include("erlpy_protocol.hrl").
 
 %% Python never runs more than `Target' items ahead, and a lower target is reached by
 %% letting Python use up what it has, never by a negative grant.
@@ -113,3 +114,15 @@ wait_waiting(Pid) ->
 
 flush() ->
     receive _ -> flush() after 0 -> ok end.
+
+%% An owner on another node has no backlog this worker can watch: without a window its
+%% stream gets the whole budget at its first grant (it stayed at the start credit).
+remote_owner_gets_the_whole_budget_test() ->
+    Here = atom_to_binary(node()),
+    Elsewhere = <<"x", (binary:part(Here, 1, byte_size(Here) - 1))/binary>>,
+    Remote = binary_to_term(binary:replace(term_to_binary(self()), Here, Elsewhere)),
+    ?assertNotEqual(node(), node(Remote)),
+    {T, _} = erlpy_inflight:add_stream(1, make_ref(), make_ref(), make_ref(), #{owner => Remote},
+                                       erlpy_inflight:new()),
+    {_, Effects} = erlpy_inflight:data(1, lists:seq(1, ?START_CREDIT div 2), T),
+    ?assert(lists:member({python, [?OP_CREDIT, 1, ?STREAM_CREDIT - ?START_CREDIT div 2]}, Effects)).
