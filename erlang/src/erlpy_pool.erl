@@ -36,6 +36,7 @@
     max_requests := pos_integer() | infinity,
     max_memory := pos_integer() | infinity,
     max_refs := pos_integer() | infinity,
+    poll_us := non_neg_integer(),
     cluster := boolean(),
     venv := string() | undefined,
     requirements := [erlpy_venv_spec:requirement()]
@@ -44,6 +45,11 @@
 -include("erlpy_protocol.hrl").
 
 -define(KEY(Name), {?MODULE, Name}).
+%% How long a worker polls for the next request after its last answer before it sleeps
+%% (docs/performance.md): long enough to cover the caller's turn-around between calls
+%% that come back to back; an idle worker then sleeps and costs no CPU.
+-define(DEFAULT_POLL_US, 200).
+-define(MAX_POLL_US, 100000).
 %% The exec log outlives this process (and the workers): a pool that restarts keeps it.
 -define(LOG_KEY(Name), {?MODULE, Name, exec_log}).
 %% While a worker drains before being recycled, or cannot start Python, callers see it as
@@ -104,6 +110,7 @@ defaults() ->
         max_requests => infinity,
         max_memory => infinity,
         max_refs => 100000,
+        poll_us => ?DEFAULT_POLL_US,
         cluster => false,
         venv => undefined,
         requirements => []
@@ -147,6 +154,7 @@ check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
 check(max_refs, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_refs := N};
+check(poll_us, N, C) when is_integer(N), N >= 0, N =< ?MAX_POLL_US -> C#{poll_us := N};
 check(cluster, B, C) when is_boolean(B) -> C#{cluster := B};
 check(venv, Dir, C) -> C#{venv := dir(Dir, venv)};
 check(requirements, Reqs, C) -> C#{requirements := erlpy_venv_spec:check_requirements(Reqs)};

@@ -311,7 +311,7 @@ boot(#data{meta = Meta} = D) ->
 %% wait in `starting' until all of it has run.
 -spec setup(#data{}) -> #data{}.
 setup(#data{meta = Meta} = D) ->
-    Limits = maps:with([max_memory, max_refs], Meta),
+    Limits = maps:with([max_memory, max_refs, poll_us], Meta),
     Log = erlpy_pool:exec_log(Meta),
     Codes = [{init, Code} || Code <- maps:get(init, Meta)] ++ [{exec, Code} || Code <- Log],
     lists:foldl(

@@ -71,7 +71,7 @@ class Dispatcher:
             return  # queued before a fork on the loop thread: the pipe is the parent's
         reader = self._reader
         # Drain the pipe: a large frame arrives in many reads, no need to go back to the
-        # selector between them.
+        # selector between them. A short read means the pipe is empty: stop there.
         while True:
             try:
                 frames = reader.read()
@@ -86,6 +86,8 @@ class Dispatcher:
                     self._refuse_too_big(frame.head)
                 else:
                     self._dispatch_frame(frame)
+            if reader.drained:
+                return
 
     def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
         # Each frame is decoded on its own, so a damaged one cannot swallow the next.
@@ -218,6 +220,8 @@ class Dispatcher:
         self._callbacks.worker_pid = worker_pid
         max_refs = limits.get("max_refs")
         Limits.max_refs = max_refs if isinstance(max_refs, int) else None
+        poll_us = limits.get("poll_us")
+        self._process.poll = poll_us / 1e6 if isinstance(poll_us, int) and poll_us > 0 else 0.0
         try:
             if apply_limits(limits):
                 # Memory kept is memory a later request cannot have.
@@ -234,6 +238,8 @@ class Dispatcher:
         if job.task is not None:
             job.cancelled = True
             job.task.cancel()
+            if not job.started:  # its task never ran, so it cannot answer
+                self._jobs.finish(job, P.FAIL, CANCELLED)
             return
         answer, abandoned = self._sync.cancel(job)
         if abandoned is not None:

@@ -29,16 +29,28 @@ def clear_caches() -> None:
 
 
 class Resolver:
-    """Resolves names, caching them except in ``__main__`` (which ``exec`` changes)."""
+    """Resolves names, caching them. A name of ``__main__`` (which ``exec`` and user code
+    rebind) is used from the cache only while ``__main__`` still holds the same object."""
 
     def __init__(self, main_module: types.ModuleType) -> None:
         self._main = main_module
+        self._globals = main_module.__dict__
         self._cache: dict[tuple[str, str], Resolved] = {}
+        self._main_cache: dict[str, Resolved] = {}
         _resolvers.add(self)
 
     def clear(self) -> None:
         """Forget what is cached: an ``exec`` may have rebound what names point to."""
         self._cache.clear()
+        self._main_cache.clear()
+
+    def _cached(self, module: Any, name: Any) -> Resolved | None:
+        if module == "__main__":
+            hit = self._main_cache.get(name)
+            if hit is not None and self._globals.get(name) is hit[0]:
+                return hit
+            return None
+        return self._cache.get((module, name))
 
     def now(self, module: Any, name: Any) -> Resolved | None:
         """Resolve without importing (the loop thread must not block on imports)."""
@@ -47,7 +59,7 @@ class Resolver:
                 return method(module[0], name)
             except Exception:
                 return None  # the main thread resolves again and reports the error
-        cached = self._cache.get((module, name))
+        cached = self._cached(module, name)
         if cached is not None:
             return cached
         if module != "__main__" and module not in sys.modules:
@@ -60,7 +72,7 @@ class Resolver:
     def resolve(self, module: Any, name: Any) -> Resolved:
         if type(module) is tuple and len(module) == 1:
             return method(module[0], name)
-        cached = self._cache.get((module, name))
+        cached = self._cached(module, name)
         if cached is not None:
             return cached
         if not _valid_name(module):
@@ -75,6 +87,8 @@ class Resolver:
         resolved = (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
         if module != "__main__":
             self._cache[(module, name)] = resolved
+        elif "." not in name:
+            self._main_cache[name] = resolved
         return resolved
 
 

@@ -11,8 +11,10 @@ import ctypes
 import fcntl
 import os
 import resource
+import select
 import selectors
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -37,10 +39,13 @@ _GLIBC_DEFAULT: Final = 128 << 10
 class ProcessState:
     """What every part of the runtime must know about the process it runs in."""
 
-    __slots__ = ("forked",)
+    __slots__ = ("forked", "poll")
 
     def __init__(self) -> None:
         self.forked = False  # this is a forked copy of the worker process
+        # Seconds the loop thread polls for the next message before it sleeps (the pool's
+        # poll_us): a sleeping thread takes tens of microseconds to wake on a VM.
+        self.poll = 0.0
 
 
 def set_up(fd_in: int, fd_out: int) -> None:
@@ -126,7 +131,8 @@ class ForkSafeSelector(selectors.BaseSelector):
     is shared across fork, so a child that changed it (epoll_ctl) or waited on it would
     take events meant for the parent's loop (its reads, its self-pipe wake-ups)."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: ProcessState) -> None:
+        self._process = process
         self._inner: selectors.BaseSelector = selectors.DefaultSelector()
 
     def detach_in_child(self) -> None:
@@ -149,7 +155,29 @@ class ForkSafeSelector(selectors.BaseSelector):
         return self._inner.modify(fileobj, events, data)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        poll = self._process.poll
+        if poll and (timeout is None or timeout > 0) and self._poll(poll, timeout):
+            timeout = 0
         return self._inner.select(timeout)
+
+    def _poll(self, poll: float, timeout: float | None) -> bool:
+        """Before sleeping, poll for up to ``poll`` seconds (a deliberate, bounded busy
+        wait, as the BEAM's schedulers do): a message that comes back quickly, like the
+        next of a run of calls, is read without paying for a wake-up. Returns whether
+        something is ready. Each probe is a system call that lets go of the GIL, so the
+        main thread runs meanwhile."""
+        probe = getattr(self._inner, "_selector", None)  # the epoll object, on Linux
+        if not isinstance(probe, select.epoll):
+            return False
+        if timeout is not None:
+            poll = min(poll, timeout)
+        probe_now = probe.poll
+        clock = time.monotonic
+        end = clock() + poll
+        while not probe_now(0):
+            if clock() >= end:
+                return False
+        return True
 
     def close(self) -> None:
         self._inner.close()

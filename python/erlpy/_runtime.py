@@ -52,7 +52,7 @@ class Runtime:
         self.fd_in = fd_in
         self.writer = FrameWriter(fd_out)
         self.process = ProcessState()
-        self._selector = ForkSafeSelector()
+        self._selector = ForkSafeSelector(self.process)
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self._selector)
         self.main_module = types.ModuleType("__main__")
         self.main_module.__dict__["__builtins__"] = __builtins__

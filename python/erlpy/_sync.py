@@ -19,7 +19,6 @@ import ctypes
 import inspect
 import itertools
 import logging
-import queue
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import Any, Final, NoReturn
 from . import _protocol as P
 from ._codec import Atom, EncodeError, pack, thread_packer
 from ._errors import BadName, Interrupted
+from ._handoff import Handoff
 from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
 from ._names import Resolver, compile_code, kwargs, namespace
@@ -68,7 +68,7 @@ class SyncRunner:
         self._resolver = resolver
         self._globals = main_module.__dict__
         self._process = process
-        self._queue: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
+        self._queue: Handoff[Job | object] = Handoff()
         self.submit = self._queue.put  # queue a job for the main thread (any thread)
         self.main_ident = threading.get_ident()
         # A function pointer of our own, not ctypes.pythonapi's: setting argtypes on that
@@ -80,6 +80,7 @@ class SyncRunner:
 
     def after_fork_in_child(self) -> None:
         self.interrupt_lock = threading.Lock()  # a thread that held it is not here
+        self._queue.after_fork_in_child()
 
     def run_forever(self) -> NoReturn:
         while True:

@@ -1,15 +1,14 @@
 """Async work on the loop thread: async functions and coroutines as tasks, and async
 generators (or coroutines that return an iterable) as streams, interleaved.
 
-The tasks are kept in a set with a done-callback, not in a TaskGroup: one job's failure
-must not cancel the others, and each task answers its own job (a task that ends in
-anything but a cancel is a bug here, not a reason to stop the rest).
+Each task is held by its job and answers it, not kept in a TaskGroup: one job's failure
+must not cancel the others (a task that ends in anything but a cancel is a bug here, not
+a reason to stop the rest).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -30,7 +29,6 @@ class Tasks:
         self._loop = loop
         self._jobs = jobs
         self._process = process
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def start_call(
         self, job: Job, fn: Callable[..., Any], args: list[Any], kw: dict[Any, Any]
@@ -56,20 +54,18 @@ class Tasks:
         self._spawn(job, self._await_stream(job, value))
 
     def _spawn(self, job: Job, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
-        job.task = task
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._task_done, job))
-        if job.cancelled:
-            task.cancel()
-
-    def _task_done(self, job: Job, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not job.answered:
-            # Cancelled before it first ran: its coroutine never got to answer.
+        if job.cancelled:  # cancelled while a sync call handed its coroutine over
+            coro.close()
             self._jobs.finish(job, P.FAIL, CANCELLED)
+            return
+        # The job in the table holds its task until the task answers it; a task that is
+        # cancelled before it first ran cannot answer, so the cancel does (Dispatcher).
+        # No done-callback and no set of tasks: they cost a loop turn per call.
+        job.started = False  # by the task now, whoever ran the job before
+        job.task = asyncio.Task(coro, loop=self._loop)
 
     async def _await_call(self, job: Job, awaitable: Any) -> None:
+        job.started = True
         try:
             result = await awaitable
         except asyncio.CancelledError:
@@ -81,6 +77,7 @@ class Tasks:
             self._jobs.finish(job, P.RESULT, result)
 
     async def _await_stream(self, job: Job, value: Any) -> None:
+        job.started = True
         stream = job.stream
         assert stream is not None
         iterator: Any = None

@@ -53,6 +53,9 @@ class FrameReader:
         # A frame too big to hold (max_memory): its first bytes, and how much to skip.
         self._skip_head = b""
         self._skip_left = 0
+        # The last read took less than it asked for: the pipe is empty for now, and one
+        # more read would only fail with EAGAIN.
+        self.drained = False
 
     def read(self) -> list[bytearray | memoryview | TooBig] | None:
         """Frames completed by one read (maybe none); None at end of file.
@@ -61,16 +64,20 @@ class FrameReader:
             BlockingIOError: nothing to read right now.
         """
         if self._skip_left:
-            n = len(os.read(self._fd, min(self._skip_left, _READ)))
+            want = min(self._skip_left, _READ)
+            n = len(os.read(self._fd, want))
             if n == 0:
                 return None
+            self.drained = n < want
             self._skip_left -= n
             return [] if self._skip_left else [TooBig(self._skip_head)]
         big = self._big
         if big is not None:
+            want = len(big) - self._filled
             n = os.readv(self._fd, [big[self._filled :]])
             if n == 0:
                 return None
+            self.drained = n < want
             self._filled += n
             if self._filled < len(big):
                 return []
@@ -79,6 +86,7 @@ class FrameReader:
         data = os.read(self._fd, _READ)
         if not data:
             return None
+        self.drained = len(data) < _READ
         buf = self._buf
         buf += data
         frames: list[bytearray | memoryview | TooBig] = []

@@ -28,6 +28,8 @@ all() ->
         path_and_cd_forms,
         pool_sup_killed_python_gone,
         vm_killed_python_gone,
+        poll_us_option,
+        idle_polling_pool_costs_no_cpu,
      {group, regressions}].
 
 groups() ->
@@ -490,7 +492,43 @@ init_list_of_strings(_) ->
     ?assertMatch({ok, _}, py:start_pool(P, #{size => 1, init => ["import os", "x = 1"]})),
     ?assertEqual({ok, 1}, py:eval(<<"x">>, #{}, #{pool => P})).
 
+poll_us_option(_) ->
+    erlpy_test:doc("poll_us: 0 (never poll) and a poll both serve sync and async calls; "
+                   "a value out of range or of another type is bad_option"),
+    [?assertEqual({error, {bad_option, {poll_us, Bad}}}, py:start_pool(bad_poll, #{poll_us => Bad}))
+     || Bad <- [-1, 100001, 1.5, <<"200">>]],
+    [begin
+         Pool = list_to_atom("poll_" ++ integer_to_list(Us)),
+         {ok, _} = py:start_pool(Pool, #{size => 1, poll_us => Us}),
+         ok = py:exec(<<"async def aadd(a, b): return a + b\n">>, #{pool => Pool}),
+         [{ok, 4.0} = py:call(math, sqrt, [16], #{}, #{pool => Pool}) || _ <- lists:seq(1, 200)],
+         [{ok, 3} = py:call('__main__', aadd, [1, 2], #{}, #{pool => Pool}) || _ <- lists:seq(1, 200)],
+         ok = py:stop_pool(Pool)
+     end || Us <- [0, 1, 200, 100000]].
+
+idle_polling_pool_costs_no_cpu(_) ->
+    erlpy_test:doc("the poll for the next request is bounded: after a run of calls, a worker "
+                   "that polls 100 ms at most then sleeps, and an idle second costs it next "
+                   "to no CPU (a poll that never ended would cost the whole second)"),
+    {ok, _} = py:start_pool(idle_poll, #{size => 1, poll_us => 100000}),
+    [{ok, _} = py:call(math, sqrt, [2], #{}, #{pool => idle_poll}) || _ <- lists:seq(1, 100)],
+    #{workers := [#{os_pid := OsPid}]} = py:info(idle_poll),
+    timer:sleep(300),  % the poll after the last call ends within 100 ms
+    Before = cpu_ticks(OsPid),
+    timer:sleep(1000),
+    Used = cpu_ticks(OsPid) - Before,
+    ct:log("CPU ticks used in an idle second: ~p", [Used]),
+    ?assert(Used < 20),  % of 100 a second
+    ok = py:stop_pool(idle_poll).
+
 %%====================================================================
 %% helpers
 %%====================================================================
+
+%% utime + stime of an OS process, in clock ticks (1/100 s).
+cpu_ticks(OsPid) ->
+    {ok, Stat} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat"),
+    [_, AfterName] = binary:split(Stat, <<") ">>),
+    Fields = binary:split(AfterName, <<" ">>, [global]),
+    binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)).
 

@@ -53,7 +53,7 @@ class Worker:
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self.inbox: list[list[Any]] = []
         self.receive()  # READY
-        self.request([SETUP, 1, None, {}])
+        self.request([SETUP, 1, None, {"poll_us": int(os.environ.get("POLL_US", "200"))}])
         self.request([EXEC, 2, "async def aadd(a, b): return a + b\n"])
 
     def receive(self) -> list[Any]:

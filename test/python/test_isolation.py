@@ -646,3 +646,21 @@ def test_a_cancel_never_interrupts_the_clean_up_it_started(worker: Worker, tmp_p
     worker.send_raw([P.CANCEL, job_id])
     assert worker.answer(job_id) == [P.FAIL, job_id, "cancelled"]
     assert marker.exists()
+
+
+
+def test_an_async_call_cancelled_before_its_task_ran_is_answered_once(worker: Worker) -> None:
+    # The call and its cancel arrive in one read: the cancel is dispatched before the
+    # task's first step, so the task never answers; the cancel must, and only once.
+    worker.exec("async def quick():\n    return 1\n")
+    jobs = list(range(1000, 1020))
+    frames = b""
+    for job in jobs:
+        for message in ([P.CALL, job, "__main__", "quick", [], {}], [P.CANCEL, job]):
+            body = pack(message)
+            frames += len(body).to_bytes(4, "big") + body
+    os.write(worker.to_py, frames)
+    answers = [worker.answer(job) for job in jobs]
+    assert answers == [[P.FAIL, job, "cancelled"] for job in jobs]
+    assert worker.drain() == []  # nothing else about them, ever
+    assert worker.run("quick") == 1

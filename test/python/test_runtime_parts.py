@@ -141,13 +141,10 @@ def test_a_cancelled_async_stream_closes_its_generator_first(pipe: Pipe) -> None
 def test_an_async_job_cancelled_before_it_ran_is_answered(pipe: Pipe) -> None:
     loop, _, tasks = _tasks(pipe)
     job = Job(7, None)
-    job.cancelled = True
+    job.cancelled = True  # while a sync call handed its coroutine over to the loop
     try:
         tasks.start_awaitable(job, loop.create_future())
-        assert job.task is not None
-        with pytest.raises(asyncio.CancelledError):
-            loop.run_until_complete(job.task)
-        loop.run_until_complete(asyncio.sleep(0))  # the done-callback
+        assert job.task is None
         assert pipe.messages() == [[P.FAIL, 7, Atom("cancelled")]]
     finally:
         loop.close()
