@@ -548,7 +548,7 @@ goal_rows(call_par, #{call_par := #{rate := R}, pool_plain := #{rate := Pl}, poo
     [{call_par, "3", "50 procs x 2,000 calls, calls/s", {R, calls}, Best, {min_ratio, 0.8}},
      {call_par_other, "", "  the same against the other pool", {R, calls}, Other, ref}];
 goal_rows(first_item, #{first_item := F, sync := S}, _) ->
-    [{first_item, "4", "stream_start: time to first item", us(F, p50), floor(S, p50, "seq call"), {max_ratio, 2}}];
+    [{first_item, "4", "stream_start: time to first item", us(F, p50), floor(S, p50, "erlpy seq call"), {max_ratio, 2}}];
 goal_rows(streams, M, _) ->
     [{stream_sync, "5", "stream_start sync gen, 100k ints", {R, items}, none, {min, 1.0e6}}
      || #{stream_sync := #{rate := R}} <- [M]] ++
