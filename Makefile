@@ -98,6 +98,8 @@ demo: deps venv compile
 demo-web: deps venv compile
 	@escript examples/web/web_demo.escript $(PORT)
 
+# Flags for bench/bench.escript (its header lists them), e.g.
+#   make bench BENCH_ARGS="--quick --pool-opts '#{poll_us => 0}'"
 bench: deps venv compile
 	@echo "==> codec (Erlang)"; escript bench/codec_bench.escript
 	@echo "==> codec (Python)"; $(PY) bench/codec_bench.py
