@@ -1,16 +1,19 @@
-"""The main thread's queue of work, and how it is woken.
+"""The main thread's queue of work, and how it waits for it.
 
 A lock would wake the main thread while the thread that queued still holds the GIL: the
 main thread finds the GIL taken and sleeps again until it is let go, two wake-ups for one
 handoff, each tens of microseconds on a VM whose idle vCPU sleeps. Here the queuing
 thread writes an eventfd, and lets go of the GIL for that write, so the main thread wakes
-to a free GIL.
+to a free GIL. The eventfd also lets the main thread wait for work and for Erlang's pipe
+at once (:meth:`Handoff.wait`), when it reads the pipe itself while idle.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import select
+import time
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +26,7 @@ class Handoff(Generic[T]):
         self._items: collections.deque[T] = collections.deque()
         self._fd = os.eventfd(0, os.EFD_CLOEXEC)
         self._sleeping = False
+        self._poller: tuple[int, select.poll] | None = None
 
     def put(self, item: T) -> None:
         self._items.append(item)
@@ -45,10 +49,49 @@ class Handoff(Generic[T]):
     def empty(self) -> bool:
         return not self._items
 
+    def wait(self, fd: int, spin: float) -> bool:
+        """Wait until an item is queued or ``fd`` is readable, polling for up to ``spin``
+        seconds before sleeping (a deliberate, bounded busy wait). Returns whether ``fd``
+        is readable; without an item, too, when the wait was only a stale wake-up."""
+        poller = self._poller_for(fd)
+        items = self._items
+        self._sleeping = True
+        try:
+            if items:
+                return False
+            events = poller.poll(0)
+            if not events and spin:
+                clock = time.monotonic
+                give_way = os.sched_yield
+                end = clock() + spin
+                while not events and not items and clock() < end:
+                    give_way()
+                    events = poller.poll(0)
+            if not events and not items:
+                events = poller.poll()
+        finally:
+            self._sleeping = False
+        readable = False
+        for ready, _ in events:
+            if ready == fd:
+                readable = True
+            else:
+                os.eventfd_read(self._fd)  # it is readable: this does not block
+        return readable
+
+    def _poller_for(self, fd: int) -> select.poll:
+        if self._poller is None or self._poller[0] != fd:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poller.register(fd, select.POLLIN)
+            self._poller = (fd, poller)
+        return self._poller[1]
+
     def after_fork_in_child(self) -> None:
         """A forked child must not read the parent's wake-ups: give it its own eventfd."""
         fd, self._fd = self._fd, os.eventfd(0, os.EFD_CLOEXEC)
         self._sleeping = False
+        self._poller = None
         try:
             os.close(fd)
         except OSError:

@@ -134,6 +134,7 @@ class ForkSafeSelector(selectors.BaseSelector):
     def __init__(self, process: ProcessState) -> None:
         self._process = process
         self._inner: selectors.BaseSelector = selectors.DefaultSelector()
+        self._paused = False
 
     def detach_in_child(self) -> None:
         """Start afresh; closing the child's copy of the epoll fd leaves the parent's
@@ -154,9 +155,35 @@ class ForkSafeSelector(selectors.BaseSelector):
     ) -> selectors.SelectorKey:
         return self._inner.modify(fileobj, events, data)
 
+    def pause(self, fd: int) -> bool:
+        """Stop watching ``fd`` (registered for reading) without telling the event loop,
+        from any thread: the main thread reads it meanwhile. Returns whether it could."""
+        epoll = self._epoll()
+        if epoll is None:
+            return False
+        self._paused = True
+        epoll.modify(fd, 0)  # a hang-up is still reported: the main thread sees it too
+        return True
+
+    def resume(self, fd: int) -> None:
+        """Watch ``fd`` for reading again (see :meth:`pause`)."""
+        epoll = self._epoll()
+        if epoll is not None:
+            epoll.modify(fd, select.EPOLLIN)
+        self._paused = False
+
+    def _epoll(self) -> select.epoll | None:
+        epoll = getattr(self._inner, "_selector", None)  # the epoll object, on Linux
+        return epoll if isinstance(epoll, select.epoll) else None
+
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         poll = self._process.poll
-        if poll and (timeout is None or timeout > 0) and self._poll(poll, timeout):
+        if (
+            poll
+            and not self._paused
+            and (timeout is None or timeout > 0)
+            and self._poll(poll, timeout)
+        ):
             timeout = 0
         return self._inner.select(timeout)
 
@@ -166,17 +193,19 @@ class ForkSafeSelector(selectors.BaseSelector):
         next of a run of calls, is read without paying for a wake-up. Returns whether
         something is ready. Each probe is a system call that lets go of the GIL, so the
         main thread runs meanwhile."""
-        probe = getattr(self._inner, "_selector", None)  # the epoll object, on Linux
-        if not isinstance(probe, select.epoll):
+        probe = self._epoll()
+        if probe is None:
             return False
         if timeout is not None:
             poll = min(poll, timeout)
         probe_now = probe.poll
         clock = time.monotonic
+        give_way = os.sched_yield  # to a thread woken on this CPU: the BEAM, the main thread
         end = clock() + poll
         while not probe_now(0):
             if clock() >= end:
                 return False
+            give_way()
         return True
 
     def close(self) -> None:

@@ -75,7 +75,10 @@ class Runtime:
             self.callbacks,
             resolver,
             self.process,
+            self._selector,
+            fd_in,
         )
+        self.sync.read_while_idle = self.dispatcher.read_while_idle
         self._log_handler: LogHandler | None = None
 
     def send(self, message: list[Any]) -> None:

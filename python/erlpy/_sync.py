@@ -41,6 +41,9 @@ from ._wire import FrameWriter
 # Python makes the next (65536 took twice as long for 100k items).
 COLLECT_CHUNK: Final = 1 << 13
 
+# Requests after which the main thread reads the pipe itself when idle.
+_PLAIN: Final = (Call, Eval, Exec)
+
 # Put on the main thread's queue to wake a waiter; otherwise ignored.
 _WAKE: Final = object()
 
@@ -77,6 +80,10 @@ class SyncRunner:
         self.interrupt_lock = threading.Lock()
         self._current: Job | None = None  # the job whose user code may be interrupted
         self._interrupt_pending = False
+        # Reads Erlang's pipe on the main thread while it is idle (Dispatcher): done after
+        # a plain sync request, as the next one is likely another.
+        self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
+        self._reads_when_idle = False
 
     def after_fork_in_child(self) -> None:
         self.interrupt_lock = threading.Lock()  # a thread that held it is not here
@@ -84,6 +91,8 @@ class SyncRunner:
 
     def run_forever(self) -> NoReturn:
         while True:
+            if self._reads_when_idle and self._queue.empty() and self.read_while_idle:
+                self._reads_when_idle = self.read_while_idle(self._queue)
             item = self._queue.get()
             if type(item) is Job:
                 self._run(item)
@@ -228,6 +237,7 @@ class SyncRunner:
     # ------------------------------------------------------------------ requests
 
     def _run(self, job: Job) -> None:
+        self._reads_when_idle = job.iterator is None and type(job.request) in _PLAIN
         if job.iterator is not None:
             self._pump(job)  # a parked stream got credit (or was cancelled)
             return

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from . import _protocol as P
 from ._codec import EncodeError, pack, thread_packer
@@ -62,7 +63,7 @@ class Tasks:
         # cancelled before it first ran cannot answer, so the cancel does (Dispatcher).
         # No done-callback and no set of tasks: they cost a loop turn per call.
         job.started = False  # by the task now, whoever ran the job before
-        job.task = asyncio.Task(coro, loop=self._loop)
+        job.task = start_eagerly(self._loop, coro)
 
     async def _await_call(self, job: Job, awaitable: Any) -> None:
         job.started = True
@@ -151,3 +152,35 @@ class Tasks:
                 # A generator that never awaits would starve the loop: let control in.
                 since_yield = 0
                 await asyncio.sleep(0)
+
+
+def start_eagerly(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """A task whose first step runs now, not on the loop's next turn: a coroutine that
+    does not wait (most calls) answers without a turn of the loop, which costs more than
+    the call. It is a real task from its first step on (``current_task()``, timeouts and
+    cancellation work); Python 3.12 does this itself (``eager_start``)."""
+    if _EAGER_START:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
+    task = asyncio.Task(coro, loop=loop)
+    # Python 3.11: the task scheduled its first step last in the loop's ready queue; run
+    # that step here instead. Anything unexpected leaves the task to the loop.
+    ready = getattr(loop, "_ready", None)
+    if ready and _running(loop) and asyncio.current_task(loop) is None:
+        handle = ready[-1]
+        if getattr(getattr(handle, "_callback", None), "__self__", None) is task:
+            ready.pop()
+            handle._run()
+    return task
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread runs ``loop`` now (a step needs its running loop)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+_EAGER_START: Final = sys.version_info >= (3, 12)

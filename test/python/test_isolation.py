@@ -648,19 +648,23 @@ def test_a_cancel_never_interrupts_the_clean_up_it_started(worker: Worker, tmp_p
     assert marker.exists()
 
 
-
-def test_an_async_call_cancelled_before_its_task_ran_is_answered_once(worker: Worker) -> None:
-    # The call and its cancel arrive in one read: the cancel is dispatched before the
-    # task's first step, so the task never answers; the cancel must, and only once.
-    worker.exec("async def quick():\n    return 1\n")
-    jobs = list(range(1000, 1020))
+def test_an_async_call_and_its_cancel_in_one_read_are_answered_once(worker: Worker) -> None:
+    # The call and its cancel are dispatched one after the other: a call that does not
+    # wait answers at once (its first step runs as it is dispatched), one that waits is
+    # cancelled; either way exactly one answer, and the worker goes on.
+    worker.exec(
+        "async def quick():\n    return 1\n"
+        "async def waits():\n    await asyncio.sleep(0)\n    return 2\n"
+    )
+    jobs = {job: ("quick" if job % 2 else "waits") for job in range(1000, 1020)}
     frames = b""
-    for job in jobs:
-        for message in ([P.CALL, job, "__main__", "quick", [], {}], [P.CANCEL, job]):
+    for job, name in jobs.items():
+        for message in ([P.CALL, job, "__main__", name, [], {}], [P.CANCEL, job]):
             body = pack(message)
             frames += len(body).to_bytes(4, "big") + body
     os.write(worker.to_py, frames)
-    answers = [worker.answer(job) for job in jobs]
-    assert answers == [[P.FAIL, job, "cancelled"] for job in jobs]
+    for job, name in jobs.items():
+        expected = [P.RESULT, job, 1] if name == "quick" else [P.FAIL, job, "cancelled"]
+        assert worker.answer(job) == expected
     assert worker.drain() == []  # nothing else about them, ever
     assert worker.run("quick") == 1

@@ -20,9 +20,7 @@ def test_the_protocol_numbers_agree_with_erlang() -> None:
     defines = re.findall(r"^-define\(OP_(\w+),\s*(\d+)\)\.", HRL.read_text(), re.M)
     erlang = {name: int(number) for name, number in defines}
     python = {
-        name: value
-        for name, value in vars(P).items()
-        if name.isupper() and isinstance(value, int)
+        name: value for name, value in vars(P).items() if name.isupper() and isinstance(value, int)
     }
     assert len(erlang) == len(defines)  # no name defined twice
     assert erlang == python

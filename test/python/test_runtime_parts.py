@@ -16,7 +16,7 @@ from erlpy._jobs import CANCELLED, Job, Jobs
 from erlpy._messages import Call, Cancel, Credit, Setup, StreamCall, decode
 from erlpy._process import ProcessState
 from erlpy._stream import Stream
-from erlpy._tasks import Tasks
+from erlpy._tasks import Tasks, start_eagerly
 from erlpy._wire import FrameWriter
 
 
@@ -148,3 +148,36 @@ def test_an_async_job_cancelled_before_it_ran_is_answered(pipe: Pipe) -> None:
         assert pipe.messages() == [[P.FAIL, 7, Atom("cancelled")]]
     finally:
         loop.close()
+
+
+def test_an_async_call_that_does_not_wait_answers_before_the_loop_turns() -> None:
+    # Its first step runs as the call is dispatched, inside its own task (so
+    # current_task() and asyncio.timeout work there); one that waits goes on later.
+    loop = asyncio.new_event_loop()
+    seen: list[Any] = []
+
+    async def quick() -> None:
+        seen.append(("quick", asyncio.current_task()))
+
+    async def waits() -> None:
+        seen.append("waits: first step")
+        await asyncio.sleep(0)
+        seen.append("waits: second step")
+
+    def dispatch() -> None:
+        task = start_eagerly(loop, quick())
+        seen.append(("done at once", task.done(), seen[0][1] is task))
+        start_eagerly(loop, waits())
+        seen.append("dispatched")
+
+    try:
+        loop.call_soon(dispatch)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    assert seen[1:] == [
+        ("done at once", True, True),
+        "waits: first step",
+        "dispatched",
+        "waits: second step",
+    ]

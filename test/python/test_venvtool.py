@@ -34,9 +34,11 @@ def write(path: pathlib.Path, text: str) -> str:
 
 
 def test_user_file_install_section_and_variables(home: pathlib.Path, monkeypatch: MP) -> None:
-    write(home / ".config/pip/pip.conf",
-          "[global]\nindex-url = https://a.invalid/simple\nfind-links = /w1 /w2\n"
-          "[install]\nindex-url = https://b.invalid/simple\n")
+    write(
+        home / ".config/pip/pip.conf",
+        "[global]\nindex-url = https://a.invalid/simple\nfind-links = /w1 /w2\n"
+        "[install]\nindex-url = https://b.invalid/simple\n",
+    )
     settings = venvtool.pip_settings(str(home / "env"))
     assert settings["index-url"] == "https://b.invalid/simple"
     assert settings["find-links"] == "/w1 /w2"
@@ -53,7 +55,10 @@ def test_config_file_variable_wins_over_user_files(home: pathlib.Path, monkeypat
     monkeypatch.setenv("PIP_CONFIG_FILE", own)
     settings = venvtool.pip_settings(str(home / "env"))
     # pip skips the user's files when PIP_CONFIG_FILE names a file that exists
-    assert "extra-index-url" not in settings or settings["extra-index-url"] != "https://user.invalid/simple"
+    assert (
+        "extra-index-url" not in settings
+        or settings["extra-index-url"] != "https://user.invalid/simple"
+    )
     assert settings["find-links"] == "/wheels"
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     assert "find-links" not in venvtool.pip_settings(str(home / "env"))
@@ -63,8 +68,9 @@ def test_probe_prints_version_and_lists(home: pathlib.Path, monkeypatch: MP) -> 
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://x.invalid/simple https://y.invalid/simple")
     monkeypatch.setenv("PIP_NO_INDEX", "0")
-    out = subprocess.run([sys.executable, "-I", TOOL, "probe", str(home)],
-                         check=True, capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-I", TOOL, "probe", str(home)], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     assert out[0].startswith("version\t3.")
     assert "extra_index_url\thttps://x.invalid/simple" in out
     assert "extra_index_url\thttps://y.invalid/simple" in out
@@ -75,8 +81,12 @@ def test_lock_is_exclusive_and_released_with_its_holder(tmp_path: pathlib.Path) 
     lock = str(tmp_path / "env.lock")
 
     def holder(owner: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-I", TOOL, "lock", lock, owner],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-I", TOOL, "lock", lock, owner],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     first = holder("first")
     assert first.stdout is not None and first.stdout.readline() == "locked\n"

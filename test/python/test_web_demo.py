@@ -309,7 +309,10 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
     log = tmp_path / "chromium.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     family: set[int] = set()
@@ -344,9 +347,7 @@ def _finished(tab: Tab) -> dict[str, Any] | None:
 
 
 @pytest.mark.timeout(180)
-def test_two_tabs_stream_stop_and_error(
-    server: tuple[str, Path], browser: DevTools
-) -> None:
+def test_two_tabs_stream_stop_and_error(server: tuple[str, Path], browser: DevTools) -> None:
     base, status_dir = server
     words = _words()
     page = f"{base}?delay={DELAY}"
