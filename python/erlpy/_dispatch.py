@@ -142,10 +142,12 @@ class Dispatcher:
         if type(item) is not tuple:
             return False
         message = item[0]
-        if type(message) is Call:
+        if isinstance(message, (Call, StreamCall)):
+            if isinstance(message, StreamCall) and message.input:
+                return False  # its input goes to the loop's queue
             resolved = self._resolver.now(message.module, message.function)
             return resolved is None or not resolved[1]
-        return type(message) is Eval or type(message) is Exec
+        return isinstance(message, (Eval, Exec, StreamEval))
 
     def _read(self) -> list[bytearray | memoryview | TooBig] | None:
         """The frames one read completes; None when there is nothing to read."""

@@ -42,7 +42,7 @@ from ._wire import FrameWriter
 COLLECT_CHUNK: Final = 1 << 13
 
 # Requests after which the main thread reads the pipe itself when idle.
-_PLAIN: Final = (Call, Eval, Exec)
+_PLAIN: Final = (Call, Eval, Exec, StreamCall, StreamEval)
 
 # Put on the main thread's queue to wake a waiter; otherwise ignored.
 _WAKE: Final = object()
@@ -96,6 +96,8 @@ class SyncRunner:
             item = self._queue.get()
             if type(item) is Job:
                 self._run(item)
+                # After a request it answered, the next is likely another: read for it.
+                self._reads_when_idle = item.answered and type(item.request) in _PLAIN
             # anything else is a _WAKE nobody waits for any more
 
     def resume(self, job: Job) -> None:
@@ -237,7 +239,6 @@ class SyncRunner:
     # ------------------------------------------------------------------ requests
 
     def _run(self, job: Job) -> None:
-        self._reads_when_idle = job.iterator is None and type(job.request) in _PLAIN
         if job.iterator is not None:
             self._pump(job)  # a parked stream got credit (or was cancelled)
             return
