@@ -41,6 +41,9 @@ from ._wire import PROTOCOL_LOST, FrameReader, FrameWriter, TooBig, die
 
 # A decoded message, and whether its frame named a handle this process does not hold.
 Decoded = tuple[Message, bool]
+# What the main thread read and leaves to the loop thread: decoded messages, and frames
+# (decoded by the loop, in turn).
+Handed = Decoded | TooBig | bytearray | memoryview
 
 
 class Dispatcher:
@@ -69,7 +72,7 @@ class Dispatcher:
         # lock keeps reading and dispatching in order whichever thread does it.
         self._reading = threading.Lock()
         self._main_reads = False
-        self._handed: list[Decoded | TooBig] = []  # read by the main thread, for the loop
+        self._handed: list[Handed] = []  # read by the main thread, for the loop
         self._writer = writer
         self._jobs = jobs
         self._table = jobs.table
@@ -88,17 +91,29 @@ class Dispatcher:
                 return  # an event from before the main thread took the pipe over
             handed, self._handed = self._handed, []
             for item in handed:
-                self._dispatch_item(item)
+                if isinstance(item, (bytearray, memoryview)):
+                    self._dispatch_frame(item)
+                else:
+                    self._dispatch_item(item)
             # Drain the pipe: a large frame arrives in many reads, no need to go back to
             # the selector between them. A short read means the pipe is empty: stop there.
             while True:
                 frames = self._read()
                 if frames is None:
                     return
-                for item in self._decode(frames):
-                    self._dispatch_item(item)
+                for frame in frames:
+                    if isinstance(frame, TooBig):
+                        self._refuse_too_big(frame.head)
+                    else:
+                        self._dispatch_frame(frame)
                 if self._reader.drained:
                     return
+
+    def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
+        # Decoded only once the frames before it are dispatched: decoding looks up the
+        # handles it names, which an earlier RELEASE may have let go.
+        for item in self._decode_frame(frame):
+            self._dispatch_item(item)
 
     def read_while_idle(self, handoff: Handoff[Any]) -> bool:
         """The main thread, with nothing to do, reads Erlang's pipe itself instead of
@@ -121,12 +136,9 @@ class Dispatcher:
                     frames = self._read()
                     if frames is None:
                         continue
-                    items = self._decode(frames)
-                    if all(map(self._main_may_dispatch, items)):
-                        for item in items:
-                            self._dispatch_item(item)
-                    else:
-                        self._handed.extend(items)
+                    rest = self._dispatch_on_main(frames)
+                    if rest:
+                        self._handed.extend(rest)
                         again = False
                         break
         finally:
@@ -137,10 +149,22 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(self.on_readable)
         return again
 
-    def _main_may_dispatch(self, item: Decoded | TooBig) -> bool:
+    def _dispatch_on_main(self, frames: list[bytearray | memoryview | TooBig]) -> list[Handed]:
+        """Dispatch what only queues work for the main thread, frame by frame; return the
+        rest, from the first frame that holds anything else on, for the loop thread."""
+        for i, frame in enumerate(frames):
+            if isinstance(frame, TooBig):
+                return list(frames[i:])
+            items = self._decode_frame(frame)
+            if not all(map(self._main_may_dispatch, items)):
+                rest: list[Handed] = [*items, *frames[i + 1 :]]
+                return rest
+            for item in items:
+                self._dispatch_item(item)
+        return []
+
+    def _main_may_dispatch(self, item: Decoded) -> bool:
         """Whether dispatching ``item`` only queues work for the main thread."""
-        if type(item) is not tuple:
-            return False
         message = item[0]
         if isinstance(message, (Call, StreamCall)):
             if isinstance(message, StreamCall) and message.input:
@@ -160,15 +184,6 @@ class Dispatcher:
         if frames is None:
             os._exit(0)  # Erlang is gone: never outlive the port
         return frames
-
-    def _decode(self, frames: list[bytearray | memoryview | TooBig]) -> list[Decoded | TooBig]:
-        items: list[Decoded | TooBig] = []
-        for frame in frames:
-            if isinstance(frame, TooBig):
-                items.append(frame)
-            else:
-                items.extend(self._decode_frame(frame))
-        return items
 
     def _decode_frame(self, frame: bytearray | memoryview) -> list[Decoded]:
         # Each frame is decoded on its own, so a damaged one cannot swallow the next.
