@@ -27,6 +27,7 @@ from typing import Any, Final, NoReturn
 
 from . import _protocol as P
 from ._codec import Atom, EncodeError, pack, thread_packer
+from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
 from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
@@ -140,28 +141,35 @@ class SyncRunner:
         self._queue.put(_WAKE)
 
     def _user(self, job: Job, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run user code on the main thread where Erlang may interrupt it."""
-        with self.interrupt_lock:
-            if job.cancelled:
-                raise Interrupted
-            self._current = job
+        """Run user code on the main thread where Erlang may interrupt it, with the job's
+        deadline set (outside the interruptible window, so an interrupt never lands in
+        setting it back)."""
+        token = DEADLINE.set(job.deadline)
         try:
-            value = fn(*args, **kw)
-        except BaseException as exc:
-            if self._process.forked:
-                exit_forked(exc)
-            raise
-        else:
-            if self._process.forked:
-                exit_forked(None)
+            with self.interrupt_lock:
+                if job.cancelled:
+                    raise Interrupted
+                self._current = job
+            try:
+                value = fn(*args, **kw)
+            except BaseException as exc:
+                if self._process.forked:
+                    exit_forked(exc)
+                raise
+            else:
+                if self._process.forked:
+                    exit_forked(None)
+            finally:
+                self._leave_user()
         finally:
-            self._leave_user()
+            DEADLINE.reset(token)
         return value
 
     def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
         """Run user clean-up code (a generator's ``close``), even for a cancelled job. A
         cancel that comes meanwhile (it may be the one this clean-up is for: it resumed
         the parked generator before marking the job) must not cut it short."""
+        token = DEADLINE.set(job.deadline)
         with self.interrupt_lock:
             job.closing = True
             self._current = job
@@ -176,6 +184,7 @@ class SyncRunner:
                 exit_forked(None)
         finally:
             self._leave_user()
+            DEADLINE.reset(token)
 
     def _leave_user(self) -> None:
         # An interrupt set just before we got here may still be pending: clear it under the
@@ -229,6 +238,11 @@ class SyncRunner:
     def _run(self, job: Job) -> None:
         if job.iterator is not None:
             self._pump(job)  # a parked stream got credit (or was cancelled)
+            return
+        if job.batch is not None:
+            # A batch of calls to an erlpy.batched function (_batch): it ends (and lets
+            # the next batch start) even if every caller has given up meanwhile.
+            job.batch.run(self._user)
             return
         with self.interrupt_lock:
             if job.cancelled:
