@@ -21,9 +21,8 @@ callers (``erlpy.time_left()``).
 
 The first call that reaches a batched function under a module name tells Erlang
 (``BATCHED``), so that the pool sends later calls to it to one worker, where they meet.
-Calls come here from the dispatcher, which resolves names on the loop thread; one that
-comes while its module is not imported yet goes to the main thread like any sync call,
-and runs there as a batch of one (``Batched.__call__``).
+Calls come here from the dispatcher, which resolves names on the loop thread, or, for
+a module not imported yet, from the main thread once it has imported it.
 
 Everything here runs on the loop thread, but :meth:`Batch.run` on the main thread (and
 the :meth:`Batch.complete` or :meth:`Batch.fail` it calls), which hands the batch's end
@@ -150,8 +149,16 @@ class Batcher:
         self._queues: dict[Batched, _Queue] = {}
         self._reported: set[tuple[str, str]] = set()  # names Erlang knows are batched
 
+    def add_threadsafe(self, job: Job, fn: Batched, request: Call) -> None:
+        """A call whose function the main thread resolved (its module was imported for
+        it): hand it to the loop."""
+        self.loop.call_soon_threadsafe(self.add, job, fn, request)
+
     def add(self, job: Job, fn: Batched, request: Call) -> None:
         """A call to a batched function: its item waits for a batch."""
+        if job.cancelled:  # cancelled while the main thread handed it over
+            self.jobs.finish(job, P.FAIL, CANCELLED)
+            return
         self._report(request.module, request.function, fn)
         if len(request.args) != 1 or request.kwargs:
             name = getattr(fn, "__qualname__", repr(fn))

@@ -68,6 +68,7 @@ class Runtime:
         )
         self.callbacks = Callbacks(self.loop, self.sync, self.process)
         self.batcher = Batcher(self.loop, self.jobs, self.sync, self.tasks)
+        self.sync.to_batcher = self.batcher.add_threadsafe
         self.dispatcher = Dispatcher(
             self.loop,
             reader,

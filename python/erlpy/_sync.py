@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn
 
 from . import _protocol as P
+from ._batched import Batched
 from ._codec import Atom, EncodeError, pack, thread_packer
 from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
@@ -78,6 +79,8 @@ class SyncRunner:
         self.interrupt_lock = threading.Lock()
         self._current: Job | None = None  # the job whose user code may be interrupted
         self._interrupt_pending = False
+        # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
+        self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
     def after_fork_in_child(self) -> None:
         self.interrupt_lock = threading.Lock()  # a thread that held it is not here
@@ -252,7 +255,11 @@ class SyncRunner:
         try:
             match request:  # class patterns without arguments: positional ones are slow
                 case Call():
-                    fn = job.fn or self._resolver.resolve(request.module, request.function)[0]
+                    fn = job.fn
+                    if fn is None:
+                        fn = self._resolver.resolve(request.module, request.function)[0]
+                        if type(fn) is Batched and self.to_batcher is not None:
+                            return self.to_batcher(job, fn, request)  # just imported
                     value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
                     self._complete(job, value)
                 case Eval():
