@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 
 class Batched:
@@ -69,12 +69,23 @@ def check_results(results: Any, count: int) -> list[Any]:
     return listed
 
 
+@overload
+def batched(func: Callable[[list[Any]], Any], /) -> Batched: ...
+
+
+@overload
+def batched(
+    *, max_size: int = ..., max_wait: float = ...
+) -> Callable[[Callable[[list[Any]], Any]], Batched]: ...
+
+
 def batched(
     func: Callable[[list[Any]], Any] | None = None,
+    /,
     *,
     max_size: int = 32,
     max_wait: float = 0.002,
-) -> Any:
+) -> Batched | Callable[[Callable[[list[Any]], Any]], Batched]:
     """Serve a function of a list of items to many Erlang callers, one item each.
 
     Erlang calls it as ``py:call(Module, Name, [Item])``; erlpy gathers the items of
