@@ -5,8 +5,9 @@
 %% would make small batches on each. So a worker's Python says when a call reached a
 %% batched function (`BATCHED Module Function MaxSize', once per name and Python process),
 %% and the pool records `{Module, Function}' in its configuration (which every caller
-%% reads from `persistent_term' anyway, so ordinary calls pay nothing for it) with a
-%% home worker picked by hashing the names. Later calls to it go to the home worker while
+%% reads from `persistent_term' anyway: ordinary calls pay nothing for it while the table
+%% is empty, and one map lookup once it is not) with a home worker picked by hashing the
+%% names. Later calls to it go to the home worker while
 %% it is live and has fewer than `2 x MaxSize' requests in flight (a batch running and a
 %% full one waiting); beyond that, or while the home worker is draining or cannot start
 %% Python, they go to the least busy worker as any call does, and its batcher batches
@@ -14,8 +15,9 @@
 %% batches fill; under a load one worker cannot keep up with, a second worker batches the
 %% overflow in parallel.
 %%
-%% The table only grows (a pool of a new `erlpy_pool' process starts empty): a function
-%% that stops being batched keeps its home worker, which is harmless.
+%% The table only grows, up to 1,000 names (it starts empty with each `erlpy_pool'
+%% process): a function that stops being batched keeps its home worker, which is
+%% harmless.
 -module(erlpy_batching).
 
 -export([add/3, checkout/2, info/1]).

@@ -215,7 +215,12 @@ class Batcher:
         job = batch.job
         self._tasks.spawn(job, self._run_async(batch, awaitable))
         assert job.task is not None
-        job.task.add_done_callback(lambda _: self.ended(batch))
+        job.task.add_done_callback(lambda _: self._task_ended(batch, awaitable))
+
+    def _task_ended(self, batch: Batch, awaitable: Awaitable[Any] | None) -> None:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # a task cancelled before it ran never awaited it
+        self.ended(batch)
 
     async def _run_async(self, batch: Batch, awaitable: Awaitable[Any] | None) -> None:
         try:

@@ -17,8 +17,6 @@ class Batched:
     """A function of a list of items, called by Erlang with one item per call; see
     :func:`batched`."""
 
-    __slots__ = ("__dict__", "func", "is_async", "max_size", "max_wait")
-
     def __init__(self, func: Callable[[list[Any]], Any], max_size: int, max_wait: float) -> None:
         self.func = func
         self.max_size = max_size
