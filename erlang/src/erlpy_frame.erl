@@ -8,7 +8,7 @@
 %% array of fields loses the protocol (`malformed').
 -module(erlpy_frame).
 
--export([encode/2, next/3, fatal_detail/1]).
+-export([encode/2, next/3, fatal_detail/1, timeout_field/2]).
 -export_type([message/0]).
 
 %% A decoded message: its fields, or those decoded before one that could not be.
@@ -17,6 +17,12 @@
 -spec encode(list(), atom()) -> iodata().
 encode(Message, NoneAtom) ->
     erlpy_codec:message(Message, NoneAtom).
+
+%% @doc The last field of a request: the milliseconds its caller has left, or nil for
+%% `infinity' (Python's erlpy.time_left() and erlpy.deadline()).
+-spec timeout_field(timeout(), atom()) -> non_neg_integer() | atom().
+timeout_field(infinity, NoneAtom) -> NoneAtom;
+timeout_field(Timeout, _) -> Timeout.
 
 %% @doc The next message of a frame and the rest of it.
 -spec next(binary(), atom(), erlpy_codec:new_atom_fun()) ->

@@ -9,7 +9,8 @@
 -behaviour(gen_server).
 
 -export([start_link/2, meta/1, validate/1]).
--export([register_worker/3, checkout/1, checkout_worker/3, done/2, draining/3, workers/1,
+-export([register_worker/3, checkout/1, checkout/2, checkout_worker/3, done/2, draining/3, workers/1,
+         batched/3,
          indexed_workers/1, new_atom_fun/1,
          exec_log/1]).
 -export([exec/3, info/1]).
@@ -39,7 +40,9 @@
     poll_us := non_neg_integer(),
     cluster := boolean(),
     venv := string() | undefined,
-    requirements := [erlpy_venv_spec:requirement()]
+    requirements := [erlpy_venv_spec:requirement()],
+    %% The erlpy.batched functions and their home workers (erlpy_batching).
+    batched := erlpy_batching:table()
 }.
 
 -include("erlpy_protocol.hrl").
@@ -281,6 +284,21 @@ least_busy(Counters, Workers, Size, Start, Step, Best, Total) ->
         end,
     least_busy(Counters, Workers, Size, Start, Step + 1, Best1, Total + max(N rem ?DRAINING, 0)).
 
+%% @doc The worker for a call of function `Key' (`none': not a call): for an erlpy.batched
+%% function, its home worker (erlpy_batching); else the least busy.
+-spec checkout(meta(), erlpy_batching:function_key() | none) ->
+    {ok, pid(), pos_integer()} | {error, overloaded | no_workers}.
+checkout(#{batched := Batched} = Meta, Key) when map_size(Batched) > 0, Key =/= none ->
+    erlpy_batching:checkout(Meta, Key);
+checkout(Meta, _) ->
+    checkout(Meta).
+
+%% @doc A worker's Python found that `Key' is an erlpy.batched function (in batches of at
+%% most `MaxSize'): route its later calls to one worker (erlpy_batching).
+-spec batched(meta(), erlpy_batching:function_key(), pos_integer()) -> ok.
+batched(#{pool := Pool}, Key, MaxSize) ->
+    gen_server:cast(Pool, {batched, Key, MaxSize}).
+
 %% @doc Take worker `Index' of pool `Pool' for a request on its handles: `stale' unless
 %% `Worker' still is that worker.
 -spec checkout_worker(atom(), pid(), pos_integer()) -> {ok, pid(), pos_integer()} | stale.
@@ -365,7 +383,8 @@ info(#{counters := Counters, size := Size} = Meta) ->
         workers => Workers,
         queued => max(0, InFlight - Size),
         python => case Python of [V] -> V; _ -> Python end,
-        atoms_created => atomics:get(Counters, Size + 1)
+        atoms_created => atomics:get(Counters, Size + 1),
+        batched => erlpy_batching:info(Meta)
     }.
 
 %%====================================================================
@@ -385,7 +404,8 @@ init({Name, Config}) ->
         name => Name,
         pool => self(),
         tab => Tab,
-        counters => atomics:new(Size + 1, [{signed, true}])
+        counters => atomics:new(Size + 1, [{signed, true}]),
+        batched => #{}
     },
     persistent_term:put(?KEY(Name), Meta),
     maps:get(cluster, Config) andalso erlpy_cluster:join(Name, self()),
@@ -412,6 +432,15 @@ handle_call(_, _, Meta) ->
     {reply, {error, badarg}, Meta}.
 
 -spec handle_cast(term(), meta()) -> {noreply, meta()}.
+handle_cast({batched, Key, MaxSize}, #{name := Name} = Meta) ->
+    %% Callers read the configuration from persistent_term: this is how they learn it.
+    case erlpy_batching:add(Key, MaxSize, Meta) of
+        unchanged ->
+            {noreply, Meta};
+        Meta1 ->
+            persistent_term:put(?KEY(Name), Meta1),
+            {noreply, Meta1}
+    end;
 handle_cast(_, Meta) ->
     {noreply, Meta}.
 
@@ -421,7 +450,9 @@ run_exec([], _, _, _, _) ->
     [];
 run_exec(Targets, Code, Index, Timeout, #{counters := Counters} = Meta) ->
     Id = erlang:unique_integer([positive]),
-    Request = erlpy_codec:message([?OP_EXEC, Id, Code], maps:get(none_atom, Meta)),
+    NoneAtom = maps:get(none_atom, Meta),
+    Request = erlpy_codec:message([?OP_EXEC, Id, Code, erlpy_frame:timeout_field(Timeout, NoneAtom)],
+                                  NoneAtom),
     _ = [atomics:add(Counters, I, 1) || {_, I} <- Targets],
     Results = erlpy_worker:exec([W || {W, _} <- Targets], {Id, Request, Index}, Timeout),
     [{Target, Error} || {Target, {error, _} = Error} <- lists:zip(Targets, Results)].

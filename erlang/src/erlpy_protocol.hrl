@@ -1,6 +1,7 @@
 %% Message kinds of the wire protocol; python/erlpy/_protocol.py has the same numbers.
 
-%% Erlang -> Python
+%% Erlang -> Python. Every request (CALL to STREAM_EVAL_IN, not SETUP) may end with one
+%% more field: the milliseconds its caller has left, or nil for none.
 -define(OP_CALL, 1).
 -define(OP_EVAL, 2).
 -define(OP_EXEC, 3).
@@ -30,6 +31,7 @@
 -define(OP_SEND, 7).
 -define(OP_FAIL, 8).
 -define(OP_CALLBACK_CANCEL, 9).
+-define(OP_BATCHED, 10).
 -define(OP_FATAL, 99).
 
 %% The largest frame {packet, 4} can carry.

@@ -189,6 +189,10 @@ message([?OP_SEND, Dest, Term], D) ->
         error:badarg -> ?LOG_WARNING(#{what => bad_send_destination, destination => Dest})
     end,
     D;
+message([?OP_BATCHED, Module, Function, MaxSize], D) ->
+    %% A call reached an erlpy.batched function: the pool routes its calls to one worker.
+    erlpy_pool:batched(D#data.meta, {Module, Function}, MaxSize),
+    D;
 message([?OP_FATAL, Detail], D) ->
     D#data{start_error = erlpy_frame:fatal_detail(Detail)};
 message({undecodable, [?OP_CALLBACK, CallbackId | _], Reason}, D) ->

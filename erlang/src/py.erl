@@ -600,10 +600,12 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
     Id = erlang:unique_integer([positive]),
     try
         {Kind, Op, Fields, #{timeout := Timeout}} = Build(Opts),
-        {Kind, Timeout, erlpy_codec:message([Op, Id | Fields], NoneAtom)}
+        %% The last field is the time the caller has left (erlpy.time_left() in Python).
+        Message = [Op, Id | Fields ++ [erlpy_frame:timeout_field(Timeout, NoneAtom)]],
+        {Kind, Timeout, function_key(Op, Fields), erlpy_codec:message(Message, NoneAtom)}
     of
-        {Kind, Timeout, Request} ->
-            case checkout(Meta) of
+        {Kind, Timeout, Key, Request} ->
+            case checkout(Meta, Key) of
                 {ok, Worker, _} when Kind =:= call -> erlpy_worker:call(Worker, Id, Request, Timeout);
                 {ok, Worker, _} when Kind =:= collect ->
                     erlpy_worker:collect(Worker, Id, Request, Timeout, decoder(Meta));
@@ -620,18 +622,30 @@ send(Build, Opts, #{none_atom := NoneAtom} = Meta) ->
     end.
 
 %% The worker for a request just encoded: the one of the handles it carries, if any (the
-%% codec noted it), else the pool's least busy.
--spec checkout(erlpy_pool:meta()) -> {ok, pid(), pos_integer()} | {error, term()}.
-checkout(Meta) ->
+%% codec noted it), else the pool's choice (for a call of an erlpy.batched function, the
+%% function's worker; else the least busy).
+-spec checkout(erlpy_pool:meta(), erlpy_batching:function_key() | none) ->
+    {ok, pid(), pos_integer()} | {error, term()}.
+checkout(Meta, Key) ->
     case erase(?HANDLE_KEY) of
         undefined ->
-            erlpy_pool:checkout(Meta);
+            erlpy_pool:checkout(Meta, Key);
         {Pool, Worker, Index} ->
             case erlpy_pool:checkout_worker(Pool, Worker, Index) of
                 stale -> {error, {stale_ref, Worker}};
                 Ok -> Ok
             end
     end.
+
+%% What names a call's function, for the pool's routing of erlpy.batched functions: the
+%% module and function names of a call (not of an eval, a stream, a handle's method).
+-spec function_key(integer(), list()) -> erlpy_batching:function_key() | none.
+function_key(Op, [Module, Function | _]) when
+    (Op =:= ?OP_CALL orelse Op =:= ?OP_CALL_REF), is_binary(Module), is_binary(Function)
+->
+    {Module, Function};
+function_key(_, _) ->
+    none.
 
 %% Whether a call's result comes back or stays in Python as a handle, and its owner.
 -spec kind(map()) -> call | {ref, pid()}.
@@ -713,7 +727,7 @@ start_stream(Module, Function, Args, Opts) ->
                     input => maps:get(input, Opts, false),
                     idle_timeout => maps:get(idle_timeout, Opts, infinity)
                 },
-                case checkout(Meta) of
+                case checkout(Meta, none) of
                     {ok, Worker, _} ->
                         erlpy_worker:stream_start(Worker, Id, Stream, maps:get(timeout, Opts));
                     {error, no_workers} ->

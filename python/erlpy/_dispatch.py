@@ -11,6 +11,8 @@ import threading
 from typing import Any
 
 from . import _protocol as P
+from ._batch import Batcher
+from ._batched import Batched
 from ._callbacks import Callbacks
 from ._codec import Atom, new_unpacker, unpack_all, unpack_frame
 from ._handles import Limits, find_stale, release
@@ -61,6 +63,7 @@ class Dispatcher:
         callbacks: Callbacks,
         resolver: Resolver,
         process: ProcessState,
+        batcher: Batcher,
         selector: ForkSafeSelector,
         fd: int,
     ) -> None:
@@ -82,6 +85,7 @@ class Dispatcher:
         self._callbacks = callbacks
         self._resolver = resolver
         self._process = process
+        self._batcher = batcher
 
     def on_readable(self) -> None:
         if self._process.forked:
@@ -170,7 +174,8 @@ class Dispatcher:
             if isinstance(message, StreamCall) and message.input:
                 return False  # its input goes to the loop's queue
             resolved = self._resolver.now(message.module, message.function)
-            return resolved is None or not resolved[1]
+            # A batched function's calls go to the loop's batcher.
+            return resolved is None or not (resolved[1] or type(resolved[0]) is Batched)
         return isinstance(message, (Eval, Exec, StreamEval))
 
     def _read(self) -> list[bytearray | memoryview | TooBig] | None:
@@ -263,7 +268,7 @@ class Dispatcher:
         # Class patterns without arguments: positional ones cost ~300 ns per request.
         match message:
             case Call():
-                job = Job(message.id, message)
+                job = Job(message.id, message, message.deadline)
                 if message.ref:
                     job.ref = True
                 self._table[job.id] = job
@@ -273,20 +278,20 @@ class Dispatcher:
                 if job_or_none is not None and job_or_none.stream is not None:
                     job_or_none.stream.add_credit(message.n)
             case StreamCall():
-                job = Job(message.id, message)
+                job = Job(message.id, message, message.deadline)
                 self._table[job.id] = job
                 job.stream = self._stream(job, message.credit)
                 if message.input:
                     job.stream.input = InputStream()
                 self._start_call(job, message)
             case Eval() | Exec():
-                job = Job(message.id, message)
+                job = Job(message.id, message, message.deadline)
                 if isinstance(message, Eval) and message.ref:
                     job.ref = True
                 self._table[job.id] = job
                 self._submit(job)
             case StreamEval():
-                job = Job(message.id, message)
+                job = Job(message.id, message, message.deadline)
                 job.stream = self._stream(job, message.credit)
                 self._table[job.id] = job
                 self._submit(job)
@@ -310,11 +315,14 @@ class Dispatcher:
                 self._setup(Job(message.id, None), message.worker_pid, message.limits)
 
     def _start_call(self, job: Job, request: Call | StreamCall) -> None:
-        """An async function starts on the loop at once; anything else, or a name the
-        loop cannot resolve without importing, goes to the main thread."""
+        """An async function starts on the loop at once, a call to a batched function
+        waits for its batch; anything else, or a name the loop cannot resolve without
+        importing, goes to the main thread."""
         resolved = self._resolver.now(request.module, request.function)
         if resolved is not None and resolved[1]:
             self._tasks.start_call(job, resolved[0], request.args, request.kwargs)
+        elif resolved is not None and type(resolved[0]) is Batched and type(request) is Call:
+            self._batcher.add(job, resolved[0], request)
         else:
             job.fn = resolved[0] if resolved is not None else None
             self._submit(job)
@@ -341,6 +349,13 @@ class Dispatcher:
             self._jobs.finish(job, P.RESULT, None)
 
     def _cancel(self, job: Job) -> None:
+        if job.batch is not None:
+            # A call to a batched function is answered at once; its batch is stopped only
+            # once none of its callers is left.
+            batch_job = self._batcher.cancel(job)
+            if batch_job is None:
+                return
+            job = batch_job
         if job.stream is not None:
             job.stream.cancel()
         if job.task is not None:

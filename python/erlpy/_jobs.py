@@ -32,6 +32,8 @@ _RUNTIME_MODULES: Final = frozenset(
         "_jobs",
         "_names",
         "_reload",
+        "_batch",
+        "_batched",
     )
 )
 
@@ -61,7 +63,8 @@ class Job:
     """One request from Erlang, alive until its terminal message is sent."""
 
     id: int
-    request: Request | None  # None for SETUP and for a request too big to read
+    request: Request | None  # None for SETUP, a request too big to read, and a batch
+    deadline: float | None = None  # its caller's, as a time.monotonic() value (_deadline)
     cancelled: bool = False
     started: bool = False
     answered: bool = False  # its terminal message is sent (see Jobs.finish)
@@ -72,6 +75,9 @@ class Job:
     closing: bool = False  # its generator is being closed: no cancel interrupts that
     fn: Callable[..., Any] | None = None  # the function, when the loop thread resolved it
     ref: bool = False  # its result stays here as a handle (return => ref)
+    # erlpy.batched (_batch): for a call, the queue it waits in, then the batch it is in;
+    # for a batch's own job (no request, never answered), the batch it runs.
+    batch: Any = None
 
 
 class Jobs:

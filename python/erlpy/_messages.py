@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from . import _protocol as P
+from ._deadline import from_timeout
 
 # Slotted and not frozen: one of these is made per request, and a frozen dataclass's
 # __init__ goes through object.__setattr__.
@@ -25,6 +26,7 @@ class Call:
     args: list[Any]
     kwargs: dict[Any, Any]
     ref: bool = False  # the result stays in Python as a handle (return => ref)
+    deadline: float | None = None  # the caller's, as a time.monotonic() value (_deadline)
 
 
 @dataclass(slots=True)
@@ -34,6 +36,7 @@ class Eval:
     locals: dict[Any, Any]
     ref: bool = False  # the result stays in Python as a handle (return => ref)
     session: Any = None  # a session's namespace (a handle's Session), else __main__
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class Exec:
     id: int
     code: str
     session: Any = None  # a session's namespace (a handle's Session), else __main__
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -52,6 +56,7 @@ class StreamCall:
     kwargs: dict[Any, Any]
     credit: int  # 0: collected whole, no flow control
     input: bool  # the function gets an InputStream as its first argument
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -61,6 +66,7 @@ class StreamEval:
     locals: dict[Any, Any]
     credit: int
     session: Any = None  # a session's namespace (a handle's Session), else __main__
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -115,18 +121,23 @@ Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Se
 def decode(msg: list[Any]) -> Message | None:
     """The message a decoded msgpack array stands for; None for an unknown kind.
 
+    A request's optional last field is the time its caller has left, in milliseconds
+    (absent or nil: no deadline); it becomes the request's ``deadline``.
+
     Raises:
         IndexError, TypeError, KeyError: not a message of the protocol.
     """
     match msg[0]:  # the common kinds first
         case P.CALL:
-            return Call(msg[1], msg[2], msg[3], msg[4], msg[5])
+            return Call(msg[1], msg[2], msg[3], msg[4], msg[5], False, _deadline(msg, 6))
         case P.CREDIT:
             return Credit(msg[1], msg[2])
         case P.STREAM_CALL:
-            return StreamCall(msg[1], msg[2], msg[3], msg[4], msg[5], msg[6], msg[7])
+            return StreamCall(
+                msg[1], msg[2], msg[3], msg[4], msg[5], msg[6], msg[7], _deadline(msg, 8)
+            )
         case P.EVAL:
-            return Eval(msg[1], msg[2], msg[3])
+            return Eval(msg[1], msg[2], msg[3], False, None, _deadline(msg, 4))
         case P.REPLY:
             return Reply(msg[1], msg[2], msg[3])
         case P.CANCEL:
@@ -136,21 +147,25 @@ def decode(msg: list[Any]) -> Message | None:
         case P.INPUT_CLOSE:
             return InputClose(msg[1])
         case P.EXEC:
-            return Exec(msg[1], msg[2])
+            return Exec(msg[1], msg[2], None, _deadline(msg, 3))
         case P.STREAM_EVAL:
-            return StreamEval(msg[1], msg[2], msg[3], msg[4])
+            return StreamEval(msg[1], msg[2], msg[3], msg[4], None, _deadline(msg, 5))
         case P.SETUP:
             return Setup(msg[1], msg[2], msg[3])
         case P.RELEASE:
             return Release(msg[1])
         case P.CALL_REF:
-            return Call(msg[1], msg[2], msg[3], msg[4], msg[5], True)
+            return Call(msg[1], msg[2], msg[3], msg[4], msg[5], True, _deadline(msg, 6))
         case P.EVAL_REF:
-            return Eval(msg[1], msg[2], msg[3], True)
+            return Eval(msg[1], msg[2], msg[3], True, None, _deadline(msg, 4))
         case P.EVAL_IN:
-            return Eval(msg[1], msg[2], msg[3], msg[5], msg[4])
+            return Eval(msg[1], msg[2], msg[3], msg[5], msg[4], _deadline(msg, 6))
         case P.EXEC_IN:
-            return Exec(msg[1], msg[2], msg[3])
+            return Exec(msg[1], msg[2], msg[3], _deadline(msg, 4))
         case P.STREAM_EVAL_IN:
-            return StreamEval(msg[1], msg[2], msg[3], msg[4], msg[5])
+            return StreamEval(msg[1], msg[2], msg[3], msg[4], msg[5], _deadline(msg, 6))
     return None
+
+
+def _deadline(msg: list[Any], index: int) -> float | None:
+    return from_timeout(msg[index]) if len(msg) > index else None

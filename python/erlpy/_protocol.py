@@ -1,5 +1,8 @@
 """Message kinds of the wire protocol (docs/internals.md). Each message is a msgpack array
-whose first element is one of these numbers; a frame holds one or more messages."""
+whose first element is one of these numbers; a frame holds one or more messages.
+
+Every request (CALL to STREAM_EVAL_IN, not SETUP) may end with one more field, Timeout:
+the milliseconds its caller has left, or nil for none (``erlpy.time_left()``)."""
 
 from typing import Final
 
@@ -33,4 +36,5 @@ CALLBACK: Final = 6  # [CALLBACK, CallbackId, Name, Args]
 SEND: Final = 7  # [SEND, Pid, Term]
 FAIL: Final = 8  # [FAIL, Id, Reason]: an erlpy error given as an Erlang term
 CALLBACK_CANCEL: Final = 9  # [CALLBACK_CANCEL, CallbackId]
+BATCHED: Final = 10  # [BATCHED, Module, Function, MaxSize]: an erlpy.batched function
 FATAL: Final = 99  # [FATAL, Detail]: the worker cannot run

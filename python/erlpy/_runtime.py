@@ -6,6 +6,7 @@ This module puts the parts together and runs them; each concern has a module of 
 * ``_sync``: the **main thread** runs sync code one request at a time, interruptibly;
 * ``_tasks``: the loop thread runs async functions and async generators, interleaved;
 * ``_stream``: stream batching and credit; ``_callbacks``: calls into Erlang;
+* ``_batch``: dynamic batching of the calls to ``erlpy.batched`` functions;
 * ``_jobs``: the requests in flight and their terminal messages;
 * ``_process``: process set-up, limits and forks.
 
@@ -23,6 +24,7 @@ import types
 from typing import Any, Final, NoReturn
 
 from . import _protocol as P
+from ._batch import Batcher
 from ._callbacks import Callbacks
 from ._codec import Atom
 from ._dispatch import Dispatcher
@@ -65,6 +67,8 @@ class Runtime:
             self.loop, self.writer, self.jobs, self.tasks, resolver, self.main_module, self.process
         )
         self.callbacks = Callbacks(self.loop, self.sync, self.process)
+        self.batcher = Batcher(self.loop, self.jobs, self.sync, self.tasks)
+        self.sync.to_batcher = self.batcher.add_threadsafe
         self.dispatcher = Dispatcher(
             self.loop,
             reader,
@@ -75,6 +79,7 @@ class Runtime:
             self.callbacks,
             resolver,
             self.process,
+            self.batcher,
             self._selector,
             fd_in,
         )

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn
 
 from . import _protocol as P
+from ._batched import Batched
 from ._codec import Atom, EncodeError, pack, thread_packer
+from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
 from ._handoff import Handoff
 from ._jobs import CANCELLED, Job, Jobs, Pending
@@ -84,6 +86,8 @@ class SyncRunner:
         # a plain sync request, as the next one is likely another.
         self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
         self._reads_when_idle = False
+        # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
+        self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
     def after_fork_in_child(self) -> None:
         self.interrupt_lock = threading.Lock()  # a thread that held it is not here
@@ -152,28 +156,35 @@ class SyncRunner:
         self._queue.put(_WAKE)
 
     def _user(self, job: Job, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run user code on the main thread where Erlang may interrupt it."""
-        with self.interrupt_lock:
-            if job.cancelled:
-                raise Interrupted
-            self._current = job
+        """Run user code on the main thread where Erlang may interrupt it, with the job's
+        deadline set (outside the interruptible window, so an interrupt never lands in
+        setting it back)."""
+        token = DEADLINE.set(job.deadline)
         try:
-            value = fn(*args, **kw)
-        except BaseException as exc:
-            if self._process.forked:
-                exit_forked(exc)
-            raise
-        else:
-            if self._process.forked:
-                exit_forked(None)
+            with self.interrupt_lock:
+                if job.cancelled:
+                    raise Interrupted
+                self._current = job
+            try:
+                value = fn(*args, **kw)
+            except BaseException as exc:
+                if self._process.forked:
+                    exit_forked(exc)
+                raise
+            else:
+                if self._process.forked:
+                    exit_forked(None)
+            finally:
+                self._leave_user()
         finally:
-            self._leave_user()
+            DEADLINE.reset(token)
         return value
 
     def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
         """Run user clean-up code (a generator's ``close``), even for a cancelled job. A
         cancel that comes meanwhile (it may be the one this clean-up is for: it resumed
         the parked generator before marking the job) must not cut it short."""
+        token = DEADLINE.set(job.deadline)
         with self.interrupt_lock:
             job.closing = True
             self._current = job
@@ -188,6 +199,7 @@ class SyncRunner:
                 exit_forked(None)
         finally:
             self._leave_user()
+            DEADLINE.reset(token)
 
     def _leave_user(self) -> None:
         # An interrupt set just before we got here may still be pending: clear it under the
@@ -242,6 +254,11 @@ class SyncRunner:
         if job.iterator is not None:
             self._pump(job)  # a parked stream got credit (or was cancelled)
             return
+        if job.batch is not None:
+            # A batch of calls to an erlpy.batched function (_batch): it ends (and lets
+            # the next batch start) even if every caller has given up meanwhile.
+            job.batch.run(self._user)
+            return
         with self.interrupt_lock:
             if job.cancelled:
                 return  # answered by the cancel while it waited in the queue
@@ -250,7 +267,11 @@ class SyncRunner:
         try:
             match request:  # class patterns without arguments: positional ones are slow
                 case Call():
-                    fn = job.fn or self._resolver.resolve(request.module, request.function)[0]
+                    fn = job.fn
+                    if fn is None:
+                        fn = self._resolver.resolve(request.module, request.function)[0]
+                        if type(fn) is Batched and self.to_batcher is not None:
+                            return self.to_batcher(job, fn, request)  # just imported
                     value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
                     self._complete(job, value)
                 case Eval():

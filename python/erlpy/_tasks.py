@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from . import _protocol as P
 from ._codec import EncodeError, pack, thread_packer
+from ._deadline import DEADLINE
 from ._jobs import CANCELLED, Job, Jobs
 from ._names import kwargs
 from ._process import ProcessState, exit_forked
@@ -38,23 +39,28 @@ class Tasks:
         stream = job.stream
         if stream is not None and stream.input is not None:
             args = [stream.input, *args]
+        token = DEADLINE.set(job.deadline)
         try:
             value = fn(*args, **kwargs(kw))
         except BaseException as exc:  # a bad signature raises before any await
             self._jobs.finish(job, P.ERROR, exc)
             return
+        finally:
+            DEADLINE.reset(token)
         if stream is None:
             self.start_awaitable(job, value)
         else:
             self.start_stream(job, value)
 
     def start_awaitable(self, job: Job, awaitable: Any) -> None:
-        self._spawn(job, self._await_call(job, awaitable))
+        self.spawn(job, self._await_call(job, awaitable))
 
     def start_stream(self, job: Job, value: Any) -> None:
-        self._spawn(job, self._await_stream(job, value))
+        self.spawn(job, self._await_stream(job, value))
 
-    def _spawn(self, job: Job, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, job: Job, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as the task of ``job``; it and every task and ``to_thread`` call
+        it starts see the job's deadline (a task copies the context it starts in)."""
         if job.cancelled:  # cancelled while a sync call handed its coroutine over
             coro.close()
             self._jobs.finish(job, P.FAIL, CANCELLED)
@@ -63,7 +69,11 @@ class Tasks:
         # cancelled before it first ran cannot answer, so the cancel does (Dispatcher).
         # No done-callback and no set of tasks: they cost a loop turn per call.
         job.started = False  # by the task now, whoever ran the job before
-        job.task = start_eagerly(self._loop, coro)
+        token = DEADLINE.set(job.deadline)
+        try:
+            job.task = start_eagerly(self._loop, coro)
+        finally:
+            DEADLINE.reset(token)
 
     async def _await_call(self, job: Job, awaitable: Any) -> None:
         job.started = True

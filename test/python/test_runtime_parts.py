@@ -62,7 +62,7 @@ def test_messages_decode_by_kind() -> None:
     assert decode([P.CANCEL, 7]) == Cancel(7)
     assert decode([P.CREDIT, 7, 32]) == Credit(7, 32)
     assert decode([P.SETUP, 1, None, {}]) == Setup(1, None, {})
-    assert decode([P.CALL, 7, "m", "f", [1], {}, "more"]) == Call(7, "m", "f", [1], {})
+    assert decode([P.CALL, 7, "m", "f", [1], {}, None, "more"]) == Call(7, "m", "f", [1], {})
     assert decode([42, 7]) is None
     with pytest.raises(IndexError):
         decode([P.CALL, 7])
