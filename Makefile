@@ -104,6 +104,7 @@ bench: deps venv compile
 	@echo "==> codec (Erlang)"; escript bench/codec_bench.escript
 	@echo "==> codec (Python)"; $(PY) bench/codec_bench.py
 	@echo "==> bridge"; escript bench/bench.escript $(BENCH_ARGS)
+	@echo "==> batched function"; escript bench/batched_bench.escript --unbatched-calls 200
 
 clean:
 	rm -rf _build $(VENV)
