@@ -668,3 +668,32 @@ def test_an_async_call_and_its_cancel_in_one_read_are_answered_once(worker: Work
         assert worker.answer(job) == expected
     assert worker.drain() == []  # nothing else about them, ever
     assert worker.run("quick") == 1
+
+
+def _other_threads_sleeps(pid: int) -> int:
+    """Times the threads of ``pid`` other than its main thread went to sleep."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_a_sync_call_after_a_sync_call_wakes_no_other_thread(worker: Worker) -> None:
+    # The main thread reads the pipe itself once it has answered a sync request, so a
+    # run of sync calls never goes through the loop thread (docs/performance.md); an
+    # async call does, and the main thread leaves the pipe to the loop thread again.
+    worker.exec("def size(x):\n    return len(x)\nasync def aone():\n    return 1\n")
+    assert worker.run("size", "warm") == 4
+    before = _other_threads_sleeps(worker.pid)
+    for i in range(200):
+        time.sleep(0.0005)  # the main thread is back to reading: no race with the loop's
+        assert worker.run("size", "x" * i) == i
+    assert _other_threads_sleeps(worker.pid) - before < 20
+    for _ in range(50):
+        assert worker.run("aone") == 1
+    assert worker.run("size", "abc") == 3
