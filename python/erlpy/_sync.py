@@ -156,13 +156,32 @@ class SyncRunner:
         self._queue.put(_WAKE)
 
     def _user(self, job: Job, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run user code on the main thread where Erlang may interrupt it, with the job's
-        deadline set (outside the interruptible window, so an interrupt never lands in
-        setting it back)."""
+        """Run user code on the main thread where Erlang may interrupt it."""
+        return self._window(job, False, fn, args, kw)
+
+    def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
+        """Run user clean-up code (a generator's ``close``), even for a cancelled job. A
+        cancel that comes meanwhile (it may be the one this clean-up is for: it resumed
+        the parked generator before marking the job) must not cut it short."""
+        self._window(job, True, fn, (), {})
+
+    def _window(
+        self,
+        job: Job,
+        closing: bool,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+    ) -> Any:
+        """The interruptible window around user code, with the job's deadline set (outside
+        the window, so an interrupt never lands in setting it back). A forked child that
+        comes back here exits."""
         token = DEADLINE.set(job.deadline)
         try:
             with self.interrupt_lock:
-                if job.cancelled:
+                if closing:
+                    job.closing = True
+                elif job.cancelled:
                     raise Interrupted
                 self._current = job
             try:
@@ -179,27 +198,6 @@ class SyncRunner:
         finally:
             DEADLINE.reset(token)
         return value
-
-    def _user_cleanup(self, job: Job, fn: Callable[[], Any]) -> None:
-        """Run user clean-up code (a generator's ``close``), even for a cancelled job. A
-        cancel that comes meanwhile (it may be the one this clean-up is for: it resumed
-        the parked generator before marking the job) must not cut it short."""
-        token = DEADLINE.set(job.deadline)
-        with self.interrupt_lock:
-            job.closing = True
-            self._current = job
-        try:
-            fn()
-        except BaseException as exc:
-            if self._process.forked:
-                exit_forked(exc)
-            raise
-        else:
-            if self._process.forked:
-                exit_forked(None)
-        finally:
-            self._leave_user()
-            DEADLINE.reset(token)
 
     def _leave_user(self) -> None:
         # An interrupt set just before we got here may still be pending: clear it under the

@@ -4,47 +4,19 @@ terminal message per job, and async jobs that are cancelled."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_erlang import Pipe
 
 from erlpy import _protocol as P
-from erlpy._codec import Atom, new_unpacker
+from erlpy._codec import Atom
 from erlpy._jobs import CANCELLED, Job, Jobs
 from erlpy._messages import Call, Cancel, Credit, Setup, StreamCall, decode
 from erlpy._process import ProcessState
 from erlpy._stream import Stream
 from erlpy._tasks import Tasks, start_eagerly
-from erlpy._wire import FrameWriter
-
-
-class Pipe:
-    """A FrameWriter on a pipe, and the messages that came out of it."""
-
-    def __init__(self) -> None:
-        self.r, w = os.pipe()
-        os.set_blocking(self.r, False)
-        self.writer = FrameWriter(w)
-
-    def messages(self) -> list[list[Any]]:
-        try:
-            data = os.read(self.r, 1 << 20)
-        except BlockingIOError:
-            return []
-        found = []
-        while data:
-            size = int.from_bytes(data[:4], "big")
-            unpacker = new_unpacker()
-            unpacker.feed(data[4 : 4 + size])
-            found.extend(unpacker)
-            data = data[4 + size :]
-        return found
-
-    def close(self) -> None:
-        os.close(self.r)
-        os.close(self.writer.fd)
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_erlang import Pipe
 
 import erlpy
 from erlpy import _protocol as P
 from erlpy._batch import Batcher
-from erlpy._codec import Atom, new_unpacker
+from erlpy._codec import Atom
 from erlpy._deadline import DEADLINE, from_timeout
 from erlpy._jobs import Job, Jobs
 from erlpy._messages import Call, Eval, Exec, StreamCall, StreamEval, decode
@@ -26,7 +27,6 @@ from erlpy._names import Resolver
 from erlpy._process import ProcessState
 from erlpy._sync import SyncRunner
 from erlpy._tasks import Tasks
-from erlpy._wire import FrameWriter
 
 # ---------------------------------------------------------------------------- decorator
 
@@ -174,29 +174,6 @@ def test_every_request_takes_a_timeout_as_its_last_field(message: list[Any], kin
 
 
 # ---------------------------------------------------------------------------- the batcher
-
-
-class Pipe:
-    """A FrameWriter on a pipe, and the messages that came out of it."""
-
-    def __init__(self) -> None:
-        self.r, w = os.pipe()
-        os.set_blocking(self.r, False)
-        self.writer = FrameWriter(w)
-
-    def messages(self) -> list[list[Any]]:
-        found: list[list[Any]] = []
-        while True:
-            try:
-                data = os.read(self.r, 1 << 20)
-            except BlockingIOError:
-                return found
-            while data:
-                size = int.from_bytes(data[:4], "big")
-                unpacker = new_unpacker()
-                unpacker.feed(data[4 : 4 + size])
-                found.extend(unpacker)
-                data = data[4 + size :]
 
 
 class Worker:
