@@ -173,7 +173,10 @@ class Dispatcher:
         if isinstance(message, (Call, StreamCall)):
             if isinstance(message, StreamCall) and message.input:
                 return False  # its input goes to the loop's queue
-            resolved = self._resolver.now(message.module, message.function)
+            try:
+                resolved = self._resolver.now(message.module, message.function)
+            except Exception:  # a malformed name: the loop thread reports it
+                return False
             # A batched function's calls go to the loop's batcher.
             return resolved is None or not (resolved[1] or type(resolved[0]) is Batched)
         return isinstance(message, (Eval, Exec, StreamEval))

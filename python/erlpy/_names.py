@@ -59,7 +59,10 @@ class Resolver:
                 return method(module[0], name)
             except Exception:
                 return None  # the main thread resolves again and reports the error
-        cached = self._cached(module, name)
+        try:
+            cached = self._cached(module, name)
+        except TypeError:  # not a name at all (unhashable): the main thread reports it
+            return None
         if cached is not None:
             return cached
         if module != "__main__" and module not in sys.modules:

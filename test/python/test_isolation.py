@@ -697,3 +697,14 @@ def test_a_sync_call_after_a_sync_call_wakes_no_other_thread(worker: Worker) -> 
     for _ in range(50):
         assert worker.run("aone") == 1
     assert worker.run("size", "abc") == 3
+
+
+def test_a_malformed_call_read_by_the_idle_main_thread_is_reported(worker: Worker) -> None:
+    # After a sync call the main thread reads the pipe; a call whose function name is
+    # not a name (here a list: unhashable) must be reported, not end the worker.
+    worker.exec("def one():\n    return 1\n")
+    assert worker.run("one") == 1
+    worker.send_raw([P.CALL, 777, "__main__", ["not", "a", "name"], [], {}])
+    assert worker.answer(777)[:3] == [P.ERROR, 777, "TypeError"]
+    assert worker.run("one") == 1
+    assert worker.proc.poll() is None
