@@ -24,7 +24,7 @@ class Handoff(Generic[T]):
 
     def __init__(self) -> None:
         self._items: collections.deque[T] = collections.deque()
-        self._fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._fd, self._wake_fd = _wake_fds()
         self._sleeping = False
         self._poller: tuple[int, select.poll] | None = None
 
@@ -32,7 +32,7 @@ class Handoff(Generic[T]):
         self._items.append(item)
         if self._sleeping:  # set before the taker's last look at the queue: wake it
             self._sleeping = False
-            os.eventfd_write(self._fd, 1)
+            _wake(self._wake_fd)
 
     def get(self) -> T:
         items = self._items
@@ -43,7 +43,7 @@ class Handoff(Generic[T]):
             if items:  # put between the look above and the flag: no wake-up comes
                 self._sleeping = False
                 return items.popleft()
-            os.eventfd_read(self._fd)  # a wake-up left over from a race is harmless
+            _clear(self._fd)  # blocks until woken; one left over from a race is harmless
             self._sleeping = False
 
     def empty(self) -> bool:
@@ -76,7 +76,7 @@ class Handoff(Generic[T]):
             if ready == fd:
                 readable = True
             else:
-                os.eventfd_read(self._fd)  # it is readable: this does not block
+                _clear(self._fd)  # it is readable: this does not block
         return readable
 
     def _poller_for(self, fd: int) -> select.poll:
@@ -88,11 +88,37 @@ class Handoff(Generic[T]):
         return self._poller[1]
 
     def after_fork_in_child(self) -> None:
-        """A forked child must not read the parent's wake-ups: give it its own eventfd."""
-        fd, self._fd = self._fd, os.eventfd(0, os.EFD_CLOEXEC)
+        """A forked child must not read the parent's wake-ups: give it its own."""
+        old = {self._fd, self._wake_fd}
+        self._fd, self._wake_fd = _wake_fds()
         self._sleeping = False
         self._poller = None
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        for fd in old:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _wake_fds() -> tuple[int, int]:
+    """The fd the main thread waits on and the one others write to wake it: one eventfd
+    (Linux), else a pipe."""
+    if hasattr(os, "eventfd"):
+        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        return fd, fd
+    return os.pipe()  # close-on-exec (PEP 446)
+
+
+def _wake(fd: int) -> None:
+    if hasattr(os, "eventfd_write"):
+        os.eventfd_write(fd, 1)
+    else:
+        os.write(fd, b"\x01")
+
+
+def _clear(fd: int) -> None:
+    """Take the wake-ups written so far (waiting for one if there is none)."""
+    if hasattr(os, "eventfd_read"):
+        os.eventfd_read(fd)
+    else:
+        os.read(fd, 512)

@@ -43,7 +43,7 @@ class ProcessState:
 
     def __init__(self) -> None:
         self.forked = False  # this is a forked copy of the worker process
-        # Seconds the loop thread polls for the next message before it sleeps (the pool's
+        # Seconds a thread polls for the next message before it sleeps (the pool's
         # poll_us): a sleeping thread takes tens of microseconds to wake on a VM.
         self.poll = 0.0
 

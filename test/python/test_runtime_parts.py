@@ -4,6 +4,9 @@ terminal message per job, and async jobs that are cancelled."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +15,7 @@ from fake_erlang import Pipe
 
 from erlpy import _protocol as P
 from erlpy._codec import Atom
+from erlpy._handoff import Handoff
 from erlpy._jobs import CANCELLED, Job, Jobs
 from erlpy._messages import Call, Cancel, Credit, Setup, StreamCall, decode
 from erlpy._process import ProcessState
@@ -153,3 +157,39 @@ def test_an_async_call_that_does_not_wait_answers_before_the_loop_turns() -> Non
         "dispatched",
         "waits: second step",
     ]
+
+
+@pytest.mark.parametrize("eventfd", [True, False], ids=["eventfd", "pipe"])
+def test_the_main_threads_queue_wakes_it_for_work_and_for_the_pipe(
+    monkeypatch: pytest.MonkeyPatch, eventfd: bool
+) -> None:
+    if not eventfd:  # as where there is no eventfd (not Linux): a pipe wakes the taker
+        for name in ("eventfd", "eventfd_read", "eventfd_write"):
+            monkeypatch.delattr(os, name, raising=False)
+    handoff: Handoff[int] = Handoff()
+    got: list[int] = []
+
+    def take() -> None:
+        got.extend(handoff.get() for _ in range(50))
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    for i in range(50):
+        if i % 10 == 0:
+            time.sleep(0.01)  # the taker is asleep by now: this put must wake it
+        handoff.put(i)
+    taker.join(5)
+    assert got == list(range(50))
+    r, w = os.pipe()
+    try:
+        threading.Timer(0.05, os.write, (w, b"x")).start()
+        assert handoff.wait(r, 0.001) is True  # the pipe became readable
+        threading.Timer(0.05, handoff.put, (7,)).start()
+        rr, ww = os.pipe()
+        assert handoff.wait(rr, 0.001) is False  # an item came, the other fd is quiet
+        assert handoff.get() == 7
+        os.close(rr)
+        os.close(ww)
+    finally:
+        os.close(r)
+        os.close(w)
