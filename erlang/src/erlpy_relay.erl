@@ -5,27 +5,41 @@
 %% gives the guarantees the worker alone cannot give across nodes: when the worker's node
 %% goes down the owner still gets exactly one terminal message, and when the owner dies
 %% the stream is cancelled. Unless the owner chose a window, the relay holds one of its
-%% own and acknowledges items as the owner keeps up with its mailbox, so memory stays
-%% bounded on the owner's node too.
+%% own and grants more as the owner keeps up with its mailbox, so memory stays bounded on
+%% the owner's node too.
+%%
+%% The relays of one owner on this node share one budget, as the streams of one local
+%% owner do (erlpy_owner): a relay keeps at most its share, ?STREAM_CREDIT divided by the
+%% owner's relays (at least ?MIN_CREDIT), granted and not yet arrived. An owner that
+%% never reads its K remote streams gets about ?STREAM_CREDIT * (1 + ln K) + K *
+%% ?MIN_CREDIT items: a relay's first grant is its share when it starts, and a grant is
+%% never taken back.
 -module(erlpy_relay).
 
 -include("erlpy_protocol.hrl").
 
--export([start/3]).
+-export([start/3, new_table/0]).
 
--define(WINDOW, 8192).
--define(ACK_EVERY, 512).
+%% The relays on this node, counted by owner: {Owner, Count}.
+-define(OWNERS, erlpy_relay_owners).
 
 -record(relay, {
     ref :: reference(),
     owner :: pid(),
     node :: node(),
-    %% Items forwarded and not yet acknowledged (only when the relay holds the window).
-    unacked = 0 :: non_neg_integer(),
+    %% Items granted and not yet arrived (only when the relay holds the window).
+    outstanding = 0 :: non_neg_integer(),
     window :: own | user,
     backoff = 5 :: pos_integer(),
     rechecking = false :: boolean()
 }).
+
+%% @doc The table of relays by owner, owned by the caller (erlpy_sup, for the life of
+%% the application).
+-spec new_table() -> ok.
+new_table() ->
+    ?OWNERS = ets:new(?OWNERS, [named_table, public, set, {write_concurrency, true}]),
+    ok.
 
 %% @doc Start `py:stream_start(Module, Function, Args, Opts)' on `Node' for the owner in
 %% `Opts' (best a process of this node: the relay watches its mailbox); returns what the
@@ -43,15 +57,24 @@ start(Node, [Module, Function, Args], #{owner := _} = Opts) ->
     end.
 
 -spec init(pid(), node(), [term()], map()) -> ok.
-init(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
+init(Caller, Node, MFA, #{owner := Owner} = Opts) ->
+    case maps:is_key(window, Opts) of
+        true ->
+            run(Caller, Node, MFA, Opts, user, 0);
+        false ->
+            Share = join(Owner),
+            try
+                run(Caller, Node, MFA, Opts#{window => Share}, own, Share)
+            after
+                leave(Owner)
+            end
+    end.
+
+-spec run(pid(), node(), [term()], map(), own | user, non_neg_integer()) -> ok.
+run(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts, Window, Granted) ->
     erlang:monitor(process, Owner),
     erlang:monitor_node(Node, true),
-    Window =
-        case maps:is_key(window, Opts) of
-            true -> user;
-            false -> own
-        end,
-    Remote = (maps:merge(#{window => ?WINDOW}, Opts))#{owner => self()},
+    Remote = Opts#{owner => self()},
     Timeout =
         case maps:get(timeout, Opts) of
             infinity -> infinity;
@@ -60,7 +83,8 @@ init(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
     try erpc:call(Node, py, stream_start, [Module, Function, Args, Remote], Timeout) of
         {ok, Ref} ->
             Caller ! {self(), {ok, Ref}},
-            loop(#relay{ref = Ref, owner = Owner, node = Node, window = Window});
+            loop(#relay{ref = Ref, owner = Owner, node = Node, window = Window,
+                        outstanding = Granted});
         Error ->
             Caller ! {self(), Error}
     catch
@@ -70,12 +94,43 @@ init(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts) ->
     end,
     ok.
 
+%% This relay counts among its owner's; returns its share of the owner's budget.
+-spec join(pid()) -> pos_integer().
+join(Owner) ->
+    try ets:update_counter(?OWNERS, Owner, 1, {Owner, 0}) of
+        Relays -> share(Relays)
+    catch
+        error:badarg -> ?STREAM_CREDIT  % erlpy's table is not there: a relay on its own
+    end.
+
+-spec leave(pid()) -> ok.
+leave(Owner) ->
+    try ets:update_counter(?OWNERS, Owner, -1) of
+        0 -> true = ets:delete_object(?OWNERS, {Owner, 0}), ok;
+        _ -> ok
+    catch
+        error:badarg -> ok
+    end.
+
+%% The share of one of the owner's relays now.
+-spec share_now(pid()) -> pos_integer().
+share_now(Owner) ->
+    try ets:lookup_element(?OWNERS, Owner, 2) of
+        Relays -> share(Relays)
+    catch
+        error:badarg -> ?STREAM_CREDIT
+    end.
+
+-spec share(integer()) -> pos_integer().
+share(Relays) ->
+    max(?MIN_CREDIT, ?STREAM_CREDIT div max(1, Relays)).
+
 -spec loop(#relay{}) -> ok.
 loop(#relay{ref = Ref, owner = Owner, node = Node} = R) ->
     receive
         {py_stream, Ref, {data, _} = Data} ->
             Owner ! {py_stream, Ref, Data},
-            loop(maybe_ack(R#relay{unacked = R#relay.unacked + 1}));
+            loop(maybe_ack(R#relay{outstanding = max(0, R#relay.outstanding - 1)}));
         {py_stream, Ref, Terminal} ->
             Owner ! {py_stream, Ref, Terminal},
             ok;
@@ -89,22 +144,28 @@ loop(#relay{ref = Ref, owner = Owner, node = Node} = R) ->
             ok
     end.
 
-%% Acknowledge in chunks while the owner keeps up (the worker applies the same rule to
-%% local owners, see erlpy_stream:take_credit/1).
+%% Grant more once half of the relay's share has arrived, while the owner keeps up (the
+%% worker applies the same rule to local owners, see erlpy_stream:take_credit/2).
 -spec maybe_ack(#relay{}) -> #relay{}.
 maybe_ack(#relay{window = user} = R) ->
     R;
-maybe_ack(#relay{unacked = N} = R) when N < ?ACK_EVERY ->
-    R;
-maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N} = R) when node(Owner) =/= node() ->
+maybe_ack(#relay{owner = Owner, outstanding = Outstanding} = R) ->
+    Share = share_now(Owner),
+    case Outstanding * 2 > Share of
+        true -> R;
+        false -> grant(Share - Outstanding, R)
+    end.
+
+-spec grant(pos_integer(), #relay{}) -> #relay{}.
+grant(N, #relay{ref = Ref, owner = Owner, outstanding = Outstanding} = R) when node(Owner) =/= node() ->
     %% erlpy is not loaded on the owner's node: its mailbox cannot be watched from here.
     ok = py:stream_ack(Ref, N),
-    R#relay{unacked = 0};
-maybe_ack(#relay{ref = Ref, owner = Owner, unacked = N, backoff = Backoff} = R) ->
+    R#relay{outstanding = Outstanding + N};
+grant(N, #relay{ref = Ref, owner = Owner, outstanding = Outstanding, backoff = Backoff} = R) ->
     case owner_backlogged(Owner, Ref) of
         false ->
             ok = py:stream_ack(Ref, N),
-            R#relay{unacked = 0, backoff = 5};
+            R#relay{outstanding = Outstanding + N, backoff = 5};
         _ when R#relay.rechecking ->
             R;
         busy ->

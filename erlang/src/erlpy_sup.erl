@@ -12,5 +12,6 @@ start_link() ->
 
 -spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init([]) ->
+    ok = erlpy_relay:new_table(),  % lives as long as this supervisor, the application
     Scope = #{id => pg, start => {pg, start_link, [erlpy_cluster:scope()]}},
     {ok, {#{strategy => one_for_one, intensity => 10, period => 10}, [Scope]}}.

@@ -28,6 +28,7 @@ all() ->
         remote_owner_killed_cancels,
         remote_window_ack,
         relay_flow_control,
+        relay_flow_control_many_streams,
         cluster_spread_from_every_node,
         cluster_exec_and_info,
         cluster_streams,
@@ -402,6 +403,37 @@ relay_flow_control(Config) ->
     ?assert(Backlog > 0),
     %% The owner dies: the stream ends on B.
     exit(Sleeper, kill),
+    ok = idle({default, B}).
+
+relay_flow_control_many_streams(Config) ->
+    erlpy_test:doc("owner on A never reads 40 streams on B: the relays share one budget, so "
+                   "the backlog is bounded per owner, not per stream (it was 40 x 8192)"),
+    B = peer_node(?config(b, Config)),
+    ok = py:exec(helpers(), #{pool => {default, B}}),
+    ok = py:exec(<<"produced = 0">>, #{pool => {default, B}}),
+    Sleeper = spawn(fun() -> receive stop -> ok end end),
+    Refs = [begin
+                {ok, Ref} = py:stream_start('__main__', counting, [],
+                                            #{pool => {default, B}, owner => Sleeper}),
+                Ref
+            end || _ <- lists:seq(1, 40)],
+    Produced = fun() -> {ok, P} = py:eval(<<"produced">>, #{}, #{pool => {default, B}}), P end,
+    Stopped = fun Stopped(Last, Tries) ->
+        timer:sleep(300),
+        case Produced() of
+            Last -> Last;
+            Now when Tries > 0 -> Stopped(Now, Tries - 1);
+            Now -> ct:fail({still_producing, Now})
+        end
+    end,
+    Final = Stopped(Produced(), 60),
+    {message_queue_len, Backlog} = erlang:process_info(Sleeper, message_queue_len),
+    ct:log("40 streams: produced ~b, owner's backlog ~b", [Final, Backlog]),
+    %% The owner's budget: 8192 * (1 + ln 40) + 40 * 32, about 40k; per stream it was 330k.
+    ?assert(Backlog < 60000),
+    ?assert(Backlog > 0),
+    exit(Sleeper, kill),
+    _ = Refs,
     ok = idle({default, B}).
 
 %%====================================================================
