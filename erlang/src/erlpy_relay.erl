@@ -27,8 +27,10 @@
     ref :: reference(),
     owner :: pid(),
     node :: node(),
-    %% Items granted and not yet arrived (only when the relay holds the window).
+    %% Items granted and not yet arrived, and the share they were last topped up to (only
+    %% when the relay holds the window).
     outstanding = 0 :: non_neg_integer(),
+    share = 0 :: non_neg_integer(),
     window :: own | user,
     backoff = 5 :: pos_integer(),
     rechecking = false :: boolean()
@@ -84,7 +86,7 @@ run(Caller, Node, [Module, Function, Args], #{owner := Owner} = Opts, Window, Gr
         {ok, Ref} ->
             Caller ! {self(), {ok, Ref}},
             loop(#relay{ref = Ref, owner = Owner, node = Node, window = Window,
-                        outstanding = Granted});
+                        outstanding = Granted, share = Granted});
         Error ->
             Caller ! {self(), Error}
     catch
@@ -145,15 +147,18 @@ loop(#relay{ref = Ref, owner = Owner, node = Node} = R) ->
     end.
 
 %% Grant more once half of the relay's share has arrived, while the owner keeps up (the
-%% worker applies the same rule to local owners, see erlpy_stream:take_credit/2).
+%% worker applies the same rule to local owners, see erlpy_stream:take_credit/2). The
+%% owner's relays are counted again only then, not for every item.
 -spec maybe_ack(#relay{}) -> #relay{}.
 maybe_ack(#relay{window = user} = R) ->
+    R;
+maybe_ack(#relay{outstanding = Outstanding, share = Share} = R) when Outstanding * 2 > Share ->
     R;
 maybe_ack(#relay{owner = Owner, outstanding = Outstanding} = R) ->
     Share = share_now(Owner),
     case Outstanding * 2 > Share of
-        true -> R;
-        false -> grant(Share - Outstanding, R)
+        true -> R#relay{share = Share};
+        false -> grant(Share - Outstanding, R#relay{share = Share})
     end.
 
 -spec grant(pos_integer(), #relay{}) -> #relay{}.

@@ -123,8 +123,8 @@ class Dispatcher:
         """The main thread, with nothing to do, reads Erlang's pipe itself instead of
         waiting for the loop thread to hand it its next request: a sync call then costs
         no thread switch (each is tens of microseconds on a VM). It dispatches sync calls,
-        ``eval`` and ``exec``, which queue on the main thread, and returns once it has
-        work; anything else it hands to the loop thread, which reads from then on. The
+        ``eval``, ``exec`` and sync streams, which queue on the main thread, and returns
+        once it has work; anything else it hands to the loop thread, which reads from then on. The
         loop thread reads whenever the main thread does not, so control messages (a
         cancel) are read while user code runs. Returns whether to do so next time too."""
         with self._reading:

@@ -14,7 +14,7 @@ import collections
 import os
 import select
 import time
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -25,6 +25,7 @@ class Handoff(Generic[T]):
     def __init__(self) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._fd, self._wake_fd = _wake_fds()
+        self._wake, self._clear = _EVENTFD if hasattr(os, "eventfd") else _PIPE
         self._sleeping = False
         self._poller: tuple[int, select.poll] | None = None
 
@@ -32,7 +33,7 @@ class Handoff(Generic[T]):
         self._items.append(item)
         if self._sleeping:  # set before the taker's last look at the queue: wake it
             self._sleeping = False
-            _wake(self._wake_fd)
+            self._wake(self._wake_fd)
 
     def get(self) -> T:
         items = self._items
@@ -43,7 +44,7 @@ class Handoff(Generic[T]):
             if items:  # put between the look above and the flag: no wake-up comes
                 self._sleeping = False
                 return items.popleft()
-            _clear(self._fd)  # blocks until woken; one left over from a race is harmless
+            self._clear(self._fd)  # blocks until woken; one left over from a race is harmless
             self._sleeping = False
 
     def empty(self) -> bool:
@@ -76,7 +77,7 @@ class Handoff(Generic[T]):
             if ready == fd:
                 readable = True
             else:
-                _clear(self._fd)  # it is readable: this does not block
+                self._clear(self._fd)  # it is readable: this does not block
         return readable
 
     def _poller_for(self, fd: int) -> select.poll:
@@ -109,16 +110,22 @@ def _wake_fds() -> tuple[int, int]:
     return os.pipe()  # close-on-exec (PEP 446)
 
 
-def _wake(fd: int) -> None:
-    if hasattr(os, "eventfd_write"):
-        os.eventfd_write(fd, 1)
-    else:
-        os.write(fd, b"\x01")
+def _wake_pipe(fd: int) -> None:
+    os.write(fd, b"\x01")
 
 
-def _clear(fd: int) -> None:
+def _clear_pipe(fd: int) -> None:
     """Take the wake-ups written so far (waiting for one if there is none)."""
-    if hasattr(os, "eventfd_read"):
-        os.eventfd_read(fd)
-    else:
-        os.read(fd, 512)
+    os.read(fd, 512)
+
+
+def _wake_eventfd(fd: int) -> None:
+    os.eventfd_write(fd, 1)
+
+
+def _clear_eventfd(fd: int) -> None:
+    os.eventfd_read(fd)
+
+
+_EVENTFD: Final = (_wake_eventfd, _clear_eventfd)
+_PIPE: Final = (_wake_pipe, _clear_pipe)

@@ -126,6 +126,12 @@ def exit_forked(outcome: BaseException | None) -> NoReturn:
         os._exit(status & 0xFF)
 
 
+def _epoll_of(selector: selectors.BaseSelector) -> select.epoll | None:
+    """The epoll object of an asyncio selector, on Linux (None elsewhere)."""
+    epoll = getattr(selector, "_selector", None)
+    return epoll if isinstance(epoll, select.epoll) else None
+
+
 class ForkSafeSelector(selectors.BaseSelector):
     """The event loop's selector, which a forked child can let go of: the epoll instance
     is shared across fork, so a child that changed it (epoll_ctl) or waited on it would
@@ -134,6 +140,7 @@ class ForkSafeSelector(selectors.BaseSelector):
     def __init__(self, process: ProcessState) -> None:
         self._process = process
         self._inner: selectors.BaseSelector = selectors.DefaultSelector()
+        self._epoll = _epoll_of(self._inner)
         self._paused = False
 
     def detach_in_child(self) -> None:
@@ -141,6 +148,7 @@ class ForkSafeSelector(selectors.BaseSelector):
         registrations alone."""
         self._inner.close()
         self._inner = selectors.DefaultSelector()
+        self._epoll = _epoll_of(self._inner)
 
     def register(
         self, fileobj: FileDescriptorLike, events: int, data: Any = None
@@ -158,7 +166,7 @@ class ForkSafeSelector(selectors.BaseSelector):
     def pause(self, fd: int) -> bool:
         """Stop watching ``fd`` (registered for reading) without telling the event loop,
         from any thread: the main thread reads it meanwhile. Returns whether it could."""
-        epoll = self._epoll()
+        epoll = self._epoll
         if epoll is None:
             return False
         self._paused = True
@@ -167,14 +175,10 @@ class ForkSafeSelector(selectors.BaseSelector):
 
     def resume(self, fd: int) -> None:
         """Watch ``fd`` for reading again (see :meth:`pause`)."""
-        epoll = self._epoll()
+        epoll = self._epoll
         if epoll is not None:
             epoll.modify(fd, select.EPOLLIN)
         self._paused = False
-
-    def _epoll(self) -> select.epoll | None:
-        epoll = getattr(self._inner, "_selector", None)  # the epoll object, on Linux
-        return epoll if isinstance(epoll, select.epoll) else None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         poll = self._process.poll
@@ -193,7 +197,7 @@ class ForkSafeSelector(selectors.BaseSelector):
         next of a run of calls, is read without paying for a wake-up. Returns whether
         something is ready. Each probe is a system call that lets go of the GIL, so the
         main thread runs meanwhile."""
-        probe = self._epoll()
+        probe = self._epoll
         if probe is None:
             return False
         if timeout is not None:

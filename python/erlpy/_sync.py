@@ -272,11 +272,14 @@ class SyncRunner:
                             return self.to_batcher(job, fn, request)  # just imported
                     value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
                     self._complete(job, value)
-                case Eval():
+                case Eval() | StreamEval():
                     code = compile_code(request.code, "eval")
                     globals_ = self._globals if request.session is None else request.session.globals
                     value = self._user(job, eval, code, namespace(globals_, request.locals))
-                    self._complete(job, value)
+                    if type(request) is Eval:
+                        self._complete(job, value)
+                    else:
+                        self._stream_value(job, value)
                 case Exec():
                     code = compile_code(request.code, "exec")
                     if request.session is None:
@@ -293,11 +296,6 @@ class SyncRunner:
                     if stream.input is not None:
                         args = [stream.input, *args]
                     value = self._user(job, fn, *args, **kwargs(request.kwargs))
-                    self._stream_value(job, value)
-                case StreamEval():
-                    code = compile_code(request.code, "eval")
-                    globals_ = self._globals if request.session is None else request.session.globals
-                    value = self._user(job, eval, code, namespace(globals_, request.locals))
                     self._stream_value(job, value)
         except Interrupted:
             self._jobs.finish(job, P.FAIL, CANCELLED)

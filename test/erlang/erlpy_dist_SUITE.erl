@@ -381,22 +381,7 @@ remote_window_ack(Config) ->
 relay_flow_control(Config) ->
     erlpy_test:doc("owner on A never reads a stream on B: bounded mailbox, generator stops"),
     B = peer_node(?config(b, Config)),
-    ok = py:exec(helpers(), #{pool => {default, B}}),
-    ok = py:exec(<<"produced = 0">>, #{pool => {default, B}}),
-    Sleeper = spawn(fun() -> receive stop -> ok end end),
-    {ok, _Ref} = py:stream_start('__main__', counting, [], #{pool => {default, B}, owner => Sleeper}),
-    Produced = fun() -> {ok, P} = py:eval(<<"produced">>, #{}, #{pool => {default, B}}), P end,
-    %% Wait until the generator has stopped producing.
-    Stopped = fun Stopped(Last, Tries) ->
-        timer:sleep(300),
-        case Produced() of
-            Last -> Last;
-            Now when Tries > 0 -> Stopped(Now, Tries - 1);
-            Now -> ct:fail({still_producing, Now})
-        end
-    end,
-    Final = Stopped(Produced(), 30),
-    {message_queue_len, Backlog} = erlang:process_info(Sleeper, message_queue_len),
+    {Sleeper, Final, Backlog} = unread_streams(B, 1, 30),
     ct:log("produced ~b, owner's backlog ~b", [Final, Backlog]),
     ?assert(Backlog < 20000),
     ?assert(Final < 40000),
@@ -409,32 +394,34 @@ relay_flow_control_many_streams(Config) ->
     erlpy_test:doc("owner on A never reads 40 streams on B: the relays share one budget, so "
                    "the backlog is bounded per owner, not per stream (it was 40 x 8192)"),
     B = peer_node(?config(b, Config)),
-    ok = py:exec(helpers(), #{pool => {default, B}}),
-    ok = py:exec(<<"produced = 0">>, #{pool => {default, B}}),
-    Sleeper = spawn(fun() -> receive stop -> ok end end),
-    Refs = [begin
-                {ok, Ref} = py:stream_start('__main__', counting, [],
-                                            #{pool => {default, B}, owner => Sleeper}),
-                Ref
-            end || _ <- lists:seq(1, 40)],
-    Produced = fun() -> {ok, P} = py:eval(<<"produced">>, #{}, #{pool => {default, B}}), P end,
-    Stopped = fun Stopped(Last, Tries) ->
-        timer:sleep(300),
-        case Produced() of
-            Last -> Last;
-            Now when Tries > 0 -> Stopped(Now, Tries - 1);
-            Now -> ct:fail({still_producing, Now})
-        end
-    end,
-    Final = Stopped(Produced(), 60),
-    {message_queue_len, Backlog} = erlang:process_info(Sleeper, message_queue_len),
+    {Sleeper, Final, Backlog} = unread_streams(B, 40, 60),
     ct:log("40 streams: produced ~b, owner's backlog ~b", [Final, Backlog]),
     %% The owner's budget: 8192 * (1 + ln 40) + 40 * 32, about 40k; per stream it was 330k.
     ?assert(Backlog < 60000),
     ?assert(Backlog > 0),
     exit(Sleeper, kill),
-    _ = Refs,
     ok = idle({default, B}).
+
+%% N endless streams on B to an owner on A that never reads, once B's generators have
+%% stopped producing (checked every 300 ms, Tries times): {Owner, Produced, Backlog}.
+unread_streams(B, N, Tries) ->
+    ok = py:exec(helpers(), #{pool => {default, B}}),
+    ok = py:exec(<<"produced = 0">>, #{pool => {default, B}}),
+    Sleeper = spawn(fun() -> receive stop -> ok end end),
+    [{ok, _} = py:stream_start('__main__', counting, [], #{pool => {default, B}, owner => Sleeper})
+     || _ <- lists:seq(1, N)],
+    Produced = fun() -> {ok, P} = py:eval(<<"produced">>, #{}, #{pool => {default, B}}), P end,
+    Stopped = fun Stopped(Last, Left) ->
+        timer:sleep(300),
+        case Produced() of
+            Last -> Last;
+            Now when Left > 0 -> Stopped(Now, Left - 1);
+            Now -> ct:fail({still_producing, Now})
+        end
+    end,
+    Final = Stopped(Produced(), Tries),
+    {message_queue_len, Backlog} = erlang:process_info(Sleeper, message_queue_len),
+    {Sleeper, Final, Backlog}.
 
 %%====================================================================
 %% Cluster pools

@@ -708,3 +708,12 @@ def test_a_malformed_call_read_by_the_idle_main_thread_is_reported(worker: Worke
     assert worker.answer(777)[:3] == [P.ERROR, 777, "TypeError"]
     assert worker.run("one") == 1
     assert worker.proc.poll() is None
+
+
+def test_a_main_function_rebound_by_user_code_is_called_anew(worker: Worker) -> None:
+    # Names of __main__ are cached for speed, but only while __main__ still holds the same
+    # object: user code (not only exec) may rebind them.
+    worker.exec("def f():\n    return 1\ndef rebind():\n    global f\n    f = lambda: 2\n")
+    assert worker.run("f") == 1
+    worker.run("rebind")
+    assert worker.run("f") == 2
