@@ -211,12 +211,7 @@ python_killed_makes_stale(_Config) ->
     {ok, 1} = py:call_method(Acc, add, []),
     [OsPid] = erlpy_test:os_pids(?POOL),
     os:cmd("kill -9 " ++ integer_to_list(OsPid)),
-    erlpy_test:wait_until(fun() ->
-        case erlpy_test:os_pids(?POOL) of
-            [New] when is_integer(New), New =/= OsPid -> true;
-            _ -> false
-        end
-    end),
+    wait_replaced(OsPid),
     {ok, Acc2} = new_acc(<<"k2">>),
     {error, {stale_ref, _}} = py:call_method(Acc, add, []),
     {error, {stale_ref, _}} = py:call('__main__', total_of, [Acc]),
@@ -430,12 +425,7 @@ session_ends_with_python(_Config) ->
     [OsPid] = erlpy_test:os_pids(?POOL),
     {error, {worker_exited, _}} =
         py:eval(<<"__import__('os')._exit(3)">>, #{}, #{session => S}),
-    erlpy_test:wait_until(fun() ->
-        case erlpy_test:os_pids(?POOL) of
-            [New] when is_integer(New), New =/= OsPid -> true;
-            _ -> false
-        end
-    end),
+    wait_replaced(OsPid),
     {error, session_ended} = py:eval(<<"x">>, #{}, #{session => S}),
     {error, session_ended} = py:exec(<<"x = 2">>, #{session => S}),
     {ok, S2} = py:session_start(#{pool => ?POOL}),
@@ -555,3 +545,12 @@ failed_reload_keeps_old_code_everywhere(Config) ->
     {error, {python, <<"ModuleNotFoundError">>, _, _}} = py:reload(no_such_module, #{pool => ?POOL}),
     {error, {badarg, _}} = py:reload(42, #{pool => ?POOL}),
     {error, {no_pool, nopool}} = py:reload(json, #{pool => nopool}).
+
+%% Wait until the pool's one worker runs a Python other than OsPid.
+wait_replaced(OsPid) ->
+    erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(?POOL) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end).
