@@ -6,6 +6,10 @@
 -export([find/1, open/1, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1,
          package_parent/0]).
 
+%% How long kill_group/1 gives Python's supervisor to end everything before it kills the
+%% process group itself (ms). It kills at once: this only bounds a supervisor that cannot.
+-define(SUPERVISOR_WAIT, 2000).
+
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
 -spec find(undefined | string() | binary()) -> {ok, string()} | {error, term()}.
@@ -78,26 +82,48 @@ spawn_python(Python, Options) ->
             }}
     end.
 
-%% @doc Close the port and make sure Python is gone: it exits at end of file, but user code
-%% may block its event loop.
+%% @doc End Python and everything it started (kill_group/1), then close the port: Python
+%% would exit at end of file, but user code may block its event loop.
 -spec close(port() | undefined, non_neg_integer() | undefined) -> ok.
 close(undefined, _) ->
     ok;
 close(Port, OsPid) ->
+    kill_group(OsPid),
     catch port_close(Port),
-    kill_group(OsPid).
+    ok.
 
-%% @doc Kill Python and everything it started: it leads its own process group (the port
-%% program starts in a new session), and its children stay in it unless they leave on
-%% purpose. Python's watchdog does the same when the port closes without us
-%% (docs/reliability.md).
+%% @doc Kill Python and everything it started. The port's process is Python's supervisor
+%% (_boot.py): at SIGTERM it kills, at once, everything below it, which is everything
+%% Python started, even what left the process group (it is their subreaper), and exits
+%% with Python's status. Then, in case it could not (or this is not Linux), the group.
+%% The supervisor does the same when the port closes without us (docs/reliability.md).
 -spec kill_group(non_neg_integer() | undefined) -> ok.
 kill_group(undefined) ->
     ok;
 kill_group(OsPid) ->
     Pid = integer_to_list(OsPid),
+    _ = os:cmd("kill -TERM " ++ Pid ++ " 2>/dev/null"),
+    await_exit(OsPid, ?SUPERVISOR_WAIT div 5),
     _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"),
     ok.
+
+%% Wait (5 ms at a time) until process OsPid has exited: its /proc entry is gone or a
+%% zombie. Where there is no /proc, it does not wait.
+-spec await_exit(non_neg_integer(), non_neg_integer()) -> ok.
+await_exit(_, 0) ->
+    ok;
+await_exit(OsPid, Tries) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+        {ok, Stat} ->
+            %% The state follows the name, which is in parentheses and may hold any.
+            {Close, 1} = lists:last(binary:matches(Stat, <<")">>)),
+            case binary:part(Stat, Close + 2, 1) of
+                State when State =:= <<"Z">>; State =:= <<"X">> -> ok;
+                _ -> timer:sleep(5), await_exit(OsPid, Tries - 1)
+            end;
+        {error, _} ->
+            ok
+    end.
 
 %% @doc After Python's exit: only the group, as its pid may already belong to another
 %% process.

@@ -251,7 +251,12 @@ frame(Frame, State, #data{none_atom = NoneAtom, new_atom = NewAtom} = D) ->
                          {starting, booting} -> {starting, replaying};
                          _ -> State
                      end,
-            frame(Rest, State1, D#data{python = maps:get(<<"python">>, Info, <<>>)});
+            PythonPid = case maps:get(<<"os_pid">>, Info, undefined) of
+                            Pid when is_integer(Pid) -> Pid;
+                            _ -> D#data.os_pid
+                        end,
+            frame(Rest, State1, D#data{python = maps:get(<<"python">>, Info, <<>>),
+                                       python_pid = PythonPid});
         {Message, Rest} ->
             frame(Rest, State, ?IO:message(Message, D));
         malformed ->
@@ -302,7 +307,8 @@ recycle(D) ->
 boot(#data{meta = Meta} = D) ->
     case erlpy_python:open(Meta) of
         {ok, Port, OsPid} ->
-            {{starting, booting}, setup(D#data{port = Port, os_pid = OsPid, start_error = undefined})};
+            {{starting, booting}, setup(D#data{port = Port, os_pid = OsPid, python_pid = undefined,
+                                               start_error = undefined})};
         {error, Reason} ->
             {failed, start_failed(Reason, D)}
     end.
@@ -350,7 +356,7 @@ python_exited(State, Detail0, D0) ->
             next(failed, start_failed(Error, ?IO:fail_all({python_start_failed, Error}, D)));
         _ ->
             ?LOG_WARNING(#{what => python_exited, pool => D#data.pool, worker => D#data.index,
-                           os_pid => D#data.os_pid, detail => Detail}),
+                           os_pid => ?IO:python_pid(D), detail => Detail}),
             D1 = ?IO:fail_all({worker_exited, Detail}, D),
             Crashes =
                 case From of
@@ -387,7 +393,7 @@ worker_info(State, D) ->
     #{
         index => D#data.index,
         pid => self(),
-        os_pid => D#data.os_pid,
+        os_pid => ?IO:python_pid(D),
         state => case State of
                      {starting, _} -> starting;
                      draining -> ready;

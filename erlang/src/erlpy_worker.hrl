@@ -8,7 +8,10 @@
     none_atom :: atom(),
     new_atom :: erlpy_codec:new_atom_fun(),
     port :: port() | undefined,
+    %% The port's process: Python's supervisor (_boot.py), which leads its process group.
     os_pid :: non_neg_integer() | undefined,
+    %% Python's own process, the supervisor's child, as its READY said (py:info's os_pid).
+    python_pid :: non_neg_integer() | undefined,
     python = <<>> :: binary(),
     start_error :: term(),
     table = erlpy_inflight:new() :: erlpy_inflight:table(),

@@ -8,7 +8,7 @@
 
 -export([release/2, down/2, drop_handles/1]).
 -export([accept/2, perform/2, effects/2, recheck_owner/2, fail_all/2, internal/3, message/2,
-         enqueue/2, flush/1, encode/2]).
+         enqueue/2, flush/1, encode/2, python_pid/1]).
 
 -include("erlpy_protocol.hrl").
 -include("erlpy_worker.hrl").
@@ -268,7 +268,7 @@ log(Level0, Text, D) ->
     %% No `domain': OTP's default handler drops events of domains other than otp/sasl,
     %% and a print() in Python should show up where Erlang's own logs do.
     logger:log(Level, "~ts", [Text], #{pool => D#data.pool, worker => D#data.index,
-                                       os_pid => D#data.os_pid}),
+                                       os_pid => python_pid(D)}),
     D.
 
 %%====================================================================
@@ -303,3 +303,8 @@ flush(#data{port = Port, out = Out} = D) ->
 -spec encode(list(), #data{}) -> iodata().
 encode(Message, #data{none_atom = NoneAtom}) ->
     erlpy_frame:encode(Message, NoneAtom).
+
+%% @doc Python's process: its own once it said READY, else the port's (its supervisor's).
+-spec python_pid(#data{}) -> non_neg_integer() | undefined.
+python_pid(#data{python_pid = undefined, os_pid = OsPid}) -> OsPid;
+python_pid(#data{python_pid = Pid}) -> Pid.

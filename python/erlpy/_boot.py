@@ -6,6 +6,8 @@ Erlang as a FATAL message naming the module and the interpreter, instead of a ba
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def _fatal(detail: dict[str, str]) -> None:
@@ -44,15 +46,7 @@ def main() -> None:
             }
         )
     in_fd, out_fd = _move_protocol()
-    _start_watchdog(in_fd)
-    try:
-        import ctypes
-        import signal
-
-        # Die with the VM even if the pipe never reports EOF (Linux: parent-death signal).
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    _split_off_supervisor(in_fd)
 
     from erlpy import erlang
     from erlpy._runtime import Runtime
@@ -80,67 +74,183 @@ def _move_protocol() -> tuple[int, int]:
     return in_fd, out_fd
 
 
-def _start_watchdog(in_fd: int) -> None:
-    """Fork a watchdog that ends this process group (Python and anything it started that
-    stayed in the group) once Python exits or Erlang closes the pipe, even while Python
-    holds the GIL in C. Forked twice, so it is not Python's child (the user's os.wait()
-    never sees it), and before any thread exists."""
+def _split_off_supervisor(in_fd: int) -> None:
+    """Fork: the child goes on as the worker (it returns from here) and this process, the
+    port's, stays behind as its supervisor, until the child exits or Erlang closes the
+    pipe; then it ends everything the worker started and exits with the worker's status.
+
+    The supervisor leads the process group and is a child subreaper (Linux), so whatever
+    the worker starts stays in its tree even if it leaves the group (``setsid``,
+    ``start_new_session=True``, a double-forked daemon): an orphan is re-parented to the
+    supervisor, not to init. Forked before any thread exists; the worker's ``os.wait()``
+    never sees the supervisor (it is its parent, not its child)."""
+    import signal
+
     pid = os.getpid()
     if os.getpgid(0) != pid:
         try:
             os.setsid()  # erl_child_setup already did; a plain `python _boot.py` did not
         except OSError:
             pass
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     try:
         child = os.fork()
     except OSError:
-        return  # no watchdog, but a worker all the same
-    if child:
-        os.waitpid(child, 0)
+        return  # no supervisor, but a worker all the same
+    if child == 0:
+        # Die with the supervisor, even while holding the GIL in C; it may have died
+        # before we asked.
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != pid:
+            os._exit(1)
         return
     try:
-        if os.fork() == 0:
-            _watch(pid, in_fd)
+        _supervise(child, in_fd)
     finally:
-        os._exit(0)
+        os._exit(1)
 
 
-def _watch(pid: int, in_fd: int) -> None:
+class _Stop(Exception):
+    """SIGTERM: Erlang stops this worker (erlpy_python:kill_group/1)."""
+
+
+def _supervise(child: int, in_fd: int) -> None:
+    """Wait for the worker to exit, Erlang to close the pipe, or SIGTERM (Erlang stops the
+    worker); then end the tree and exit with the worker's status."""
     import select
+    import signal
+
+    # Hold nothing but the read end: a held write end would hide the worker's death from
+    # Erlang, and the supervisor never reads (it would steal the protocol's bytes).
+    os.dup2(in_fd, 0)
+    os.closerange(1, os.sysconf("SC_OPEN_MAX"))
+    status: list[int] = []  # the worker's wait status, once reaped
+
+    def reap(*_: Any) -> None:
+        """Reap every child that exited: orphans of the worker's tree end here."""
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == child:
+                status.append(wait_status)
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, stop)
+    poller = select.poll()
+    poller.register(0, 0)  # POLLHUP once Erlang has closed its end
+    try:
+        pidfd = os.pidfd_open(child)
+    except (OSError, AttributeError):
+        pidfd = -1  # no pidfd (old kernel, not Linux): look every 200 ms instead
+    else:
+        poller.register(pidfd, select.POLLIN)  # readable once the worker has exited
+    grace = 0.0
+    try:
+        reap()
+        while not status:
+            events = poller.poll(None if pidfd >= 0 else 200)
+            if any(fd == 0 for fd, _ in events):
+                grace = 1.0  # Erlang closed the pipe: SIGTERM first, as at a shutdown
+                break
+            reap()
+            if any(fd == pidfd for fd, _ in events):
+                break
+    except _Stop:
+        grace = 0.0
+    _end_tree(grace, reap)
+    while not status:
+        try:
+            status.append(os.waitpid(child, 0)[1])
+        except ChildProcessError:
+            break  # reaped meanwhile, by reap()
+    code = os.waitstatus_to_exitcode(status[0]) if status else 1
+    os._exit(code if code >= 0 else 128 - code)  # killed by a signal: as a shell says it
+
+
+def _end_tree(grace: float, reap: Callable[[], None]) -> None:
+    """End every process below this one (and any left in its group): with a ``grace``,
+    SIGTERM and up to that many seconds to exit (cut short by a SIGTERM to this process);
+    then SIGKILL, again until none is left (a process that forks meanwhile leaves its
+    child to this subreaper, and the next round)."""
     import signal
     import time
 
-    # Hold nothing but the read end: a held write end would hide Python's death from
-    # Erlang, and the watchdog never reads (it would steal the protocol's bytes).
-    os.dup2(in_fd, 0)
-    os.closerange(1, os.sysconf("SC_OPEN_MAX"))
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
-    poller = select.poll()
-    poller.register(0, 0)  # POLLHUP once Erlang has closed its end
-    alive = True
-    pidfd = -1
+    me = os.getpid()
     try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        alive = False  # already gone: act at once
-    except (OSError, AttributeError):
-        pass  # no pidfd (old kernel): check the pid every 200 ms instead
-    else:
-        poller.register(pidfd, select.POLLIN)  # readable once Python has exited
-    while alive and not poller.poll(None if pidfd >= 0 else 200):
+        if grace:
+            _signal(_below(me), signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while _below(me) and time.monotonic() < deadline:
+                time.sleep(0.01)
+                reap()
+    except _Stop:
+        pass  # Erlang is stopping the worker: no more grace
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(1000):
+        pids = _below(me)
+        if not pids:
+            return
+        _signal(pids, signal.SIGKILL)
+        time.sleep(0.001)
+        reap()
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
+            os.kill(pid, signum)
+        except OSError:
             pass
+
+
+def _below(root: int) -> list[int]:
+    """The live processes below ``root`` and those left in its group (Linux /proc; else
+    the group only, signalled as a whole)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-        time.sleep(1)  # the group's grace to exit cleanly
-        os.killpg(pid, signal.SIGKILL)  # the watchdog too: it is in the group
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
-        pass
+        return []
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if fields[0] in (b"Z", b"X") or pid == root:
+            continue
+        children.setdefault(int(fields[1]), []).append(pid)
+        if int(fields[2]) == root:
+            found.add(pid)
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return sorted(found)
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(option, value)
+    except (OSError, AttributeError):
+        pass  # not Linux
 
 
 if __name__ == "__main__":

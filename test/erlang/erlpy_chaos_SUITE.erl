@@ -109,7 +109,7 @@ chaos(Config) ->
     Sampler ! {stop, self()},
     Seen = receive {sampled, S} -> S after 5000 -> [] end,
     Counts = count(Reports),
-    ct:log("chaos for ~b s: actions ~p~nresults ~p~nPythons seen ~p",
+    ct:log("chaos for ~b s: actions ~p~nresults ~p~nprocess groups of the Pythons seen ~p",
            [Seconds, Actions, maps:without([problems], Counts), Seen]),
     ct:log("first problems: ~p", [lists:sublist(maps:get(problems, Counts), 30)]),
     ok = py:stop_pool(?POOL),
@@ -345,7 +345,7 @@ outcome({ok, _}) -> ok;
 outcome({error, {E, _}}) -> E;
 outcome({error, E}) -> E.
 
-%% Every OS pid the pool's workers have had.
+%% The process group of every Python the pool's workers have had.
 sampler(Seen) ->
     receive
         {stop, From} -> From ! {sampled, lists:sort(sets:to_list(Seen))}
@@ -354,7 +354,9 @@ sampler(Seen) ->
                    L when is_list(L) -> [P || P <- L, is_integer(P)];
                    _ -> []
                end,
-        sampler(lists:foldl(fun sets:add_element/2, Seen, Pids))
+        %% The process group of each: its supervisor's, which everything it starts is in.
+        Groups = [G || P <- Pids, is_integer(G = erlpy_test:pgid(P))],
+        sampler(lists:foldl(fun sets:add_element/2, Seen, Groups))
     end.
 
 %%====================================================================

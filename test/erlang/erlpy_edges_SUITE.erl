@@ -51,6 +51,7 @@ all() ->
         close_fd_3,
         close_fd_4,
         children_end_with_pool,
+        escaped_children_end_with_python,
         children_end_with_vm,
         exec_survives_restart_during_exec,
         exec_survives_pool_server_restart,
@@ -169,7 +170,8 @@ child_holding_fds(Config, Spawn) ->
     O = #{pool => P, timeout => 5000},
     [OsPid] = erlpy_test:os_pids(P),
     {ok, _} = py:call(?M, Spawn, [30], #{}, O),
-    Children = erlpy_test:group_members([OsPid]) -- [OsPid],
+    Group = erlpy_test:pgid(OsPid),
+    Children = erlpy_test:group_members([Group]) -- [OsPid, Group],
     ct:log("worker ~b, children ~p", [OsPid, Children]),
     ?assertNotEqual([], Children),
     {ok, Ref} = py:stream_start(?M, ticks, [0.001], #{pool => P, window => 10}),
@@ -517,22 +519,45 @@ worker_exited(_) -> false.
 %%====================================================================
 
 children_end_with_pool(Config) ->
-    erlpy_test:doc("a forked child, os.system('sleep 300 &') and a Popen child that ignores "
-                   "SIGTERM: after stop_pool none is alive within 3 s, and the worker's process "
-                   "group is empty"),
+    erlpy_test:doc("a forked child, os.system('sleep 300 &'), a Popen child that ignores "
+                   "SIGTERM, and two that left the process group (start_new_session=True, a "
+                   "double-forked setsid daemon): after stop_pool none is alive within 3 s, "
+                   "and the worker's process group is empty"),
     P = start_pool(Config, #{size => 1}),
     [OsPid] = erlpy_test:os_pids(P),
-    Children = make_children(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
-                             ?config(dir, Config)),
-    Group = erlpy_test:group_members([OsPid]),
-    ct:log("worker ~b, children ~p, its process group ~p", [OsPid, Children, Group]),
+    Call = fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
+    Children = make_children(Call, ?config(dir, Config)),
+    Escaped = make_escaped(Call),
+    Pgid = erlpy_test:pgid(OsPid),
+    Group = erlpy_test:group_members([Pgid]),
+    ct:log("worker ~b, children ~p, escaped ~p, its process group ~b: ~p",
+           [OsPid, Children, Escaped, Pgid, Group]),
     [?assert(lists:member(C, Group)) || C <- Children],
     ok = py:stop_pool(P),
-    Alive = wait_gone(Children ++ [OsPid], now_ms() + 3000),
-    Left = erlpy_test:wait_groups_empty([OsPid], 1000),
+    Alive = wait_gone(Children ++ Escaped ++ [OsPid], now_ms() + 3000),
+    Left = erlpy_test:wait_groups_empty([Pgid], 1000),
     ct:log("alive 3 s after stop_pool: ~p; left in the process group: ~p", [Alive, Left]),
     ?assertEqual([], Alive),
     ?assertEqual([], Left).
+
+escaped_children_end_with_python(Config) ->
+    erlpy_test:doc("children that left the process group (start_new_session=True, a "
+                   "double-forked setsid daemon), then kill -9 of Python: they are gone "
+                   "when the worker has restarted, and the new Python answers"),
+    P = start_pool(Config, #{size => 1}),
+    [OsPid] = erlpy_test:os_pids(P),
+    Escaped = make_escaped(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end),
+    kill9(OsPid),
+    ok = erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(P) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end, 10000),
+    ?assertMatch({ok, _}, py:call(?M, sleep_return, [0, up], #{}, #{pool => P})),
+    Alive = [C || C <- Escaped, erlpy_test:os_pid_alive(C)],
+    ct:log("escaped children ~p; alive once the worker restarted: ~p", [Escaped, Alive]),
+    ?assertEqual([], Alive).
 
 children_end_with_vm(Config) ->
     erlpy_test:doc("the same children made by a pool on a peer node: when that node halts, "
@@ -550,14 +575,13 @@ children_end_with_vm(Config) ->
                        [erlpy, pools, #{default => pool_opts(Config, #{size => 1})}]),
         {ok, _} = erpc:call(Node, application, ensure_all_started, [erlpy], 30000),
         #{workers := [#{os_pid := OsPid}]} = erpc:call(Node, py, info, [default]),
-        Children = make_children(fun(F, A) -> erpc:call(Node, py, call, [?M, F, A]) end,
-                                 ?config(dir, Config)),
+        Call = fun(F, A) -> erpc:call(Node, py, call, [?M, F, A]) end,
+        Children = make_children(Call, ?config(dir, Config)) ++ make_escaped(Call),
         ct:log("peer's Python ~b, its children ~p", [OsPid, Children]),
         T0 = now_ms(),
         erpc:cast(Node, erlang, halt, []),
         Alive = wait_gone([OsPid | Children], T0 + 5000),
-        ct:log("alive 5 s after the node halted: ~p; left in the process group: ~p",
-               [Alive, erlpy_test:group_members([OsPid])]),
+        ct:log("alive 5 s after the node halted: ~p", [Alive]),
         ?assertEqual([], Alive)
     after
         catch peer:stop(Peer),
@@ -574,6 +598,15 @@ make_children(Call, Dir) ->
     Children = [Forked, Shelled, Stubborn],
     ?assert(lists:all(fun erlpy_test:os_pid_alive/1, Children)),
     Children.
+
+%% Children that left the worker's process group: a new session, and a daemon (setsid,
+%% forked twice: nobody's child once its parent exited).
+make_escaped(Call) ->
+    {ok, Session} = Call(session_sleeper, [300]),
+    {ok, Daemon} = Call(daemon_sleeper, [300]),
+    Escaped = [Session, Daemon],
+    ?assert(lists:all(fun erlpy_test:os_pid_alive/1, Escaped)),
+    Escaped.
 
 ensure_distribution() ->
     case node() of
@@ -963,6 +996,26 @@ def system_sleeper(seconds, pidfile):
     os.system(f'sleep {seconds} > /dev/null 2>&1 & echo $! > {pidfile}')
     with open(pidfile) as f:
         return int(f.read())
+
+
+def session_sleeper(seconds):
+    return subprocess.Popen(['sleep', str(seconds)], start_new_session=True).pid
+
+
+def daemon_sleeper(seconds):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        pid = os.fork()
+        if pid == 0:
+            os.execvp('sleep', ['sleep', str(seconds)])
+        os.write(w, str(pid).encode())
+        os._exit(0)
+    os.close(w)
+    pid = int(os.read(r, 32))
+    os.close(r)
+    os.wait()
+    return pid
 
 
 def popen_stubborn(seconds):

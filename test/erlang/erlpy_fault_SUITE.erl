@@ -568,7 +568,7 @@ flush_after_port_closed_crashes_worker(Config) ->
                    "to a port that closed because Python died"),
     P = start_pool(Config, #{size => 1}),
     [#{pid := Worker, os_pid := OsPid}] = erlpy_test:workers(P),
-    [Port] = [Pt || Pt <- erlang:ports(), erlang:port_info(Pt, os_pid) =:= {os_pid, OsPid}],
+    [Port] = [Pt || Pt <- erlang:ports(), erlang:port_info(Pt, connected) =:= {connected, Worker}],
     ok = sys:suspend(Worker),
     Call = call_job(P, echo, []),
     ok = erlpy_test:wait_until(fun() ->

@@ -9,9 +9,9 @@
 %% process, or a clean init:stop/0. Every Python must be gone within a few seconds (the
 %% cases wait up to 10 s and log how long it took).
 %%
-%% How: Python exits when its pipe closes, and _boot.py asks the kernel for SIGKILL when
-%% its parent (the VM's erl_child_setup) dies, which covers a Python that cannot run any
-%% code of its own any more (the GIL case).
+%% How: Python exits when its pipe closes, and its supervisor (the port's process, see
+%% _boot.py) ends it when the pipe closes, with SIGTERM then SIGKILL, which covers a Python
+%% that cannot run any code of its own any more (the GIL case).
 -module(erlpy_orphans_SUITE).
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").

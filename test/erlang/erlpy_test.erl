@@ -4,7 +4,7 @@
          python/0, start_app/0, os_pid_alive/1, start_app_with_path/1, restore_app/1,
          take/2, take/3, catch_all/1, pmap/2, nest/2,
          workers/1, os_pids/1, in_flight/1, restarts/1,
-         os_processes/0, group_members/1, wait_groups_empty/2, kill_tagged/2]).
+         os_processes/0, group_members/1, wait_groups_empty/2, kill_tagged/2, pgid/1]).
 
 %% A one-line description of a test case, shown in the CT log (as ranch's ct_helper does).
 doc(Text) -> ct:comment(Text), ct:log("~ts", [Text]).
@@ -136,6 +136,14 @@ wait_groups_empty_until(Pgids, Deadline) ->
 %% Live (not zombie) processes whose process group is one of Pgids.
 group_members(Pgids) ->
     [Pid || {Pid, Pgid, State} <- os_processes(), lists:member(Pgid, Pgids), State =/= $Z].
+
+%% The process group of OS process Pid (a worker's Python: its supervisor's pid), or
+%% undefined if it is gone.
+pgid(Pid) ->
+    case [G || {P, G, _} <- os_processes(), P =:= Pid] of
+        [G] -> G;
+        [] -> undefined
+    end.
 
 %% {Pid, Pgid, State} of every process, from /proc/PID/stat.
 os_processes() ->

@@ -59,13 +59,15 @@ class Worker:
             )
         os.close(to_py_r)
         os.close(from_py_w)
-        self.pid = self.proc.pid
+        # The port's process is the supervisor (_boot.py); Python runs in its child.
+        self.supervisor = self.proc.pid
         self._unpacker = new_unpacker()
         self._buffer = b""
         self._inbox: list[list[Any]] = []
         self._ids = iter(range(1, 1 << 30))
         ready = self.receive(lambda m: m[0] == P.READY)
-        assert ready[1]["os_pid"] == self.pid
+        self.pid: int = ready[1]["os_pid"]
+        assert _stat(self.pid) is not None and _stat(self.pid)[2] == self.supervisor  # type: ignore[index]
         assert self.answer(self.send(P.SETUP, None, {})) == [P.RESULT, 1, None]
 
     # --- the Erlang side ------------------------------------------------------
@@ -138,7 +140,7 @@ class Worker:
             except OSError:
                 pass
         try:
-            os.killpg(self.pid, signal.SIGKILL)
+            os.killpg(self.supervisor, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(TIMEOUT)
@@ -151,7 +153,7 @@ class Worker:
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (stat := _stat(int(entry))) is not None:
                 comm, state, ppid, pgid = stat
-                if pgid == self.pid and state not in "ZX":
+                if pgid == self.supervisor and state not in "ZX":
                     found[int(entry)] = (ppid, comm)
         return found
 
@@ -389,47 +391,107 @@ def test_a_lost_protocol_fd_exits_non_zero(worker: Worker) -> None:
     assert "cannot read from Erlang" in worker.stderr()
 
 
-# --- the watchdog ------------------------------------------------------------------
+# --- the supervisor ----------------------------------------------------------------
 
 SLEEPER = "import subprocess\ndef sleeper(): return subprocess.Popen(['sleep', '300']).pid\n"
+# Processes that leave the worker's process group: a new session, and a daemon that
+# double-forks (its parent exits at once, so it is nobody's child).
+ESCAPERS = dedent(
+    """
+    import os, subprocess
+    def session():
+        return subprocess.Popen(['sleep', '300'], start_new_session=True).pid
+    def daemon():
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                os.execvp('sleep', ['sleep', '300'])
+            os.write(w, str(pid).encode())
+            os._exit(0)
+        os.close(w)
+        pid = int(os.read(r, 32))
+        os.close(r)
+        os.wait()
+        return pid
+    """
+)
 
 
-def test_the_watchdog_is_no_child_and_holds_only_the_read_end(worker: Worker) -> None:
-    assert os.getpgid(worker.pid) == worker.pid
-    watchdogs = [pid for pid in worker.group() if pid != worker.pid]
-    assert len(watchdogs) == 1
-    assert worker.group()[watchdogs[0]][0] != worker.pid
+def _escapers(worker: Worker) -> list[int]:
+    worker.exec(ESCAPERS)
+    pids = [worker.run("session"), worker.run("daemon")]
+    for pid in pids:
+        assert alive(pid)
+        assert os.getpgid(pid) != worker.supervisor  # they did leave the group
+    return pids
+
+
+def test_the_supervisor_is_the_parent_and_holds_only_the_read_end(worker: Worker) -> None:
+    assert os.getpgid(worker.supervisor) == worker.supervisor
+    assert set(worker.group()) == {worker.supervisor, worker.pid}
     fds = {
-        fd: os.readlink(f"/proc/{watchdogs[0]}/fd/{fd}")
-        for fd in os.listdir(f"/proc/{watchdogs[0]}/fd")
+        fd: os.readlink(f"/proc/{worker.supervisor}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{worker.supervisor}/fd")
     }
     # Erlang's pipe to Python, never the way back (Erlang must see EOF when Python dies),
     # and a pidfd of Python where the kernel has them.
     assert fds.pop("0") == f"pipe:[{os.fstat(worker.to_py).st_ino}]"
     assert set(fds.values()) <= {"anon_inode:[pidfd]"}
+    # Python has no child of erlpy's that user code could wait for.
     error = worker.answer(worker.send(P.EVAL, "__import__('os').waitpid(-1, 1)", {}))
     assert error[:3] == [P.ERROR, error[1], "ChildProcessError"]
 
 
-def test_the_watchdog_ends_the_group_when_erlang_closes_the_pipe(worker: Worker) -> None:
+def test_orphans_of_python_are_the_supervisors_and_reaped(worker: Worker) -> None:
+    daemon = _escapers(worker)[1]
+    assert _stat(daemon)[2] == worker.supervisor  # type: ignore[index]
+    os.kill(daemon, signal.SIGKILL)
+    # Reaped, not left a zombie for the life of the worker.
+    assert wait_until(lambda: _stat(daemon) is None)
+
+
+def test_the_supervisor_ends_everything_when_erlang_closes_the_pipe(worker: Worker) -> None:
     worker.exec(SLEEPER)
-    sleeper = worker.run("sleeper")
+    pids = [worker.run("sleeper"), *_escapers(worker)]
     os.close(worker.to_py)
-    # Python exits on EOF, unless the watchdog's SIGTERM comes first.
-    assert worker.proc.wait(TIMEOUT) in (0, -signal.SIGTERM)
-    assert wait_until(lambda: not alive(sleeper))
+    # Python exits on EOF, unless the supervisor's SIGTERM comes first.
+    assert worker.proc.wait(TIMEOUT) in (0, 128 + signal.SIGTERM)
+    for pid in pids:
+        assert not alive(pid)
 
 
-def test_the_watchdog_ends_the_group_when_python_is_killed(worker: Worker) -> None:
+def test_the_supervisor_ends_everything_when_python_is_killed(worker: Worker) -> None:
     worker.exec(SLEEPER)
-    sleeper = worker.run("sleeper")
+    pids = [worker.run("sleeper"), *_escapers(worker)]
     os.kill(worker.pid, signal.SIGKILL)
-    assert worker.proc.wait(TIMEOUT) == -signal.SIGKILL
-    assert wait_until(lambda: not alive(sleeper))
-    assert wait_until(lambda: not worker.group())  # the watchdog too, after its grace
+    # The port sees Python's status, once what Python started is gone.
+    assert worker.proc.wait(TIMEOUT) == 128 + signal.SIGKILL
+    for pid in pids:
+        assert not alive(pid)
+    assert not worker.group()
 
 
-def test_the_watchdog_ends_python_stuck_in_c_when_erlang_closes_the_pipe(
+def test_the_supervisor_ends_everything_at_sigterm_at_once(worker: Worker) -> None:
+    # How erlpy_python:kill_group/1 stops a worker: no grace, even for Python stuck in C.
+    worker.exec(SLEEPER + "import re\ndef stuck(): re.match('(a+)+$', 'a' * 40 + 'b')\n")
+    pids = [worker.run("sleeper"), *_escapers(worker)]
+    worker.call("stuck")
+    start = time.monotonic()
+    os.kill(worker.supervisor, signal.SIGTERM)
+    assert worker.proc.wait(TIMEOUT) == 128 + signal.SIGKILL
+    assert time.monotonic() - start < 0.9  # not the 1 s grace of a closed pipe
+    for pid in [worker.pid, *pids]:
+        assert not alive(pid)
+
+
+def test_python_dies_with_its_supervisor(worker: Worker) -> None:
+    os.kill(worker.supervisor, signal.SIGKILL)
+    assert wait_until(lambda: not alive(worker.pid))
+
+
+def test_the_supervisor_ends_python_stuck_in_c_when_erlang_closes_the_pipe(
     worker: Worker,
 ) -> None:
     worker.exec(
@@ -445,10 +507,10 @@ def test_the_watchdog_ends_python_stuck_in_c_when_erlang_closes_the_pipe(
     worker.call("stuck")
     worker.receive(lambda m: m[0] == P.SEND)
     # The main thread is in the regex soon after the SEND; closing earlier lets the loop
-    # thread see EOF first on a busy machine, and exit 0 before the watchdog acts.
+    # thread see EOF first on a busy machine, and exit 0 before the supervisor acts.
     time.sleep(0.2)
     os.close(worker.to_py)
-    assert worker.proc.wait(TIMEOUT) == -signal.SIGTERM
+    assert worker.proc.wait(TIMEOUT) == 128 + signal.SIGTERM
 
 
 # --- the event loop thread ---------------------------------------------------------
