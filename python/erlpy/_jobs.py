@@ -92,7 +92,7 @@ class Jobs:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a thread that held it at fork time is not here
 
-    def finish(self, job: Job, kind: int, value: Any = None) -> None:
+    def finish(self, job: Job, kind: int, value: Any = None, hold: bool = False) -> None:
         """End a job: send what its stream still holds, then its terminal message, unless
         one was sent already (a cancel may answer a job the main thread is still
         unwinding). Every terminal message goes through here.
@@ -101,6 +101,7 @@ class Jobs:
             job: the job; it leaves the table.
             kind: ``P.RESULT`` (``value`` is the result), ``P.ERROR`` (the exception),
                 ``P.FAIL`` (an erlpy error term, e.g. ``CANCELLED``) or ``P.DONE``.
+            hold: a result may wait to go with the next frame (FrameWriter.hold).
         """
         self.table.pop(job.id, None)
         if self._process.forked:
@@ -117,7 +118,11 @@ class Jobs:
             except EncodeError as exc:
                 kind, value = P.ERROR, exc
             else:
-                if self._claim(job):
+                if not self._claim(job):
+                    return
+                if hold:
+                    self._writer.hold(*parts)
+                else:
                     self._writer.send(*parts)
                 return
         if kind != P.FAIL and job.stream is not None:

@@ -169,15 +169,21 @@ class ForkSafeSelector(selectors.BaseSelector):
         epoll = self._epoll
         if epoll is None:
             return False
+        try:
+            epoll.modify(fd, 0)  # a hang-up is still reported: the main thread sees it too
+        except OSError:
+            return False  # user code closed it: the loop thread's read says so (EBADF)
         self._paused = True
-        epoll.modify(fd, 0)  # a hang-up is still reported: the main thread sees it too
         return True
 
     def resume(self, fd: int) -> None:
         """Watch ``fd`` for reading again (see :meth:`pause`)."""
         epoll = self._epoll
         if epoll is not None:
-            epoll.modify(fd, select.EPOLLIN)
+            try:
+                epoll.modify(fd, select.EPOLLIN)
+            except OSError:
+                pass  # user code closed it: the loop thread's read says so (EBADF)
         self._paused = False
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:

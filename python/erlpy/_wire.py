@@ -186,6 +186,22 @@ class FrameWriter:
         if self.enqueue(*parts):
             self.drain()
 
+    def hold(self, *parts: Buffer) -> None:
+        """Queue a message without writing it: it goes with the next frame written (the
+        next :meth:`send`, from any thread, or :meth:`flush`)."""
+        if self._closed:
+            return
+        with self._lock:
+            self._pending.extend(parts)
+
+    def flush(self) -> None:
+        """Write what is queued, unless another thread is writing it already."""
+        with self._lock:
+            if self._writing or not self._pending:
+                return
+            self._writing = True
+        self.drain()
+
     def drain(self) -> None:
         while True:
             with self._lock:

@@ -63,6 +63,7 @@ class Worker:
         self.supervisor = self.proc.pid
         self._unpacker = new_unpacker()
         self._buffer = b""
+        self.frames = 0  # frames read from Python so far
         self._inbox: list[list[Any]] = []
         self._ids = iter(range(1, 1 << 30))
         ready = self.receive(lambda m: m[0] == P.READY)
@@ -79,6 +80,11 @@ class Worker:
 
     def send_raw(self, message: list[Any]) -> None:
         body = pack(message)
+        os.write(self.to_py, len(body).to_bytes(4, "big") + body)
+
+    def send_frame(self, messages: list[list[Any]]) -> None:
+        """Several messages in one frame, as the Erlang worker writes what it has queued."""
+        body = b"".join(pack(message) for message in messages)
         os.write(self.to_py, len(body).to_bytes(4, "big") + body)
 
     def call(self, name: str, *args: Any) -> int:
@@ -127,6 +133,7 @@ class Worker:
             size = int.from_bytes(self._buffer[:4], "big")
             if len(self._buffer) < 4 + size:
                 break
+            self.frames += 1
             self._unpacker.feed(self._buffer[4 : 4 + size])
             self._inbox.extend(self._unpacker)
             self._buffer = self._buffer[4 + size :]
@@ -779,3 +786,56 @@ def test_a_main_function_rebound_by_user_code_is_called_anew(worker: Worker) -> 
     assert worker.run("f") == 1
     worker.run("rebind")
     assert worker.run("f") == 2
+
+
+# --- replies held for the requests behind them ---------------------------------------
+
+
+def test_replies_to_requests_read_together_come_in_few_frames(worker: Worker) -> None:
+    # 40 calls in one frame: the main thread holds each reply while others wait behind
+    # it, and writes them together (at least every 200 us): not one frame per reply.
+    worker.exec("def double(x):\n    return 2 * x\n")
+    assert worker.run("double", 1) == 2
+    jobs = range(5000, 5040)
+    before = worker.frames
+    worker.send_frame([[P.CALL, job, "__main__", "double", [job], {}] for job in jobs])
+    for job in jobs:
+        assert worker.answer(job) == [P.RESULT, job, 2 * job]
+    assert worker.frames - before < len(jobs) // 2
+
+
+@pytest.mark.parametrize("gil", ["released", "held"])
+def test_a_held_reply_does_not_wait_for_a_long_request(
+    worker: Worker, tmp_path: Path, gil: str
+) -> None:
+    # quick() is answered while wait() still runs: its reply, held because wait() was
+    # queued behind it, goes out when the flush timer fires, whether wait() sleeps or
+    # spins in Python code holding the GIL (the loop thread gets it within 5 ms).
+    flag = tmp_path / "go"
+    worker.exec(
+        dedent(
+            """
+            import os, time
+            def quick():
+                return 'quick'
+            def wait(path, spin):
+                end = time.monotonic() + 30
+                while not os.path.exists(path) and time.monotonic() < end:
+                    if spin:
+                        for _ in range(20000):
+                            pass
+                    else:
+                        time.sleep(0.001)
+                return 'done'
+            """
+        )
+    )
+    worker.send_frame(
+        [
+            [P.CALL, 6001, "__main__", "quick", [], {}],
+            [P.CALL, 6002, "__main__", "wait", [str(flag), gil == "held"], {}],
+        ]
+    )
+    assert worker.answer(6001) == [P.RESULT, 6001, "quick"]
+    flag.touch()
+    assert worker.answer(6002) == [P.RESULT, 6002, "done"]
