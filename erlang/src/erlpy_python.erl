@@ -115,11 +115,9 @@ await_exit(_, 0) ->
 await_exit(OsPid, Tries) ->
     case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
         {ok, Stat} ->
-            %% The state follows the name, which is in parentheses and may hold any.
-            {Close, 1} = lists:last(binary:matches(Stat, <<")">>)),
-            case binary:part(Stat, Close + 2, 1) of
-                State when State =:= <<"Z">>; State =:= <<"X">> -> ok;
-                _ -> timer:sleep(5), await_exit(OsPid, Tries - 1)
+            case running(Stat) of
+                true -> timer:sleep(5), await_exit(OsPid, Tries - 1);
+                false -> ok
             end;
         {error, _} ->
             ok
@@ -133,6 +131,21 @@ kill_leftovers(undefined) ->
 kill_leftovers(OsPid) ->
     _ = os:cmd("kill -9 -" ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
     ok.
+
+%% Whether /proc/PID/stat says the process has not exited: its state, after the name in
+%% parentheses (which may hold anything), is not Z(ombie) or X (dead).
+-spec running(binary()) -> boolean().
+running(Stat) ->
+    case binary:matches(Stat, <<")">>) of
+        [] ->
+            false;
+        Matches ->
+            {Close, 1} = lists:last(Matches),
+            case Stat of
+                <<_:(Close + 2)/binary, State, _/binary>> -> State =/= $Z andalso State =/= $X;
+                _ -> false
+            end
+    end.
 
 %% The directory that holds the `erlpy' Python package: `priv/python' of the application
 %% (a link to python/ in a checkout, a copy in a release), else `python/' next to it (the

@@ -20,7 +20,6 @@ import inspect
 import itertools
 import logging
 import threading
-import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn
@@ -30,8 +29,8 @@ from ._batched import Batched
 from ._codec import Atom, EncodeError, pack, thread_packer
 from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
-from ._flush_timer import HOLD, FlushTimer
 from ._handoff import Handoff
+from ._held import HeldReplies
 from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
 from ._names import Resolver, compile_code, kwargs, namespace
@@ -88,10 +87,8 @@ class SyncRunner:
         # a plain sync request, as the next one is likely another.
         self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
         self._reads_when_idle = False
-        # Results held while more requests wait (see _hold_if_queued).
-        self._flush_timer = FlushTimer(loop, writer)
-        self._holding = False
-        self._held_since = 0.0
+        # Results held while more requests wait behind them (_held).
+        self._held = HeldReplies(loop, writer)
         # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
         self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
@@ -102,36 +99,16 @@ class SyncRunner:
     def run_forever(self) -> NoReturn:
         while True:
             if self._queue.empty():
-                self._send_held()
+                self._held.release()
                 if self._reads_when_idle and self.read_while_idle:
                     self._reads_when_idle = self.read_while_idle(self._queue)
             item = self._queue.get()
             if type(item) is Job:
-                self._hold_if_queued()
+                self._held.before_job(not self._queue.empty())
                 self._run(item)
                 # After a request it answered, the next is likely another: read for it.
                 self._reads_when_idle = item.answered and type(item.request) in _PLAIN
             # anything else is a _WAKE nobody waits for any more
-
-    def _hold_if_queued(self) -> None:
-        """Before a job: while others wait behind it, results are held to go out in one
-        frame (_flush_timer), for at most HOLD."""
-        if self._holding:
-            now = time.monotonic()
-            if now - self._held_since > HOLD:  # a long run of requests: send what is held
-                self._writer.flush()
-                self._held_since = now
-                self._flush_timer.arm()
-        elif not self._queue.empty() and self._flush_timer.arm():
-            self._holding = True
-            self._held_since = time.monotonic()
-
-    def _send_held(self) -> None:
-        """Nothing waits any more: send the held results now."""
-        if self._holding:
-            self._holding = False
-            self._flush_timer.disarm()
-            self._writer.flush()
 
     def resume(self, job: Job) -> None:
         """Give a parked sync stream back to the main thread."""
@@ -259,7 +236,7 @@ class SyncRunner:
         """Send a CALLBACK and wait for its reply on the main thread, which keeps running
         sync requests meanwhile: the Erlang function may itself call into this worker
         (re-entrancy), and Erlang may cancel ``job``."""
-        self._send_held()  # the requests it runs meanwhile answer at once
+        self._held.release()  # the requests it runs meanwhile answer at once
         try:
             if job is not None:
                 job.waiting = pending
@@ -339,7 +316,7 @@ class SyncRunner:
         if inspect.isawaitable(result):
             self._loop.call_soon_threadsafe(self._tasks.start_awaitable, job, result)
             return
-        self._jobs.finish(job, P.RESULT, result, self._holding)
+        self._jobs.finish(job, P.RESULT, result, self._held.holding)
 
     def _stream_value(self, job: Job, value: Any) -> None:
         if hasattr(value, "__aiter__") or inspect.isawaitable(value):

@@ -1058,7 +1058,11 @@ async def aendless_counted(path):
 
 def stuck(mark):
     yield 'first'
-    _write(mark, 1)
+    # The mark comes from another thread 0.2 s later, once this one is well inside the
+    # sleep: written just before it, a cancel could land between the two (under load)
+    # and interrupt the generator before it is stuck.
+    import threading
+    threading.Timer(0.2, _write, (mark, 1)).start()
     time.sleep(60)   # C code: not interruptible
     yield 'never'
 

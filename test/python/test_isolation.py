@@ -810,7 +810,7 @@ def test_a_held_reply_does_not_wait_for_a_long_request(
 ) -> None:
     # quick() is answered while wait() still runs: its reply, held because wait() was
     # queued behind it, goes out when the flush timer fires, whether wait() sleeps or
-    # spins in Python code holding the GIL (the loop thread gets it within 5 ms).
+    # spins in Python code holding the GIL (the loop thread gets it within 1 ms).
     flag = tmp_path / "go"
     worker.exec(
         dedent(

@@ -1,13 +1,13 @@
-"""A bound on how long a reply waits for the replies of the requests queued behind it.
+"""Replies held for the requests queued behind them.
 
-When several requests wait for the main thread (a frame brought many), the replies of the
-first ones are held and written in one frame with the later ones: one write and one
-message on the Erlang side instead of one each. A held reply must not wait for a request
-that turns out to be long, so holding arms this timer, and if it fires the loop thread
-writes what is held. The main thread disarms it when it writes them itself.
+When several requests wait for the main thread (a frame brought many), the results of
+the first ones are held and written in one frame with the later ones: one write, and one
+message on the Erlang side, instead of one each. A held result must not wait for a
+request that turns out to be long, so holding arms a timer, and if it fires, the loop
+thread writes what is held. The main thread disarms it when it writes them itself.
 
 The timer is a Linux ``timerfd`` watched by the event loop (through ctypes: ``os`` has no
-``timerfd_create`` before Python 3.13). Where there is none, replies are never held.
+``timerfd_create`` before Python 3.13). Where there is none, results are never held.
 """
 
 from __future__ import annotations
@@ -15,15 +15,47 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import time
 from typing import Final
 
 from ._wire import FrameWriter
 
-# How long a held reply may wait (it waits longer only while the request that runs holds
-# the GIL: the loop thread gets it within the interpreter's switch interval, 5 ms).
+# How long a held result may wait. Longer only while the request that runs holds the GIL:
+# the loop thread gets it within the worker's switch interval (1 ms), unless the request
+# is in C code that keeps it.
 HOLD: Final = 200e-6
 
 _CLOCK_MONOTONIC: Final = 1
+
+
+class HeldReplies:
+    """Whether the main thread holds results now, and the timer that bounds it. Used by the
+    main thread only; the timer's callback runs on the loop thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
+        self._writer = writer
+        self._timer = _FlushTimer(loop, writer)
+        self.holding = False
+        self._since = 0.0
+
+    def before_job(self, more_queued: bool) -> None:
+        """A job is about to run: hold results while others wait behind it."""
+        if self.holding:
+            now = time.monotonic()
+            if now - self._since > HOLD:  # a long run of requests: send what is held
+                self._writer.flush()
+                self._since = now
+                self._timer.arm()
+        elif more_queued and self._timer.arm():
+            self.holding = True
+            self._since = time.monotonic()
+
+    def release(self) -> None:
+        """Nothing waits any more (or the main thread is about to wait): send them now."""
+        if self.holding:
+            self.holding = False
+            self._timer.disarm()
+            self._writer.flush()
 
 
 class _Timespec(ctypes.Structure):
@@ -34,7 +66,7 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-class FlushTimer:
+class _FlushTimer:
     """A one-shot timer: when it fires, the loop thread writes what the writer holds."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
