@@ -95,7 +95,7 @@ close(Port, OsPid) ->
 %% @doc Kill Python and everything it started. The port's process is Python's supervisor
 %% (_boot.py): at SIGTERM it kills, at once, everything below it, which is everything
 %% Python started, even what left the process group (it is their subreaper), and exits
-%% with Python's status. Then, in case it could not (or this is not Linux), the group.
+%% with Python's status. If it has not exited in time (or this is not Linux), the group.
 %% The supervisor does the same when the port closes without us (docs/reliability.md).
 -spec kill_group(non_neg_integer() | undefined) -> ok.
 kill_group(undefined) ->
@@ -103,24 +103,28 @@ kill_group(undefined) ->
 kill_group(OsPid) ->
     Pid = integer_to_list(OsPid),
     _ = os:cmd("kill -TERM " ++ Pid ++ " 2>/dev/null"),
-    await_exit(OsPid, ?SUPERVISOR_WAIT div 5),
-    _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"),
-    ok.
+    case await_exit(OsPid, ?SUPERVISOR_WAIT) of
+        exited -> ok;
+        _ -> _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"), ok
+    end.
 
-%% Wait (5 ms at a time) until process OsPid has exited: its /proc entry is gone or a
-%% zombie. Where there is no /proc, it does not wait.
--spec await_exit(non_neg_integer(), non_neg_integer()) -> ok.
+%% Wait (1 ms at a time, up to Tries ms) until process OsPid has exited: its /proc entry
+%% is gone or a zombie. `unknown' where there is no /proc.
+-spec await_exit(non_neg_integer(), non_neg_integer()) -> exited | timeout | unknown.
 await_exit(_, 0) ->
-    ok;
+    timeout;
 await_exit(OsPid, Tries) ->
     case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
         {ok, Stat} ->
             case running(Stat) of
-                true -> timer:sleep(5), await_exit(OsPid, Tries - 1);
-                false -> ok
+                true -> timer:sleep(1), await_exit(OsPid, Tries - 1);
+                false -> exited
             end;
         {error, _} ->
-            ok
+            case filelib:is_dir("/proc/self") of
+                true -> exited;
+                false -> unknown
+            end
     end.
 
 %% @doc After Python's exit: only the group, as its pid may already belong to another
