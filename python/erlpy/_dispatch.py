@@ -8,6 +8,7 @@ import asyncio
 import functools
 import os
 import threading
+import time
 from typing import Any
 
 from . import _protocol as P
@@ -88,11 +89,43 @@ class Dispatcher:
         self._batcher = batcher
 
     def on_readable(self) -> None:
+        # A turn of the event loop costs more than an async call's own work: while only
+        # the pipe wants the loop thread, it reads the pipe here, back to back.
+        while self._on_readable() and self._wait_inline():
+            pass
+
+    def _wait_inline(self) -> bool:
+        """After a read, with nothing else for the loop to do, poll here for up to poll_us
+        instead of going back through a turn of the event loop. Returns whether the pipe,
+        alone, became readable (read it here); anything else for the loop (a callback, a
+        timer due, another fd) sends it back through its turn."""
+        poll = self._process.poll
+        if not poll or self._main_reads:
+            return False
+        # The loop's own queues (BaseEventLoop's; the loop is always ours, a
+        # SelectorEventLoop): callbacks ready to run, and timers by due time.
+        loop: Any = self._loop
+        ready, scheduled = loop._ready, loop._scheduled
+        if scheduled and scheduled[0].when() < loop.time() + poll:
+            return False
+        probe = self._selector.probe
+        clock = time.monotonic
+        end = clock() + poll
+        while not ready and not self._main_reads:
+            events = probe()
+            if events:
+                return len(events) == 1 and events[0][0] == self._fd
+            if clock() >= end:
+                return False
+            os.sched_yield()
+        return False
+
+    def _on_readable(self) -> bool:
         if self._process.forked:
-            return  # queued before a fork on the loop thread: the pipe is the parent's
+            return False  # queued before a fork on the loop thread: the pipe is the parent's
         with self._reading:
             if self._main_reads:
-                return  # an event from before the main thread took the pipe over
+                return False  # an event from before the main thread took the pipe over
             handed, self._handed = self._handed, []
             for item in handed:
                 if isinstance(item, (bytearray, memoryview)):
@@ -104,14 +137,14 @@ class Dispatcher:
             while True:
                 frames = self._read()
                 if frames is None:
-                    return
+                    return True
                 for frame in frames:
                     if isinstance(frame, TooBig):
                         self._refuse_too_big(frame.head)
                     else:
                         self._dispatch_frame(frame)
                 if self._reader.drained:
-                    return
+                    return True
 
     def _dispatch_frame(self, frame: bytearray | memoryview) -> None:
         # Decoded only once the frames before it are dispatched: decoding looks up the

@@ -186,6 +186,11 @@ class ForkSafeSelector(selectors.BaseSelector):
                 pass  # user code closed it: the loop thread's read says so (EBADF)
         self._paused = False
 
+    def probe(self) -> list[tuple[int, int]]:
+        """The fds ready now and their events, without waiting or consuming them."""
+        epoll = self._epoll
+        return epoll.poll(0) if epoll is not None else []
+
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         poll = self._process.poll
         if (

@@ -43,7 +43,7 @@ def _high(fd: int) -> int:
 class Worker:
     """A Python worker process and the Erlang side of its pipes."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, limits: dict[str, Any] | None = None) -> None:
         to_py_r, self.to_py = map(_high, os.pipe())
         self.from_py, from_py_w = map(_high, os.pipe())
         self.pipe_inodes = {os.fstat(self.to_py).st_ino, os.fstat(self.from_py).st_ino}
@@ -69,7 +69,8 @@ class Worker:
         ready = self.receive(lambda m: m[0] == P.READY)
         self.pid: int = ready[1]["os_pid"]
         assert _stat(self.pid) is not None and _stat(self.pid)[2] == self.supervisor  # type: ignore[index]
-        assert self.answer(self.send(P.SETUP, None, {})) == [P.RESULT, 1, None]
+        # As a pool sends them (erlpy_worker:setup/1); none by default.
+        assert self.answer(self.send(P.SETUP, None, limits or {})) == [P.RESULT, 1, None]
 
     # --- the Erlang side ------------------------------------------------------
 
@@ -766,6 +767,46 @@ def test_a_sync_call_after_a_sync_call_wakes_no_other_thread(worker: Worker) -> 
     for _ in range(50):
         assert worker.run("aone") == 1
     assert worker.run("size", "abc") == 3
+
+
+def test_a_run_of_async_calls_leaves_the_loop_its_timers(tmp_path: Path) -> None:
+    # The loop thread reads async calls back to back without a turn of the event loop
+    # while nothing else wants it; a timer due meanwhile still fires on time. The worker
+    # polls for up to 100 ms (poll_us), so only the timer can end a run of inline reads.
+    worker = Worker(tmp_path, {"poll_us": 100_000})
+    try:
+        _async_calls_with_a_timer(worker)
+    finally:
+        worker.close()
+
+
+def _async_calls_with_a_timer(worker: Worker) -> None:
+    worker.exec(
+        dedent(
+            """
+            import time
+            fired = []
+            def record(due):
+                fired.append(time.monotonic() - due)
+            async def arm():
+                asyncio.get_running_loop().call_later(0.05, record, time.monotonic() + 0.05)
+            async def one():
+                return 1
+            async def late():
+                return fired
+            """
+        )
+    )
+    worker.run("arm")
+    pending = [worker.call("one") for _ in range(2)]
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        assert worker.answer(pending.pop(0))[2] == 1
+        pending.append(worker.call("one"))
+    for job in pending:
+        assert worker.answer(job)[2] == 1
+    fired = worker.run("late")
+    assert len(fired) == 1 and fired[0] < 0.1, fired  # fired, and about on time
 
 
 def test_a_malformed_call_read_by_the_idle_main_thread_is_reported(worker: Worker) -> None:
