@@ -96,6 +96,7 @@ def _split_off_supervisor(in_fd: int) -> None:
     try:
         child = os.fork()
     except OSError:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 0)  # no one would reap the orphans
         return  # no supervisor, but a worker all the same
     if child == 0:
         # Die with the supervisor, even while holding the GIL in C; it may have died
@@ -108,10 +109,6 @@ def _split_off_supervisor(in_fd: int) -> None:
         _supervise(child, in_fd)
     finally:
         os._exit(1)
-
-
-class _Stop(Exception):
-    """SIGTERM: Erlang stops this worker (erlpy_python:kill_group/1)."""
 
 
 def _supervise(child: int, in_fd: int) -> None:
@@ -138,15 +135,19 @@ def _supervise(child: int, in_fd: int) -> None:
             if pid == child:
                 status.append(wait_status)
 
-    def stop(*_: Any) -> None:
-        raise _Stop
-
+    # SIGTERM: Erlang stops this worker (erlpy_python:kill_group/1). The handlers only
+    # take note; the wake-up fd ends the poll below.
+    stopped: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, reap)
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
     poller = select.poll()
     poller.register(0, 0)  # POLLHUP once Erlang has closed its end
+    poller.register(wake_r, select.POLLIN)
     try:
         pidfd = os.pidfd_open(child)
     except (OSError, AttributeError):
@@ -154,19 +155,18 @@ def _supervise(child: int, in_fd: int) -> None:
     else:
         poller.register(pidfd, select.POLLIN)  # readable once the worker has exited
     grace = 0.0
-    try:
+    reap()
+    while not status and not stopped:
+        events = poller.poll(None if pidfd >= 0 else 200)
+        if any(fd == 0 for fd, _ in events):
+            grace = 1.0  # Erlang closed the pipe: SIGTERM first, as at a shutdown
+            break
+        if any(fd == wake_r for fd, _ in events):
+            os.read(wake_r, 512)
         reap()
-        while not status:
-            events = poller.poll(None if pidfd >= 0 else 200)
-            if any(fd == 0 for fd, _ in events):
-                grace = 1.0  # Erlang closed the pipe: SIGTERM first, as at a shutdown
-                break
-            reap()
-            if any(fd == pidfd for fd, _ in events):
-                break
-    except _Stop:
-        grace = 0.0
-    _end_tree(grace, reap)
+        if any(fd == pidfd for fd, _ in events):
+            break
+    _end_tree(grace, reap, stopped)
     while not status:
         try:
             status.append(os.waitpid(child, 0)[1])
@@ -176,25 +176,21 @@ def _supervise(child: int, in_fd: int) -> None:
     os._exit(code if code >= 0 else 128 - code)  # killed by a signal: as a shell says it
 
 
-def _end_tree(grace: float, reap: Callable[[], None]) -> None:
+def _end_tree(grace: float, reap: Callable[[], None], stopped: list[int]) -> None:
     """End every process below this one (and any left in its group): with a ``grace``,
-    SIGTERM and up to that many seconds to exit (cut short by a SIGTERM to this process);
-    then SIGKILL, again until none is left (a process that forks meanwhile leaves its
-    child to this subreaper, and the next round)."""
+    SIGTERM and up to that many seconds to exit (cut short once ``stopped``: Erlang
+    stops the worker); then SIGKILL, again until none is left (a process that forks
+    meanwhile leaves its child to this subreaper, and the next round)."""
     import signal
     import time
 
     me = os.getpid()
-    try:
-        if grace:
-            _signal(_below(me), signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while _below(me) and time.monotonic() < deadline:
-                time.sleep(0.01)
-                reap()
-    except _Stop:
-        pass  # Erlang is stopping the worker: no more grace
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if grace and not stopped:
+        _signal(_below(me), signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _below(me) and time.monotonic() < deadline and not stopped:
+            time.sleep(0.01)
+            reap()
     for _ in range(1000):
         pids = _below(me)
         if not pids:

@@ -443,10 +443,12 @@ def test_the_supervisor_is_the_parent_and_holds_only_the_read_end(worker: Worker
         fd: os.readlink(f"/proc/{worker.supervisor}/fd/{fd}")
         for fd in os.listdir(f"/proc/{worker.supervisor}/fd")
     }
-    # Erlang's pipe to Python, never the way back (Erlang must see EOF when Python dies),
-    # and a pidfd of Python where the kernel has them.
+    # Erlang's pipe to Python, never the way back (Erlang must see EOF when Python dies);
+    # besides, a pidfd of Python where the kernel has them, and its own wake-up pipe.
     assert fds.pop("0") == f"pipe:[{os.fstat(worker.to_py).st_ino}]"
-    assert set(fds.values()) <= {"anon_inode:[pidfd]"}
+    protocol = {f"pipe:[{ino}]" for ino in worker.pipe_inodes}
+    assert not protocol & set(fds.values())
+    assert {v for v in fds.values() if not v.startswith("pipe:")} <= {"anon_inode:[pidfd]"}
     # Python has no child of erlpy's that user code could wait for.
     error = worker.answer(worker.send(P.EVAL, "__import__('os').waitpid(-1, 1)", {}))
     assert error[:3] == [P.ERROR, error[1], "ChildProcessError"]
