@@ -409,7 +409,12 @@ def test_two_tabs_stream_stop_and_error(server: tuple[str, Path], browser: DevTo
     with urllib.request.urlopen(base + "status", timeout=10) as response:
         status = json.load(response)
     python = status["python"]
-    assert python[final_a["id"]] == {"outcome": "cancelled", "tokens": stopped_at}, status
+    # The generator counts a word once it has been taken from it; a word taken while the
+    # Stop was on its way is dropped with the stream (docs/streaming.md), so Python may
+    # count one more than the page got.
+    a_python = python[final_a["id"]]
+    assert a_python["outcome"] == "cancelled", status
+    assert stopped_at <= a_python["tokens"] <= stopped_at + 1, status
     assert python[final_b["id"]] == {"outcome": "completed", "tokens": len(words)}, status
     on_disk = json.loads((status_dir / f"{final_a['id']}.json").read_text())
     assert on_disk["outcome"] == "cancelled"
