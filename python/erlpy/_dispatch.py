@@ -8,7 +8,6 @@ import asyncio
 import functools
 import os
 import threading
-import time
 from typing import Any
 
 from . import _protocol as P
@@ -108,17 +107,10 @@ class Dispatcher:
         ready, scheduled = loop._ready, loop._scheduled
         if scheduled and scheduled[0].when() < loop.time() + poll:
             return False
-        probe = self._selector.probe
-        clock = time.monotonic
-        end = clock() + poll
-        while not ready and not self._main_reads:
-            events = probe()
-            if events:
-                return len(events) == 1 and events[0][0] == self._fd
-            if clock() >= end:
-                return False
-            os.sched_yield()
-        return False
+        if ready:
+            return False
+        events = self._selector.spin(poll, lambda: bool(ready) or self._main_reads)
+        return len(events) == 1 and events[0][0] == self._fd and not self._main_reads
 
     def _on_readable(self) -> bool:
         if self._process.forked:

@@ -11,10 +11,12 @@ at once (:meth:`Handoff.wait`), when it reads the pipe itself while idle.
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import select
-import time
 from typing import Final, Generic, TypeVar
+
+from ._process import spin as spin_probe
 
 T = TypeVar("T")
 
@@ -60,14 +62,7 @@ class Handoff(Generic[T]):
         try:
             if items:
                 return False
-            events = poller.poll(0)
-            if not events and spin:
-                clock = time.monotonic
-                give_way = os.sched_yield
-                end = clock() + spin
-                while not events and not items and clock() < end:
-                    give_way()
-                    events = poller.poll(0)
+            events = spin_probe(functools.partial(poller.poll, 0), spin, lambda: bool(items))
             if not events and not items:
                 events = poller.poll()
         finally:

@@ -16,7 +16,7 @@ import selectors
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 if TYPE_CHECKING:  # a stub-only module: nothing to import at run time
@@ -126,6 +126,32 @@ def exit_forked(outcome: BaseException | None) -> NoReturn:
         os._exit(status & 0xFF)
 
 
+def spin(
+    probe: Callable[[], list[tuple[int, int]]], seconds: float, stop: Callable[[], bool]
+) -> list[tuple[int, int]]:
+    """Probe until something is ready, ``stop()`` says to give up, or ``seconds`` have
+    passed: a deliberate, bounded busy wait before sleeping, as the BEAM's schedulers do,
+    so that a message that comes back quickly is read without paying for a wake-up (tens
+    of microseconds on a VM). Each probe is a system call that lets go of the GIL, and
+    ``sched_yield`` between two gives the CPU to whatever else wants it (the BEAM, the
+    other thread). Returns what the last probe found."""
+    found = probe()
+    if found or seconds <= 0:
+        return found
+    clock = time.monotonic
+    end = clock() + seconds
+    while not stop() and clock() < end:
+        os.sched_yield()
+        found = probe()
+        if found:
+            break
+    return found
+
+
+def _never() -> bool:
+    return False
+
+
 def _epoll_of(selector: selectors.BaseSelector) -> select.epoll | None:
     """The epoll object of an asyncio selector, on Linux (None elsewhere)."""
     epoll = getattr(selector, "_selector", None)
@@ -142,6 +168,7 @@ class ForkSafeSelector(selectors.BaseSelector):
         self._inner: selectors.BaseSelector = selectors.DefaultSelector()
         self._epoll = _epoll_of(self._inner)
         self._paused = False
+        self._spun = False  # the loop thread has just polled (spin): do not poll again
 
     def detach_in_child(self) -> None:
         """Start afresh; closing the child's copy of the epoll fd leaves the parent's
@@ -191,37 +218,26 @@ class ForkSafeSelector(selectors.BaseSelector):
         epoll = self._epoll
         return epoll.poll(0) if epoll is not None else []
 
+    def spin(self, seconds: float, stop: Callable[[], bool]) -> list[tuple[int, int]]:
+        """:func:`spin` on this selector's fds, for the loop thread between two of its
+        turns (Dispatcher). When it finds nothing, the loop's next :meth:`select` sleeps
+        at once instead of polling again."""
+        events = spin(self.probe, seconds, stop)
+        self._spun = not events
+        return events
+
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         poll = self._process.poll
+        spun, self._spun = self._spun, False
         if (
             poll
+            and not spun
             and not self._paused
             and (timeout is None or timeout > 0)
-            and self._poll(poll, timeout)
+            and spin(self.probe, poll if timeout is None else min(poll, timeout), _never)
         ):
             timeout = 0
         return self._inner.select(timeout)
-
-    def _poll(self, poll: float, timeout: float | None) -> bool:
-        """Before sleeping, poll for up to ``poll`` seconds (a deliberate, bounded busy
-        wait, as the BEAM's schedulers do): a message that comes back quickly, like the
-        next of a run of calls, is read without paying for a wake-up. Returns whether
-        something is ready. Each probe is a system call that lets go of the GIL, so the
-        main thread runs meanwhile."""
-        probe = self._epoll
-        if probe is None:
-            return False
-        if timeout is not None:
-            poll = min(poll, timeout)
-        probe_now = probe.poll
-        clock = time.monotonic
-        give_way = os.sched_yield  # to a thread woken on this CPU: the BEAM, the main thread
-        end = clock() + poll
-        while not probe_now(0):
-            if clock() >= end:
-                return False
-            give_way()
-        return True
 
     def close(self) -> None:
         self._inner.close()
