@@ -253,7 +253,7 @@ frame(Frame, State, #data{none_atom = NoneAtom, new_atom = NewAtom} = D) ->
                      end,
             PythonPid = case maps:get(<<"os_pid">>, Info, undefined) of
                             Pid when is_integer(Pid) -> Pid;
-                            _ -> D#data.os_pid
+                            _ -> undefined  % python_pid/1 falls back to the port's
                         end,
             frame(Rest, State1, D#data{python = maps:get(<<"python">>, Info, <<>>),
                                        python_pid = PythonPid});

@@ -180,11 +180,19 @@ def _end_tree(grace: float, reap: Callable[[], None], stopped: list[int]) -> Non
     """End every process below this one (and any left in its group): with a ``grace``,
     SIGTERM and up to that many seconds to exit (cut short once ``stopped``: Erlang
     stops the worker); then SIGKILL, again until none is left (a process that forks
-    meanwhile leaves its child to this subreaper, and the next round)."""
+    meanwhile leaves its child to this subreaper, and the next round). Without /proc,
+    SIGTERM to the group only: SIGKILL would end this process before its report, and
+    erlpy kills the group itself when it stops a worker (erlpy_python:kill_group/1)."""
     import signal
     import time
 
     me = os.getpid()
+    if not os.path.isdir("/proc/self"):  # not Linux: the group, with what may be sent to it
+        try:
+            os.killpg(me, signal.SIGTERM)  # this process only takes note (_supervise)
+        except OSError:
+            pass
+        return
     if grace and not stopped:
         _signal(_below(me), signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -209,8 +217,7 @@ def _signal(pids: list[int], signum: int) -> None:
 
 
 def _below(root: int) -> list[int]:
-    """The live processes below ``root`` and those left in its group (Linux /proc; else
-    the group only, signalled as a whole)."""
+    """The live processes below ``root`` and those left in its group (from /proc)."""
     try:
         entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
