@@ -771,33 +771,61 @@ def test_a_sync_call_after_a_sync_call_wakes_no_other_thread(worker: Worker) -> 
     assert worker.run("size", "abc") == 3
 
 
-def test_a_run_of_async_calls_leaves_the_loop_its_timers(tmp_path: Path) -> None:
+# What else the loop has to do while async calls come back to back, each armed to
+# happen 50 ms after arm() and to record how late it ran.
+_LOOP_WORK = {
+    "timer": "loop.call_later(0.05, record, due)",
+    # A socket another thread writes to: another fd of the loop's becomes ready.
+    "fd": (
+        "r, w = socket.socketpair()\n"
+        "loop.add_reader(r, lambda: (loop.remove_reader(r), record(due)))\n"
+        "threading.Timer(0.05, w.send, (b'x',)).start()"
+    ),
+    # Callbacks the loop itself keeps queuing (call_soon), until the time is up.
+    "callback": (
+        "def again():\n"
+        "    if time.monotonic() < due:\n"
+        "        loop.call_soon(again)\n"
+        "    else:\n"
+        "        record(due)\n"
+        "loop.call_soon(again)"
+    ),
+}
+
+
+@pytest.mark.parametrize("work", sorted(_LOOP_WORK))
+def test_a_run_of_async_calls_leaves_the_loop_its_other_work(tmp_path: Path, work: str) -> None:
     # The loop thread reads async calls back to back without a turn of the event loop
-    # while nothing else wants it; a timer due meanwhile still fires on time. The worker
-    # polls for up to 100 ms (poll_us), so only the timer can end a run of inline reads.
+    # while nothing else wants it; a timer due, another fd ready or a callback queued
+    # meanwhile still gets its turn on time. The worker polls for up to 100 ms
+    # (poll_us), so only that work can end a run of inline reads.
     worker = Worker(tmp_path, {"poll_us": 100_000})
     try:
-        _async_calls_with_a_timer(worker)
+        _async_calls_with_loop_work(worker, _LOOP_WORK[work])
     finally:
         worker.close()
 
 
-def _async_calls_with_a_timer(worker: Worker) -> None:
+def _async_calls_with_loop_work(worker: Worker, arm: str) -> None:
     worker.exec(
         dedent(
             """
-            import time
+            import socket, threading, time
             fired = []
             def record(due):
                 fired.append(time.monotonic() - due)
-            async def arm():
-                asyncio.get_running_loop().call_later(0.05, record, time.monotonic() + 0.05)
             async def one():
                 return 1
             async def late():
                 return fired
             """
         )
+    )
+    body = "\n".join("    " + line for line in arm.splitlines())
+    worker.exec(
+        "async def arm():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    due = time.monotonic() + 0.05\n" + body + "\n"
     )
     worker.run("arm")
     pending = [worker.call("one") for _ in range(2)]
@@ -808,7 +836,7 @@ def _async_calls_with_a_timer(worker: Worker) -> None:
     for job in pending:
         assert worker.answer(job)[2] == 1
     fired = worker.run("late")
-    assert len(fired) == 1 and fired[0] < 0.1, fired  # fired, and about on time
+    assert len(fired) == 1 and fired[0] < 0.1, fired  # it ran, and about on time
 
 
 def test_a_malformed_call_read_by_the_idle_main_thread_is_reported(worker: Worker) -> None:
