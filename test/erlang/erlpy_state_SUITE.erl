@@ -292,9 +292,6 @@ handles_under_chaos(_Config) ->
     [{Oks, _} | _] = Results,
     true = lists:sum([O || {O, _} <- Results]) > 0,
     _ = Oks,
-    erlpy_test:wait_until(fun() ->
-        lists:all(fun(#{state := S}) -> S =:= ready end, erlpy_test:workers(?POOL))
-    end),
     erlpy_test:wait_until(fun() -> live_everywhere() =:= 0 end).
 
 client(N, Deadline, Oks, Errors) ->
@@ -332,17 +329,22 @@ check_errors(Results) ->
     end, Results),
     error.
 
+%% Kills a random Python every 300-800 ms until Deadline, or until told to stop: it stops
+%% between two kills, so that no kill is still on its way once it has stopped.
 killer(Deadline) ->
     case erlang:monotonic_time(millisecond) > Deadline of
         true ->
             ok;
         false ->
-            timer:sleep(300 + rand:uniform(500)),
-            case [P || P <- erlpy_test:os_pids(?POOL), is_integer(P)] of
-                [] -> ok;
-                Pids -> os:cmd("kill -9 " ++ integer_to_list(lists:nth(rand:uniform(length(Pids)), Pids)))
-            end,
-            killer(Deadline)
+            receive
+                stop -> ok
+            after 300 + rand:uniform(500) ->
+                case [P || P <- erlpy_test:os_pids(?POOL), is_integer(P)] of
+                    [] -> ok;
+                    Pids -> os:cmd("kill -9 " ++ integer_to_list(lists:nth(rand:uniform(length(Pids)), Pids)))
+                end,
+                killer(Deadline)
+            end
     end.
 
 sessions_do_not_see_each_other(_Config) ->
@@ -446,9 +448,6 @@ sessions_under_chaos(_Config) ->
     ct:log("ok/ended per client: ~p", [Results]),
     stop_killer(Killer),
     true = lists:sum([O || {O, _} <- Results]) > 0,
-    erlpy_test:wait_until(fun() ->
-        lists:all(fun(#{state := S}) -> S =:= ready end, erlpy_test:workers(?POOL))
-    end),
     erlpy_test:wait_until(fun() -> live_everywhere() =:= 0 end).
 
 session_client(N, Deadline, Session, Oks, Ended) ->
@@ -487,11 +486,16 @@ allowed({error, {python_start_failed, _}}) -> ok;
 allowed(Other) -> error({wrong_answer, Other}).
 
 %% The killer must not outlive its test: the next one starts a pool of the same name.
+%% Stop the killer, then wait until every worker has a live Python again: one killed just
+%% before may not have been noticed yet (its supervisor is still ending its tree).
 stop_killer(Killer) ->
-    unlink(Killer),
     Mon = monitor(process, Killer),
-    exit(Killer, kill),
-    receive {'DOWN', Mon, process, Killer, _} -> ok end.
+    Killer ! stop,
+    receive {'DOWN', Mon, process, Killer, _} -> ok end,
+    erlpy_test:wait_until(fun() ->
+        lists:all(fun(#{state := S, os_pid := P}) -> S =:= ready andalso erlpy_test:os_pid_alive(P) end,
+                  erlpy_test:workers(?POOL))
+    end).
 
 reload_serves_new_code_everywhere(Config) ->
     erlpy_test:doc("py:reload after editing a module's file serves the new code from every "
