@@ -3,12 +3,14 @@
 %% with everything it started.
 -module(erlpy_python).
 
--export([find/1, open/1, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1,
+-export([find/1, open/1, explain/1, explain/2, close/3, kill_group/2, kill_leftovers/2,
          package_parent/0]).
 
-%% How long kill_group/1 gives Python's supervisor to end everything before it kills the
+%% How long kill_group/2 gives Python's supervisor to end everything before it kills the
 %% process group itself (ms). It kills at once: this only bounds a supervisor that cannot.
 -define(SUPERVISOR_WAIT, 2000).
+
+-type os_pid() :: non_neg_integer() | undefined.
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
@@ -82,30 +84,32 @@ spawn_python(Python, Options) ->
             }}
     end.
 
-%% @doc End Python and everything it started (kill_group/1), then close the port: Python
+%% @doc End Python and everything it started (kill_group/2), then close the port: Python
 %% would exit at end of file, but user code may block its event loop.
--spec close(port() | undefined, non_neg_integer() | undefined) -> ok.
-close(undefined, _) ->
+-spec close(port() | undefined, os_pid(), os_pid()) -> ok.
+close(undefined, _, _) ->
     ok;
-close(Port, OsPid) ->
-    kill_group(OsPid),
+close(Port, OsPid, PythonPid) ->
+    kill_group(OsPid, PythonPid),
     catch port_close(Port),
     ok.
 
-%% @doc Kill Python and everything it started. The port's process is Python's supervisor
-%% (_boot.py): at SIGTERM it kills, at once, everything below it, which is everything
-%% Python started, even what left the process group (it is their subreaper), and exits
-%% with Python's status. If it has not exited in time (or this is not Linux), the group.
-%% The supervisor does the same when the port closes without us (docs/reliability.md).
--spec kill_group(non_neg_integer() | undefined) -> ok.
-kill_group(undefined) ->
+%% @doc Kill Python and everything it started. The port's process (`OsPid') is Python's
+%% supervisor (_boot.py): at SIGTERM it kills, at once, everything below it, which is
+%% everything Python started, even what left Python's process group (it is their
+%% subreaper), and exits with Python's status. If it has not exited in time (or this is
+%% not Linux), the process groups of both (Python, `PythonPid' once it said READY, leads
+%% its own). The supervisor does the same when the port closes without us
+%% (docs/reliability.md).
+-spec kill_group(os_pid(), os_pid()) -> ok.
+kill_group(undefined, _) ->
     ok;
-kill_group(OsPid) ->
+kill_group(OsPid, PythonPid) ->
     Pid = integer_to_list(OsPid),
     _ = os:cmd("kill -TERM " ++ Pid ++ " 2>/dev/null"),
     case await_exit(OsPid, ?SUPERVISOR_WAIT) of
         exited -> ok;
-        _ -> _ = os:cmd("kill -9 -" ++ Pid ++ " 2>/dev/null || kill -9 " ++ Pid ++ " 2>/dev/null"), ok
+        _ -> kill_groups([OsPid, PythonPid], " || kill -9 " ++ Pid ++ " 2>/dev/null")
     end.
 
 %% Wait (1 ms at a time, up to Tries ms) until process OsPid has exited: its /proc entry
@@ -127,14 +131,18 @@ await_exit(OsPid, Tries) ->
             end
     end.
 
-%% @doc After Python's exit: only the group, as its pid may already belong to another
-%% process.
--spec kill_leftovers(non_neg_integer() | undefined) -> ok.
-kill_leftovers(undefined) ->
-    ok;
-kill_leftovers(OsPid) ->
-    _ = os:cmd("kill -9 -" ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
-    ok.
+%% @doc After Python's exit: only the groups, as their leaders' pids may already belong
+%% to other processes.
+-spec kill_leftovers(os_pid(), os_pid()) -> ok.
+kill_leftovers(OsPid, PythonPid) ->
+    kill_groups([OsPid, PythonPid], "").
+
+-spec kill_groups([os_pid()], string()) -> ok.
+kill_groups(Pids, Then) ->
+    case [[" -", integer_to_list(P)] || P <- Pids, is_integer(P)] of
+        [] -> ok;
+        Groups -> _ = os:cmd(lists:flatten(["kill -9", Groups, " 2>/dev/null", Then])), ok
+    end.
 
 %% Whether /proc/PID/stat says the process has not exited: its state, after the name in
 %% parentheses (which may hold anything), is not Z(ombie) or X (dead).

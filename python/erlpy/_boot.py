@@ -79,11 +79,13 @@ def _split_off_supervisor(in_fd: int) -> None:
     port's, stays behind as its supervisor, until the child exits or Erlang closes the
     pipe; then it ends everything the worker started and exits with the worker's status.
 
-    The supervisor leads the process group and is a child subreaper (Linux), so whatever
-    the worker starts stays in its tree even if it leaves the group (``setsid``,
+    The supervisor is a child subreaper (Linux), so whatever the worker starts stays in
+    its tree even if it leaves the worker's process group (``setsid``,
     ``start_new_session=True``, a double-forked daemon): an orphan is re-parented to the
-    supervisor, not to init. Forked before any thread exists; the worker's ``os.wait()``
-    never sees the supervisor (it is its parent, not its child)."""
+    supervisor, not to init. The worker leads a process group of its own, so that user
+    code ending its group (``os.killpg(0, SIGKILL)``) does not take the supervisor with
+    it. Forked before any thread exists; the worker's ``os.wait()`` never sees the
+    supervisor (it is its parent, not its child)."""
     import signal
 
     pid = os.getpid()
@@ -99,12 +101,17 @@ def _split_off_supervisor(in_fd: int) -> None:
         _prctl(_PR_SET_CHILD_SUBREAPER, 0)  # no one would reap the orphans
         return  # no supervisor, but a worker all the same
     if child == 0:
+        os.setpgid(0, 0)
         # Die with the supervisor, even while holding the GIL in C; it may have died
         # before we asked.
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != pid:
             os._exit(1)
         return
+    try:
+        os.setpgid(child, child)  # as the child does: whichever runs first
+    except OSError:
+        pass  # the child did it and may have exec'd, or it died
     try:
         _supervise(child, in_fd)
     finally:
@@ -166,7 +173,7 @@ def _supervise(child: int, in_fd: int) -> None:
         reap()
         if any(fd == pidfd for fd, _ in events):
             break
-    _end_tree(grace, reap, stopped)
+    _end_tree(child, grace, reap, stopped)
     while not status:
         try:
             status.append(os.waitpid(child, 0)[1])
@@ -176,31 +183,32 @@ def _supervise(child: int, in_fd: int) -> None:
     os._exit(code if code >= 0 else 128 - code)  # killed by a signal: as a shell says it
 
 
-def _end_tree(grace: float, reap: Callable[[], None], stopped: list[int]) -> None:
-    """End every process below this one (and any left in its group): with a ``grace``,
+def _end_tree(child: int, grace: float, reap: Callable[[], None], stopped: list[int]) -> None:
+    """End every process below this one (and any left in the worker's process group,
+    ``child``'s, or in this one's): with a ``grace``,
     SIGTERM and up to that many seconds to exit (cut short once ``stopped``: Erlang
     stops the worker); then SIGKILL, again until none is left (a process that forks
     meanwhile leaves its child to this subreaper, and the next round). Without /proc,
-    SIGTERM to the group only: SIGKILL would end this process before its report, and
-    erlpy kills the group itself when it stops a worker (erlpy_python:kill_group/1)."""
+    SIGTERM to the worker's group only, and erlpy kills the group itself when it stops a
+    worker (erlpy_python:kill_group/1)."""
     import signal
     import time
 
     me = os.getpid()
     if not os.path.isdir("/proc/self"):  # not Linux: the group, with what may be sent to it
         try:
-            os.killpg(me, signal.SIGTERM)  # this process only takes note (_supervise)
+            os.killpg(child, signal.SIGTERM)
         except OSError:
             pass
         return
     if grace and not stopped:
-        _signal(_below(me), signal.SIGTERM)
+        _signal(_below(me, child), signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _below(me) and time.monotonic() < deadline and not stopped:
+        while _below(me, child) and time.monotonic() < deadline and not stopped:
             time.sleep(0.01)
             reap()
     for _ in range(1000):
-        pids = _below(me)
+        pids = _below(me, child)
         if not pids:
             return
         _signal(pids, signal.SIGKILL)
@@ -216,8 +224,9 @@ def _signal(pids: list[int], signum: int) -> None:
             pass
 
 
-def _below(root: int) -> list[int]:
-    """The live processes below ``root`` and those left in its group (from /proc)."""
+def _below(root: int, group: int) -> list[int]:
+    """The live processes below ``root`` and those left in its group or in ``group``
+    (from /proc)."""
     try:
         entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
@@ -233,7 +242,7 @@ def _below(root: int) -> list[int]:
         if fields[0] in (b"Z", b"X") or pid == root:
             continue
         children.setdefault(int(fields[1]), []).append(pid)
-        if int(fields[2]) == root:
+        if int(fields[2]) in (root, group):
             found.add(pid)
     todo = list(children.get(root, ()))
     while todo:

@@ -52,6 +52,8 @@ all() ->
         close_fd_4,
         children_end_with_pool,
         escaped_children_end_with_python,
+        escaped_children_end_with_group_kill,
+        children_end_with_supervisor_kill,
         children_end_with_vm,
         exec_survives_restart_during_exec,
         exec_survives_pool_server_restart,
@@ -557,6 +559,47 @@ escaped_children_end_with_python(Config) ->
     ?assertMatch({ok, _}, py:call(?M, sleep_return, [0, up], #{}, #{pool => P})),
     Alive = [C || C <- Escaped, erlpy_test:os_pid_alive(C)],
     ct:log("escaped children ~p; alive once the worker restarted: ~p", [Escaped, Alive]),
+    ?assertEqual([], Alive).
+
+escaped_children_end_with_group_kill(Config) ->
+    erlpy_test:doc("the same escaped children, then Python kills its own process group with "
+                   "SIGKILL (os.killpg(0, 9)): they are gone when the worker has restarted, "
+                   "and the new Python answers"),
+    P = start_pool(Config, #{size => 1}),
+    [OsPid] = erlpy_test:os_pids(P),
+    Escaped = make_escaped(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end),
+    ?assertMatch({error, {worker_exited, _}}, py:call(os, killpg, [0, 9], #{}, #{pool => P})),
+    ok = erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(P) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end, 10000),
+    ?assertMatch({ok, _}, py:call(?M, sleep_return, [0, up], #{}, #{pool => P})),
+    Alive = wait_gone(Escaped, now_ms() + 2000),
+    ct:log("escaped children ~p; alive 2 s after the worker restarted: ~p", [Escaped, Alive]),
+    ?assertEqual([], Alive).
+
+children_end_with_supervisor_kill(Config) ->
+    erlpy_test:doc("the children of items 10 (in Python's process group), then kill -9 of "
+                   "the port's process, Python's supervisor: Python dies with it, and the "
+                   "children are gone when the worker has restarted"),
+    P = start_pool(Config, #{size => 1}),
+    [OsPid] = erlpy_test:os_pids(P),
+    {ok, Supervisor} = py:call(os, getppid, [], #{}, #{pool => P}),
+    ?assertNotEqual(OsPid, Supervisor),
+    Children = make_children(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
+                             ?config(dir, Config)),
+    kill9(Supervisor),
+    ok = erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(P) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end, 10000),
+    Alive = wait_gone([OsPid | Children], now_ms() + 2000),
+    ct:log("Python ~b, children ~p; alive 2 s after the worker restarted: ~p",
+           [OsPid, Children, Alive]),
     ?assertEqual([], Alive).
 
 children_end_with_vm(Config) ->

@@ -147,21 +147,23 @@ class Worker:
                 os.close(fd)
             except OSError:
                 pass
-        try:
-            os.killpg(self.supervisor, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for group in (self.supervisor, self.pid):
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(TIMEOUT)
 
     # --- looking at processes ---------------------------------------------------
 
     def group(self) -> dict[int, tuple[int, str]]:
-        """The live processes of the worker's process group: pid -> (parent pid, name)."""
+        """The live processes of Python's process group (Python leads it; its supervisor
+        is alone in its own): pid -> (parent pid, name)."""
         found = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (stat := _stat(int(entry))) is not None:
                 comm, state, ppid, pgid = stat
-                if pgid == self.supervisor and state not in "ZX":
+                if pgid == self.pid and state not in "ZX":
                     found[int(entry)] = (ppid, comm)
         return found
 
@@ -432,13 +434,15 @@ def _escapers(worker: Worker) -> list[int]:
     pids = [worker.run("session"), worker.run("daemon")]
     for pid in pids:
         assert alive(pid)
-        assert os.getpgid(pid) != worker.supervisor  # they did leave the group
+        assert os.getpgid(pid) not in (worker.pid, worker.supervisor)  # they left the group
     return pids
 
 
 def test_the_supervisor_is_the_parent_and_holds_only_the_read_end(worker: Worker) -> None:
+    # Each leads a group of its own: user code ending its group (os.killpg(0, SIGKILL))
+    # does not end its supervisor.
     assert os.getpgid(worker.supervisor) == worker.supervisor
-    assert set(worker.group()) == {worker.supervisor, worker.pid}
+    assert set(worker.group()) == {worker.pid}
     fds = {
         fd: os.readlink(f"/proc/{worker.supervisor}/fd/{fd}")
         for fd in os.listdir(f"/proc/{worker.supervisor}/fd")
@@ -477,6 +481,18 @@ def test_the_supervisor_ends_everything_when_python_is_killed(worker: Worker) ->
     pids = [worker.run("sleeper"), *_escapers(worker)]
     os.kill(worker.pid, signal.SIGKILL)
     # The port sees Python's status, once what Python started is gone.
+    assert worker.proc.wait(TIMEOUT) == 128 + signal.SIGKILL
+    for pid in pids:
+        assert not alive(pid)
+    assert not worker.group()
+
+
+def test_the_supervisor_ends_everything_when_python_kills_its_own_group(worker: Worker) -> None:
+    # os.killpg(0, SIGKILL) from user code ends Python's group, not its supervisor, which
+    # then ends what left the group.
+    worker.exec(SLEEPER)
+    pids = [worker.run("sleeper"), *_escapers(worker)]
+    worker.send(P.EVAL, "__import__('os').killpg(0, 9)", {})
     assert worker.proc.wait(TIMEOUT) == 128 + signal.SIGKILL
     for pid in pids:
         assert not alive(pid)
