@@ -101,7 +101,10 @@ def _split_off_supervisor(in_fd: int) -> None:
         _prctl(_PR_SET_CHILD_SUBREAPER, 0)  # no one would reap the orphans
         return  # no supervisor, but a worker all the same
     if child == 0:
-        os.setpgid(0, 0)
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass  # the supervisor did it first
         # Die with the supervisor, even while holding the GIL in C; it may have died
         # before we asked.
         _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
