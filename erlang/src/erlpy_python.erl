@@ -3,14 +3,21 @@
 %% with everything it started.
 -module(erlpy_python).
 
--export([find/1, open/1, explain/1, explain/2, close/3, kill_group/2, kill_leftovers/2,
+-export([find/1, open/2, explain/1, explain/2, close/2, kill_group/1, kill_leftovers/1, mark/0,
          package_parent/0]).
 
-%% How long kill_group/2 gives Python's supervisor to end everything before it kills the
+%% How long kill_group/1 gives Python's supervisor to end everything before it kills the
 %% process group itself (ms). It kills at once: this only bounds a supervisor that cannot.
 -define(SUPERVISOR_WAIT, 2000).
 
 -type os_pid() :: non_neg_integer() | undefined.
+%% A worker's Python: the port's process (its supervisor), Python's own process once it
+%% said READY, and the mark in the environment of everything it starts.
+-type processes() :: #{os_pid := os_pid(), python_pid := os_pid(), mark := binary()}.
+-export_type([processes/0]).
+
+%% The environment variable that marks the processes of one Python (mark/0).
+-define(MARK_VAR, "ERLPY_WORKER").
 
 %% @doc The interpreter to use: the pool's `python' option, else `$ERLPY_PYTHON', else
 %% `python3' on `PATH'.
@@ -48,8 +55,8 @@ find(Python) ->
 
 %% @doc Start one worker process. The protocol runs on fds 3/4 (`nouse_stdio'), so output
 %% of the Python process on fds 1/2 can never corrupt it.
--spec open(erlpy_pool:meta()) -> {ok, port(), non_neg_integer()} | {error, term()}.
-open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
+-spec open(erlpy_pool:meta(), binary()) -> {ok, port(), non_neg_integer()} | {error, term()}.
+open(#{python := Python, path := Paths, env := Env, cd := Cd}, Mark) ->
     PyDir = package_parent(),
     Boot = boot(PyDir),
     Options =
@@ -60,7 +67,7 @@ open(#{python := Python, path := Paths, env := Env, cd := Cd}) ->
             nouse_stdio,
             exit_status,
             hide,
-            {env, Env}
+            {env, Env ++ [{?MARK_VAR, binary_to_list(Mark)}]}
         ] ++ [{cd, Cd} || Cd =/= undefined],
     case filelib:is_regular(Boot) of
         true -> spawn_python(Python, Options);
@@ -84,32 +91,36 @@ spawn_python(Python, Options) ->
             }}
     end.
 
-%% @doc End Python and everything it started (kill_group/2), then close the port: Python
+%% @doc A new mark for the processes of a Python about to start: unique to this VM and
+%% this start, so a reused pid never carries it.
+-spec mark() -> binary().
+mark() ->
+    iolist_to_binary([os:getpid(), $., integer_to_list(erlang:unique_integer([positive]))]).
+
+%% @doc End Python and everything it started (kill_group/1), then close the port: Python
 %% would exit at end of file, but user code may block its event loop.
--spec close(port() | undefined, os_pid(), os_pid()) -> ok.
-close(undefined, _, _) ->
+-spec close(port() | undefined, processes()) -> ok.
+close(undefined, _) ->
     ok;
-close(Port, OsPid, PythonPid) ->
-    kill_group(OsPid, PythonPid),
+close(Port, Processes) ->
+    kill_group(Processes),
     catch port_close(Port),
     ok.
 
-%% @doc Kill Python and everything it started. The port's process (`OsPid') is Python's
-%% supervisor (_boot.py): at SIGTERM it kills, at once, everything below it, which is
-%% everything Python started, even what left Python's process group (it is their
-%% subreaper), and exits with Python's status. If it has not exited in time (or this is
-%% not Linux), the process groups of both (Python, `PythonPid' once it said READY, leads
-%% its own). The supervisor does the same when the port closes without us
+%% @doc Kill Python and everything it started. The port's process is Python's supervisor
+%% (_boot.py): at SIGTERM it kills, at once, everything below it, which is everything
+%% Python started, even what left Python's process group (it is their subreaper), and
+%% exits with Python's status. If it has not exited in time (or this is not Linux), what
+%% kill_leftovers/1 kills. The supervisor does the same when the port closes without us
 %% (docs/reliability.md).
--spec kill_group(os_pid(), os_pid()) -> ok.
-kill_group(undefined, _) ->
+-spec kill_group(processes()) -> ok.
+kill_group(#{os_pid := undefined}) ->
     ok;
-kill_group(OsPid, PythonPid) ->
-    Pid = integer_to_list(OsPid),
-    _ = os:cmd("kill -TERM " ++ Pid ++ " 2>/dev/null"),
+kill_group(#{os_pid := OsPid} = Processes) ->
+    _ = os:cmd("kill -TERM " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
     case await_exit(OsPid, ?SUPERVISOR_WAIT) of
         exited -> ok;
-        _ -> kill_groups([OsPid, PythonPid], " || kill -9 " ++ Pid ++ " 2>/dev/null")
+        _ -> kill_leftovers(Processes)
     end.
 
 %% Wait (1 ms at a time, up to Tries ms) until process OsPid has exited: its /proc entry
@@ -131,17 +142,38 @@ await_exit(OsPid, Tries) ->
             end
     end.
 
-%% @doc After Python's exit: only the groups, as their leaders' pids may already belong
-%% to other processes.
--spec kill_leftovers(os_pid(), os_pid()) -> ok.
-kill_leftovers(OsPid, PythonPid) ->
-    kill_groups([OsPid, PythonPid], "").
+%% @doc What may be left of a Python that exited, or whose supervisor did not end it: the
+%% process groups of both (Python leads its own), and, where there is /proc, every
+%% process that carries its mark in its environment, wherever it went (its supervisor
+%% ends those itself, unless it was killed). Not by pid: those may belong to other
+%% processes by now.
+-spec kill_leftovers(processes()) -> ok.
+kill_leftovers(#{os_pid := OsPid, python_pid := PythonPid, mark := Mark}) ->
+    Targets = [[" -", integer_to_list(G)] || G <- [OsPid, PythonPid], is_integer(G)]
+              ++ [[" ", integer_to_list(P)] || P <- marked(Mark)],
+    _ = Targets =:= [] orelse os:cmd(lists:flatten(["kill -9", Targets, " 2>/dev/null"])),
+    ok.
 
--spec kill_groups([os_pid()], string()) -> ok.
-kill_groups(Pids, Then) ->
-    case [[" -", integer_to_list(P)] || P <- Pids, is_integer(P)] of
-        [] -> ok;
-        Groups -> _ = os:cmd(lists:flatten(["kill -9", Groups, " 2>/dev/null", Then])), ok
+%% The live processes whose environment holds `Mark' (an empty list without /proc).
+-spec marked(binary()) -> [non_neg_integer()].
+marked(Mark) ->
+    Needle = <<0, ?MARK_VAR, "=", Mark/binary, 0>>,
+    case file:list_dir("/proc") of
+        {ok, Entries} ->
+            [Pid || Entry <- Entries, Pid <- [list_to_integer(Entry) || is_digits(Entry)],
+                    carries(Pid, Needle)];
+        {error, _} ->
+            []
+    end.
+
+-spec is_digits(string()) -> boolean().
+is_digits(Name) -> Name =/= [] andalso lists:all(fun(C) -> C >= $0 andalso C =< $9 end, Name).
+
+-spec carries(non_neg_integer(), binary()) -> boolean().
+carries(Pid, Needle) ->
+    case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/environ") of
+        {ok, Env} -> binary:match(<<0, Env/binary>>, Needle) =/= nomatch;
+        {error, _} -> false
     end.
 
 %% Whether /proc/PID/stat says the process has not exited: its state, after the name in

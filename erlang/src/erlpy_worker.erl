@@ -200,7 +200,7 @@ terminate(Reason, _, D) ->
             R -> R
         end,
     _ = ?IO:fail_all({worker_exited, Detail}, D),
-    erlpy_python:close(D#data.port, D#data.os_pid, D#data.python_pid),
+    erlpy_python:close(D#data.port, ?IO:processes(D)),
     ok.
 
 %% The timeouts asked for while handling the event go with the result.
@@ -293,7 +293,7 @@ recycle(D) ->
         true ->
             next(draining, D);
         false ->
-            erlpy_python:close(D#data.port, D#data.os_pid, D#data.python_pid),
+            erlpy_python:close(D#data.port, ?IO:processes(D)),
             D1 = steer(false, ?IO:drop_handles(D)),
             {State, D2} = boot(D1#data{port = undefined, recycled = D1#data.recycled + 1}),
             next(State, D2)
@@ -305,10 +305,11 @@ recycle(D) ->
 
 -spec boot(#data{}) -> {state(), #data{}}.
 boot(#data{meta = Meta} = D) ->
-    case erlpy_python:open(Meta) of
+    Mark = erlpy_python:mark(),
+    case erlpy_python:open(Meta, Mark) of
         {ok, Port, OsPid} ->
             {{starting, booting}, setup(D#data{port = Port, os_pid = OsPid, python_pid = undefined,
-                                               start_error = undefined})};
+                                               mark = Mark, start_error = undefined})};
         {error, Reason} ->
             {failed, start_failed(Reason, D)}
     end.
@@ -344,7 +345,7 @@ python_exited(State, Detail0, D0) ->
             _ -> {ready, Detail0}
         end,
     %% Python is dead, but what it started may live on (and hold the pipes).
-    erlpy_python:kill_leftovers(D0#data.os_pid, D0#data.python_pid),
+    erlpy_python:kill_leftovers(?IO:processes(D0)),
     D = D0#data{port = undefined},
     case From of
         starting when D#data.start_crashes =:= undefined; D#data.start_crashes >= 3 ->
@@ -374,8 +375,8 @@ kill_python(Reason, State, D) ->
     next(State1, D1).
 
 -spec kill_group_of(#data{}) -> #data{}.
-kill_group_of(#data{os_pid = OsPid, python_pid = PythonPid} = D) ->
-    ok = erlpy_python:kill_group(OsPid, PythonPid),
+kill_group_of(D) ->
+    ok = erlpy_python:kill_group(?IO:processes(D)),
     D.
 
 -spec kill(term(), state(), #data{}) -> {state(), #data{}}.

@@ -8,10 +8,12 @@
     none_atom :: atom(),
     new_atom :: erlpy_codec:new_atom_fun(),
     port :: port() | undefined,
-    %% The port's process: Python's supervisor (_boot.py), which leads its process group.
+    %% The port's process: Python's supervisor (_boot.py), alone in its process group.
     os_pid :: non_neg_integer() | undefined,
     %% Python's own process, the supervisor's child, as its READY said (py:info's os_pid).
     python_pid :: non_neg_integer() | undefined,
+    %% In the environment of everything this Python starts (erlpy_python:mark/0).
+    mark = <<>> :: binary(),
     python = <<>> :: binary(),
     start_error :: term(),
     table = erlpy_inflight:new() :: erlpy_inflight:table(),

@@ -8,7 +8,7 @@
 
 -export([release/2, down/2, drop_handles/1]).
 -export([accept/2, perform/2, effects/2, recheck_owner/2, fail_all/2, internal/3, message/2,
-         enqueue/2, flush/1, encode/2, python_pid/1]).
+         enqueue/2, flush/1, encode/2, python_pid/1, processes/1]).
 
 -include("erlpy_protocol.hrl").
 -include("erlpy_worker.hrl").
@@ -308,3 +308,8 @@ encode(Message, #data{none_atom = NoneAtom}) ->
 -spec python_pid(#data{}) -> non_neg_integer() | undefined.
 python_pid(#data{python_pid = undefined, os_pid = OsPid}) -> OsPid;
 python_pid(#data{python_pid = Pid}) -> Pid.
+
+%% @doc The processes of this worker's Python, for erlpy_python to end.
+-spec processes(#data{}) -> erlpy_python:processes().
+processes(#data{os_pid = OsPid, python_pid = PythonPid, mark = Mark}) ->
+    #{os_pid => OsPid, python_pid => PythonPid, mark => Mark}.

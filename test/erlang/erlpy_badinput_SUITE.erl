@@ -12,7 +12,7 @@
 %% remaining paths (source code, stream items, stream input, callbacks), a 200 MB binary
 %% round trip, invalid UTF-8 and unencodable text everywhere, names built to inject code,
 %% garbage frames written into a real Python worker's pipe (a port opened by the test, as
-%% erlpy_python:open/1 does), and garbage frames written by Python code to the worker.
+%% erlpy_python:open/2 does), and garbage frames written by Python code to the worker.
 %%
 %% Group regressions, run by all/0, holds the product bugs these tests found (all fixed
 %% since), each described in its doc and in docs/reliability.md.
@@ -421,7 +421,7 @@ decode_all(Bin) ->
         C:R -> {error, {C, R}}
     end.
 
-%% A worker process as erlpy_python:open/1 starts it, owned by the test.
+%% A worker process as erlpy_python:open/2 starts it, owned by the test.
 open_python() ->
     PyDir = filename:join(code:priv_dir(erlpy), "python"),
     Boot = filename:join([PyDir, "erlpy", "_boot.py"]),

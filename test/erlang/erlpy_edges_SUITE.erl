@@ -581,15 +581,16 @@ escaped_children_end_with_group_kill(Config) ->
     ?assertEqual([], Alive).
 
 children_end_with_supervisor_kill(Config) ->
-    erlpy_test:doc("the children of items 10 (in Python's process group), then kill -9 of "
-                   "the port's process, Python's supervisor: Python dies with it, and the "
-                   "children are gone when the worker has restarted"),
+    erlpy_test:doc("the children of items 10 (in Python's process group) and two that left "
+                   "it, then kill -9 of the port's process, Python's supervisor: Python dies "
+                   "with it, and all the children are gone when the worker has restarted "
+                   "(the escaped ones by the mark in their environment)"),
     P = start_pool(Config, #{size => 1}),
     [OsPid] = erlpy_test:os_pids(P),
     {ok, Supervisor} = py:call(os, getppid, [], #{}, #{pool => P}),
     ?assertNotEqual(OsPid, Supervisor),
-    Children = make_children(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
-                             ?config(dir, Config)),
+    Call = fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
+    Children = make_children(Call, ?config(dir, Config)) ++ make_escaped(Call),
     kill9(Supervisor),
     ok = erlpy_test:wait_until(fun() ->
         case erlpy_test:os_pids(P) of
