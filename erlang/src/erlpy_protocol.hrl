@@ -19,6 +19,7 @@
 -define(OP_EVAL_IN, 15).
 -define(OP_EXEC_IN, 16).
 -define(OP_STREAM_EVAL_IN, 17).
+-define(OP_STOP, 18).
 
 %% Python -> Erlang
 -define(OP_READY, 0).

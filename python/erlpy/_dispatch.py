@@ -30,6 +30,7 @@ from ._messages import (
     Release,
     Reply,
     Setup,
+    Stop,
     StreamCall,
     StreamEval,
     decode,
@@ -341,6 +342,10 @@ class Dispatcher:
                 release(message.ids)
             case Setup():
                 self._setup(Job(message.id, None), message.worker_pid, message.limits)
+            case Stop():
+                # As a kill would, without waiting for a signal: the supervisor sees the
+                # exit and ends what Python started at once (_boot).
+                os._exit(0)
 
     def _start_call(self, job: Job, request: Call | StreamCall) -> None:
         """An async function starts on the loop at once, a call to a batched function

@@ -108,6 +108,11 @@ class Release:
 
 
 @dataclass(slots=True)
+class Stop:
+    """The worker stops: exit at once."""
+
+
+@dataclass(slots=True)
 class Setup:
     id: int
     worker_pid: Any
@@ -115,7 +120,7 @@ class Setup:
 
 
 Request: TypeAlias = Call | Eval | Exec | StreamCall | StreamEval
-Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup | Release
+Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup | Release | Stop
 
 
 def decode(msg: list[Any]) -> Message | None:
@@ -164,6 +169,8 @@ def decode(msg: list[Any]) -> Message | None:
             return Exec(msg[1], msg[2], msg[3], _deadline(msg, 4))
         case P.STREAM_EVAL_IN:
             return StreamEval(msg[1], msg[2], msg[3], msg[4], msg[5], _deadline(msg, 6))
+        case P.STOP:
+            return Stop()
     return None
 
 

@@ -24,6 +24,7 @@ EVAL_REF: Final = 14  # [EVAL_REF, Id, Code, Locals]: the result is kept
 EVAL_IN: Final = 15  # [EVAL_IN, Id, Code, Locals, Session, Ref]: in a session's namespace
 EXEC_IN: Final = 16  # [EXEC_IN, Id, Code, Session]
 STREAM_EVAL_IN: Final = 17  # [STREAM_EVAL_IN, Id, Code, Locals, Credit, Session]
+STOP: Final = 18  # [STOP]: the worker is stopping; exit now (the supervisor ends the rest)
 
 # Python -> Erlang
 READY: Final = 0  # [READY, Info]

@@ -54,6 +54,7 @@ all() ->
         escaped_children_end_with_python,
         escaped_children_end_with_group_kill,
         children_end_with_supervisor_kill,
+        stop_ends_python_stuck_in_c,
         children_end_with_vm,
         exec_survives_restart_during_exec,
         exec_survives_pool_server_restart,
@@ -602,6 +603,30 @@ children_end_with_supervisor_kill(Config) ->
     ct:log("Python ~b, children ~p; alive 2 s after the worker restarted: ~p",
            [OsPid, Children, Alive]),
     ?assertEqual([], Alive).
+
+stop_ends_python_stuck_in_c(Config) ->
+    erlpy_test:doc("children, then a call that holds the GIL for hours (a regex in C), then "
+                   "stop_pool: Python cannot act on STOP, so it is killed; stop_pool returns "
+                   "within 5 s and Python and its children are gone"),
+    P = start_pool(Config, #{size => 1}),
+    [OsPid] = erlpy_test:os_pids(P),
+    Call = fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
+    Children = make_children(Call, ?config(dir, Config)) ++ make_escaped(Call),
+    ok = py:exec(<<"import re\ndef stuck(): return re.match('(a+)+$', 'a' * 40 + 'b')">>,
+                 #{pool => P}),
+    Self = self(),
+    spawn(fun() -> Self ! {stuck, py:eval(<<"stuck()">>, #{}, #{pool => P})} end),
+    timer:sleep(300),  % the call is in the regex by now
+    T0 = now_ms(),
+    ok = py:stop_pool(P),
+    Took = now_ms() - T0,
+    Alive = wait_gone([OsPid | Children], now_ms() + 2000),
+    ct:log("stop_pool took ~b ms; alive 2 s later: ~p", [Took, Alive]),
+    ?assert(Took < 5000),
+    ?assertEqual([], Alive),
+    receive {stuck, Result} -> ?assertMatch({error, {worker_exited, _}}, Result)
+    after 5000 -> ct:fail(no_answer_for_the_stuck_call)
+    end.
 
 children_end_with_vm(Config) ->
     erlpy_test:doc("the same children made by a pool on a peer node: when that node halts, "

@@ -499,6 +499,16 @@ def test_the_supervisor_ends_everything_when_python_kills_its_own_group(worker: 
     assert not worker.group()
 
 
+def test_stop_ends_python_and_the_supervisor_ends_everything(worker: Worker) -> None:
+    # How erlpy_python:close/2 stops a worker: STOP, and Python exits at once (status 0).
+    worker.exec(SLEEPER)
+    pids = [worker.run("sleeper"), *_escapers(worker)]
+    worker.send_raw([P.STOP])
+    assert worker.proc.wait(TIMEOUT) == 0
+    for pid in [worker.pid, *pids]:
+        assert not alive(pid)
+
+
 def test_the_supervisor_ends_everything_at_sigterm_at_once(worker: Worker) -> None:
     # How erlpy_python:kill_group/1 stops a worker: no grace, even for Python stuck in C.
     worker.exec(SLEEPER + "import re\ndef stuck(): re.match('(a+)+$', 'a' * 40 + 'b')\n")
