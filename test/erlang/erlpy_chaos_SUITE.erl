@@ -114,7 +114,8 @@ chaos(Config) ->
     ct:log("first problems: ~p", [lists:sublist(maps:get(problems, Counts), 30)]),
     ok = py:stop_pool(?POOL),
     Left = erlpy_test:wait_groups_empty(Seen, 5000),
-    ct:log("left in the process groups of the Pythons 5 s after stop_pool: ~p", [Left]),
+    ct:log("left in the process groups of the Pythons 5 s after stop_pool: ~p~n~ts", [Left,
+           [os:cmd("ps -o pid,ppid,pgid,sid,stat,etime,args -p " ++ integer_to_list(P)) || P <- Left]]),
     ct:log("the case took ~b ms", [now_ms() - T0]),
     ?assert(maps:get(ok, Counts) > 0),
     %% All at once, so that a failure shows each of them. An error other than the ones

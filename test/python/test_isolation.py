@@ -141,7 +141,14 @@ class Worker:
         return True
 
     def close(self) -> None:
-        """Close Erlang's end of the pipe and kill the group, as erlpy_worker does."""
+        """Stop the worker as erlpy_worker does when it kills one: SIGTERM to the
+        supervisor, which ends everything (even what left the group), and the groups if it
+        does not exit; then close Erlang's end of the pipes."""
+        try:
+            os.kill(self.supervisor, signal.SIGTERM)
+            self.proc.wait(TIMEOUT)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
         for fd in (self.to_py, self.from_py):
             try:
                 os.close(fd)
