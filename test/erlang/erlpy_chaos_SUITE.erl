@@ -355,8 +355,11 @@ sampler(Seen) ->
                    L when is_list(L) -> [P || P <- L, is_integer(P)];
                    _ -> []
                end,
-        %% The process group of each: its supervisor's, which everything it starts is in.
-        Groups = [G || P <- Pids, is_integer(G = erlpy_test:pgid(P))],
+        %% The process group of each, which it leads and everything it starts is in (a
+        %% Python not yet past READY is given by its supervisor's pid, which leads a group
+        %% of its own too, once erl_child_setup's fork has made it one: until then its
+        %% group is erl_child_setup's, which lives as long as the VM).
+        Groups = [P || P <- Pids, erlpy_test:pgid(P) =:= P],
         sampler(lists:foldl(fun sets:add_element/2, Seen, Groups))
     end.
 

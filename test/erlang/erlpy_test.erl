@@ -137,7 +137,7 @@ wait_groups_empty_until(Pgids, Deadline) ->
 group_members(Pgids) ->
     [Pid || {Pid, Pgid, State} <- os_processes(), lists:member(Pgid, Pgids), State =/= $Z].
 
-%% The process group of OS process Pid (a worker's Python: its supervisor's pid), or
+%% The process group of OS process Pid (a worker's Python leads its own), or
 %% undefined if it is gone.
 pgid(Pid) ->
     case [G || {P, G, _} <- os_processes(), P =:= Pid] of
