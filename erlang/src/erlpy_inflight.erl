@@ -62,7 +62,10 @@
     %% Started with `input => true' (stream_send and stream_close allowed).
     input = false :: boolean(),
     %% Paced by its owner's backlog (a local owner, no window): see erlpy_owner.
-    gated = false :: boolean()
+    gated = false :: boolean(),
+    %% Started in a session: the id of its namespace's handle, which Python calls stale
+    %% once the session has ended (its owner sees `session_ended', as callers do).
+    session :: pos_integer() | undefined
 }).
 
 -record(table, {
@@ -147,7 +150,8 @@ add_stream(Id, Alias, Ref, Mon, #{owner := Owner} = Opts, T) ->
     %% A local owner without a window is paced by its backlog, with its other streams.
     Gated = Window =:= infinity andalso node(Owner) =:= node(),
     Entry = #entry{stream = erlpy_stream:new(Ref, Owner, Window, erlpy_stream:initial_credit(Window)),
-                   monitor = Mon, idle = Idle, input = maps:get(input, Opts, false), gated = Gated},
+                   monitor = Mon, idle = Idle, input = maps:get(input, Opts, false), gated = Gated,
+                   session = maps:get(session, Opts, undefined)},
     T1 = T#table{streams = (T#table.streams)#{Id => Entry},
                  aliases = (T#table.aliases)#{Ref => Id},
                  monitors = (T#table.monitors)#{Mon => Id}},
@@ -207,9 +211,14 @@ finish_stream(Id, #entry{stopping = Reason} = Entry, _, T) ->
 
 %% Send the terminal message (owners that died get none) and forget the stream.
 -spec end_stream(id(), #entry{}, final(), table()) -> result().
-end_stream(Id, #entry{stream = S, monitor = Mon, idle = Idle, stopping = Stopping, gated = Gated},
-           Final, T0) ->
+end_stream(Id, #entry{stream = S, monitor = Mon, idle = Idle, stopping = Stopping, gated = Gated,
+                      session = Session},
+           Final0, T0) ->
     {T, Grace} = stop_grace(Id, T0),
+    Final = case Final0 of
+                {error, {stale_ref, Session}} -> {error, session_ended};
+                _ -> Final0
+            end,
     Ref = erlpy_stream:ref(S),
     Owner = erlpy_stream:owner(S),
     Effects =

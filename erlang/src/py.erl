@@ -690,6 +690,11 @@ target(Module, #{session := ?SESSION(Handle)}) ->
 target(Module, _) ->
     name(Module).
 
+%% The id of the handle of the session a request runs in, if any.
+-spec session_id(map()) -> pos_integer() | undefined.
+session_id(#{session := ?SESSION(?HANDLE(_, _, _, Id))}) -> Id;
+session_id(_) -> undefined.
+
 %% A request in a session whose namespace is gone (stopped, its owner dead, its Python
 %% restarted): the session has ended.
 -spec ended(map(), Result) -> Result | {error, session_ended}.
@@ -725,7 +730,8 @@ start_stream(Module, Function, Args, Opts) ->
                     request => Request,
                     window => Window,
                     input => maps:get(input, Opts, false),
-                    idle_timeout => maps:get(idle_timeout, Opts, infinity)
+                    idle_timeout => maps:get(idle_timeout, Opts, infinity),
+                    session => session_id(Opts)
                 },
                 case checkout(Meta, none) of
                     {ok, Worker, _} ->

@@ -399,6 +399,9 @@ stopped_session_is_ended(_Config) ->
     {error, session_ended} = py:call('__main__', f, [], #{}, #{session => S}),
     {error, session_ended} = py:stream_eval(<<"[x]">>, #{}, #{session => S}),
     {error, session_ended} = py:stream('__main__', f, [], #{}, #{session => S}),
+    %% A stream starts at once, and ends as soon as Python sees the session is gone.
+    {ok, Ref} = py:stream_start('__main__', f, [], #{session => S}),
+    {{error, session_ended}, []} = erlpy_test:collect(Ref, 10000),
     {ok, 0} = py:call('__main__', live, [], #{}, opts()).
 
 session_ends_with_owner(_Config) ->
@@ -430,6 +433,8 @@ session_ends_with_python(_Config) ->
     wait_replaced(OsPid),
     {error, session_ended} = py:eval(<<"x">>, #{}, #{session => S}),
     {error, session_ended} = py:exec(<<"x = 2">>, #{session => S}),
+    {ok, Ref} = py:stream_start('__main__', f, [], #{session => S}),
+    {{error, session_ended}, []} = erlpy_test:collect(Ref, 10000),
     {ok, S2} = py:session_start(#{pool => ?POOL}),
     ok = py:exec(<<"x = 2">>, #{session => S2}),
     {ok, 2} = py:eval(<<"x">>, #{}, #{session => S2}),
