@@ -122,7 +122,10 @@ close(Port, #{os_pid := OsPid} = Processes) ->
         catch
             error:badarg -> false  % closed already: its exit message may be on the way
         end,
-    Exited andalso await_exit(OsPid, ?SUPERVISOR_WAIT) =:= exited orelse kill_group(Processes),
+    case Exited andalso await_exit(OsPid, ?SUPERVISOR_WAIT) =:= exited of
+        true -> ok;
+        false -> kill_group(Processes)
+    end,
     catch port_close(Port),
     ok.
 
@@ -139,7 +142,7 @@ kill_group(#{os_pid := OsPid} = Processes) ->
     _ = os:cmd("kill -TERM " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
     case await_exit(OsPid, ?SUPERVISOR_WAIT) of
         exited -> ok;
-        _ -> kill_leftovers(Processes)
+        _ -> kill(Processes, [OsPid])  % still running: its pid is still its own
     end.
 
 %% Wait (1 ms at a time, up to Tries ms) until process OsPid has exited: its /proc entry
@@ -167,9 +170,14 @@ await_exit(OsPid, Tries) ->
 %% ends those itself, unless it was killed). Not by pid: those may belong to other
 %% processes by now.
 -spec kill_leftovers(processes()) -> ok.
-kill_leftovers(#{os_pid := OsPid, python_pid := PythonPid, mark := Mark}) ->
+kill_leftovers(Processes) ->
+    kill(Processes, []).
+
+%% SIGKILL to both groups, the marked processes and `Pids', in one shell.
+-spec kill(processes(), [non_neg_integer()]) -> ok.
+kill(#{os_pid := OsPid, python_pid := PythonPid, mark := Mark}, Pids) ->
     Targets = [[" -", integer_to_list(G)] || G <- [OsPid, PythonPid], is_integer(G)]
-              ++ [[" ", integer_to_list(P)] || P <- marked(Mark)],
+              ++ [[" ", integer_to_list(P)] || P <- Pids ++ marked(Mark)],
     _ = Targets =:= [] orelse os:cmd(lists:flatten(["kill -9", Targets, " 2>/dev/null"])),
     ok.
 
