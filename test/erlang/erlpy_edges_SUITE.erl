@@ -551,12 +551,7 @@ escaped_children_end_with_python(Config) ->
     [OsPid] = erlpy_test:os_pids(P),
     Escaped = make_escaped(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end),
     kill9(OsPid),
-    ok = erlpy_test:wait_until(fun() ->
-        case erlpy_test:os_pids(P) of
-            [New] when is_integer(New), New =/= OsPid -> true;
-            _ -> false
-        end
-    end, 10000),
+    wait_replaced(P, OsPid),
     ?assertMatch({ok, _}, py:call(?M, sleep_return, [0, up], #{}, #{pool => P})),
     Alive = [C || C <- Escaped, erlpy_test:os_pid_alive(C)],
     ct:log("escaped children ~p; alive once the worker restarted: ~p", [Escaped, Alive]),
@@ -570,12 +565,7 @@ escaped_children_end_with_group_kill(Config) ->
     [OsPid] = erlpy_test:os_pids(P),
     Escaped = make_escaped(fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end),
     ?assertMatch({error, {worker_exited, _}}, py:call(os, killpg, [0, 9], #{}, #{pool => P})),
-    ok = erlpy_test:wait_until(fun() ->
-        case erlpy_test:os_pids(P) of
-            [New] when is_integer(New), New =/= OsPid -> true;
-            _ -> false
-        end
-    end, 10000),
+    wait_replaced(P, OsPid),
     ?assertMatch({ok, _}, py:call(?M, sleep_return, [0, up], #{}, #{pool => P})),
     Alive = wait_gone(Escaped, now_ms() + 2000),
     ct:log("escaped children ~p; alive 2 s after the worker restarted: ~p", [Escaped, Alive]),
@@ -593,12 +583,7 @@ children_end_with_supervisor_kill(Config) ->
     Call = fun(F, A) -> py:call(?M, F, A, #{}, #{pool => P}) end,
     Children = make_children(Call, ?config(dir, Config)) ++ make_escaped(Call),
     kill9(Supervisor),
-    ok = erlpy_test:wait_until(fun() ->
-        case erlpy_test:os_pids(P) of
-            [New] when is_integer(New), New =/= OsPid -> true;
-            _ -> false
-        end
-    end, 10000),
+    wait_replaced(P, OsPid),
     Alive = wait_gone([OsPid | Children], now_ms() + 2000),
     ct:log("Python ~b, children ~p; alive 2 s after the worker restarted: ~p",
            [OsPid, Children, Alive]),
@@ -978,6 +963,15 @@ tracked() ->
 now_ms() -> erlang:monotonic_time(millisecond).
 
 kill9(OsPid) -> _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)), ok.
+
+%% Wait until pool P's only worker has a new Python (not OsPid).
+wait_replaced(P, OsPid) ->
+    ok = erlpy_test:wait_until(fun() ->
+        case erlpy_test:os_pids(P) of
+            [New] when is_integer(New), New =/= OsPid -> true;
+            _ -> false
+        end
+    end, 10000).
 
 %% The OS pids of Pids still alive at Deadline (waiting for them to go until then).
 wait_gone(Pids, Deadline) ->
