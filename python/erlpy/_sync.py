@@ -143,7 +143,7 @@ class SyncRunner:
             # Still queued behind other sync work: answer now, so Erlang's grace timer
             # does not mistake waiting for being stuck.
             answer = not job.started
-            if job.waiting is not None:
+            if job.waiting is not None and not job.closing:
                 # Waiting in erlpy.erlang.call(), maybe under other requests the main
                 # thread runs meanwhile: answer now too. The wait raises Interrupted once
                 # the main thread is back in it; the job's later answer is dropped.
@@ -222,13 +222,15 @@ class SyncRunner:
     # ------------------------------------------------------------------ callbacks
 
     def job_to_wait(self) -> Job | None:
-        """The job whose user code calls into Erlang (None outside a job).
+        """The job whose user code calls into Erlang (None outside a job). The clean-up of
+        a cancelled job (a generator's ``finally``) may call: it runs to its end, as an
+        asyncio task's ``finally`` may await after its cancellation.
 
         Raises:
             Interrupted: it is cancelled, and maybe answered already: no new callback.
         """
         job = self._current
-        if job is not None and job.cancelled:
+        if job is not None and job.cancelled and not job.closing:
             raise Interrupted
         return job
 
@@ -247,7 +249,7 @@ class SyncRunner:
                     self._run(item)
                     with self.interrupt_lock:
                         self._current = job
-                    if job is not None and job.cancelled:
+                    if job is not None and job.cancelled and not job.closing:
                         raise Interrupted
         finally:
             if job is not None:

@@ -97,9 +97,32 @@ groups() ->
             queued_request_timeout_keeps_worker,
             paused_sync_stream_does_not_block_worker,
             owner_backlog_two_streams_in_turn,
-            owner_backlog_unrelated_messages
+            owner_backlog_unrelated_messages,
+            cancelled_sync_finally_calls_erlang
         ]}
     ].
+
+cancelled_sync_finally_calls_erlang(Config) ->
+    erlpy_test:doc("a sync generator whose finally calls erlang.call() twice, cancelled: "
+                   "both calls run and return, the finally runs to its end before "
+                   "{error, cancelled}, and the worker goes on serving"),
+    Self = self(),
+    ok = py:register_function(stream_cleanup, fun(Which, N) -> Self ! {cleanup, Which, N}, Which end),
+    try
+        Mark = path(Config, "closed"),
+        {ok, Ref} = py:stream_start(?M, endless_calls_back, [Mark]),
+        _ = erlpy_test:take(Ref, 10),
+        ok = py:stream_cancel(Ref),
+        ?assertMatch({{error, cancelled}, _}, erlpy_test:collect(Ref, 10000)),
+        ?assertEqual(2, read(Mark)),
+        receive {cleanup, <<"first">>, _} -> ok after 5000 -> ct:fail(no_first_callback) end,
+        receive {cleanup, <<"second">>, _} -> ok after 5000 -> ct:fail(no_second_callback) end,
+        assert_silent(Ref),
+        ?assertEqual(0, erlpy_test:restarts(default)),
+        ?assertEqual({ok, 6}, py:call(builtins, sum, [[1, 2, 3]]))
+    after
+        py:unregister_function(stream_cleanup)
+    end.
 
 %%--------------------------------------------------------------------
 %% Setup
@@ -985,6 +1008,19 @@ def kw(a, b=0, c=0):
 async def akw(a, b=0, c=0):
     for v in (a, b, c):
         yield v
+
+def endless_calls_back(mark):
+    i = 0
+    try:
+        while True:
+            i += 1
+            yield i - 1
+    finally:
+        # A clean-up that calls into Erlang, twice: both run, then the mark is written.
+        import erlang
+        first = erlang.call('stream_cleanup', 'first', i)
+        second = erlang.call('stream_cleanup', 'second', i)
+        _write(mark, (first == 'first') + (second == 'second'))
 
 def endless(mark):
     i = 0
