@@ -110,7 +110,7 @@ mark() ->
 -spec close(port() | undefined, processes()) -> ok.
 close(undefined, _) ->
     ok;
-close(Port, #{os_pid := OsPid} = Processes) ->
+close(Port, Processes) ->
     Stop = erlpy_frame:encode([?OP_STOP], none),
     Exited =
         try erlang:port_command(Port, Stop) of
@@ -122,7 +122,8 @@ close(Port, #{os_pid := OsPid} = Processes) ->
         catch
             error:badarg -> false  % closed already: its exit message may be on the way
         end,
-    case Exited andalso await_exit(OsPid, ?SUPERVISOR_WAIT) =:= exited of
+    %% The exit status comes once the supervisor has ended the tree and exited.
+    case Exited of
         true -> ok;
         false -> kill_group(Processes)
     end,
