@@ -88,7 +88,7 @@ lint:
 	@echo "==> mypy --strict, ruff, xref, dialyzer"
 	@set -o pipefail; \
 	 $(VENV)/bin/mypy --strict python/erlpy && \
-	 $(VENV)/bin/ruff check python/erlpy test/python && \
+	 $(VENV)/bin/ruff check python/erlpy test/python bench && \
 	 rebar3 xref && rebar3 dialyzer 2>&1 | tail -n 5
 
 demo: deps venv compile

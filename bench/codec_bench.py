@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
-from erlpy import Atom  # noqa: E402
-from erlpy._codec import new_packer, unpackb  # noqa: E402
+from erlpy import Atom
+from erlpy._codec import new_packer, unpackb
 
 VALUES = {
     "small int": 42,
@@ -29,8 +29,8 @@ def main() -> None:
     for name, value in VALUES.items():
         data = packer.pack(value)
         n = max(1, 200_000 // max(1, len(data) // 8))
-        pack = statistics.median(timeit.repeat(lambda: packer.pack(value), number=n, repeat=5))
-        unpack = statistics.median(timeit.repeat(lambda: unpackb(data), number=n, repeat=5))
+        pack = statistics.median(timeit.repeat(lambda v=value: packer.pack(v), number=n, repeat=5))
+        unpack = statistics.median(timeit.repeat(lambda d=data: unpackb(d), number=n, repeat=5))
         print(f"{name:22} {pack / n * 1e6:11.3f} us {unpack / n * 1e6:11.3f} us")
 
 
