@@ -270,6 +270,11 @@ explain(#{reason := Posix, python := P} = D) when Posix =:= eacces; Posix =:= en
     D#{message => <<"cannot run ", P/binary, " (", (atom_to_binary(Posix))/binary,
                     "): set the pool option python (or $ERLPY_PYTHON) to a Python 3.11+ "
                     "interpreter">>};
+explain(#{reason := Posix, python := P} = D) when Posix =:= emfile; Posix =:= enfile ->
+    %% The VM is out of file descriptors: each worker holds a few (its port's pipes).
+    D#{message => <<"cannot run ", P/binary, " (", (atom_to_binary(Posix))/binary,
+                    "): too many open files; raise the limit (`ulimit -n`, or the service's "
+                    "LimitNOFILE) or start fewer workers">>};
 explain({Exit, _} = Detail) when Exit =:= exit_status; Exit =:= port_closed ->
     %% Only the worker knows the interpreter; the caller of explain/2 adds it.
     Detail;

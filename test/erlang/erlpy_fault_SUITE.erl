@@ -50,6 +50,7 @@ groups() ->
         ]},
         {start, [], [
             python_cannot_start,
+            out_of_file_descriptors,
             python_hangs_at_start,
             python_cannot_restart_then_recovers
         ]},
@@ -323,6 +324,26 @@ python_cannot_start(Config) ->
     ?assertEqual({error, {no_pool, ?config(pool, Config)}}, py:stop_pool(?config(pool, Config))),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])),
     ?assertEqual([], erlpy_test:flush()).
+
+out_of_file_descriptors(_Config) ->
+    erlpy_test:doc("a VM out of file descriptors: start_pool says so and what to do, nothing "
+                   "of the failed pool is left, the pools already running serve"),
+    %% A VM of its own, with a limit that its default pool fits in and a pool of 40 does not.
+    Ebin = filename:dirname(code:which(py)),
+    Eval = "{ok, _} = application:ensure_all_started(erlpy), "
+           "{error, {python_start_failed, #{reason := emfile, message := M}}} = "
+           "    py:start_pool(many, #{size => 40}), "
+           "{ok, 2.0} = py:call(math, sqrt, [4]), "
+           "Mark = \"ERLPY_WORKER=\" ++ os:getpid() ++ \".\", "
+           "Mine = [F || F <- filelib:wildcard(\"/proc/[0-9]*/environ\"), "
+           "             {ok, E} <- [file:read_file(F)], binary:match(E, list_to_binary(Mark)) =/= nomatch], "
+           "io:format(\"~s~n~b~n\", [M, length(Mine)]), halt().",
+    Out = os:cmd("ulimit -n 64 && erl -noshell -pa '" ++ Ebin ++ "' -eval '" ++ Eval ++ "' 2>&1"),
+    ct:log("~ts", [Out]),
+    %% the message names the cause and the fix; 4 processes left: the default pool's
+    %% two workers (a supervisor and a Python each), none of the failed pool's
+    ?assertMatch({match, _}, re:run(Out, "too many open files; raise the limit")),
+    ?assertMatch({match, _}, re:run(Out, "^4$", [multiline])).
 
 python_hangs_at_start(Config) ->
     erlpy_test:doc("an interpreter that never says READY: start_pool fails after start_timeout "
