@@ -2,7 +2,11 @@
 
 Runs before erlpy (or msgpack) is imported, so that a missing dependency is reported to
 Erlang as a FATAL message naming the module and the interpreter, instead of a bare exit.
+It must get as far as its version check on the Pythons it refuses too (3.7 and later:
+annotations are not evaluated), so that they also get the one-line reason and no traceback.
 """
+
+from __future__ import annotations
 
 import os
 import sys
@@ -26,7 +30,7 @@ def main() -> None:
     # Running this file put its own directory first on sys.path; replace it with the
     # package's parent and the pool's `path` entries.
     sys.path[0:1] = sys.argv[1:]
-    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs on any Python
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs on older Pythons too
         _fatal(
             {
                 "reason": "python_too_old",

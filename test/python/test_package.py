@@ -144,3 +144,52 @@ def test_one_version_for_both_sides() -> None:
     with open(ROOT / "pyproject.toml", "rb") as f:
         pyproject = tomllib.load(f)
     assert pyproject["project"]["version"] == match.group(1)
+
+
+def _older_pythons() -> list[str]:
+    """Interpreters older than 3.11 on this machine (pyenv's, python3.N on PATH)."""
+    import glob
+    import shutil
+
+    found = set(glob.glob(str(Path.home() / ".pyenv" / "versions" / "3.*" / "bin" / "python")))
+    found |= {p for v in range(7, 11) if (p := shutil.which(f"python3.{v}"))}
+    older = []
+    for python in sorted(found):
+        run = subprocess.run(
+            [python, "-c", "import sys; print((3, 7) <= sys.version_info[:2] < (3, 11))"],
+            capture_output=True,
+            text=True,
+        )
+        if run.stdout.strip() == "True":
+            older.append(python)
+    return older
+
+
+def test_an_older_python_gets_the_one_line_reason_and_no_traceback() -> None:
+    # _boot.py must get as far as its version check on 3.7-3.10: before it evaluated its
+    # annotations, 3.7 and 3.8 died on `dict[str, str]` with a traceback on stderr.
+    import os
+
+    import pytest
+
+    older = _older_pythons()
+    if not older:
+        pytest.skip("no Python 3.7-3.10 on this machine")
+    launch = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 4); "
+        "os.execv(sys.executable, [sys.executable] + sys.argv[2:])"
+    )
+    for python in older:
+        r, w = os.pipe()
+        proc = subprocess.Popen(
+            [python, "-c", launch, str(w), str(PACKAGE / "_boot.py"), str(PACKAGE.parent)],
+            pass_fds=(w,),
+            stderr=subprocess.PIPE,
+        )
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            frame = pipe.read()
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 3, (python, stderr)
+        assert stderr == b"", (python, stderr)
+        assert b"python_too_old" in frame, (python, frame)
