@@ -10,6 +10,7 @@
 start(_Type, _Args) ->
     %% Failures of pools started before are from an earlier life of the application.
     erlpy_pool_sup:forget_failures(),
+    warn_unknown_env(application:get_all_env(erlpy)),
     {ok, Sup} = erlpy_sup:start_link(),
     case start_pools(configured_pools()) of
         ok -> {ok, Sup};
@@ -18,6 +19,24 @@ start(_Type, _Args) ->
 
 -spec stop(term()) -> ok.
 stop(_State) ->
+    ok.
+
+%% erlpy reads `pools' and `defaults' only: anything else in its environment was meant for
+%% one of them (`{python, ...}' for `defaults', most likely), and would be silently ignored.
+-spec warn_unknown_env([{atom(), term()}]) -> ok.
+warn_unknown_env(Env) ->
+    Options = erlpy_pool:option_names(),
+    _ = [case lists:member(Key, Options) of
+             true ->
+                 ?LOG_WARNING("erlpy: ~p in the erlpy application environment is not read: a pool "
+                              "option goes in `defaults' (every pool), as {erlpy, [{defaults, #{~p => "
+                              "...}}]} or, in Elixir, config :erlpy, defaults: %{~p: ...}; or in "
+                              "`pools' for one pool", [Key, Key, Key]);
+             false ->
+                 ?LOG_WARNING("erlpy: ~p in the erlpy application environment is not read: erlpy "
+                              "reads `pools' and `defaults' (docs/pools.md)", [Key])
+         end
+         || {Key, _} <- Env, not lists:member(Key, [pools, defaults])],
     ok.
 
 %% The `default' pool plus whatever `{pools, #{Name => Opts}}' asks for.

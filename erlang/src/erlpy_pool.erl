@@ -8,7 +8,7 @@
 -module(erlpy_pool).
 -behaviour(gen_server).
 
--export([start_link/2, meta/1, validate/1]).
+-export([start_link/2, meta/1, validate/1, option_names/0]).
 -export([register_worker/3, checkout/1, checkout/2, checkout_worker/3, done/2, draining/3, workers/1,
          batched/3,
          indexed_workers/1, new_atom_fun/1,
@@ -95,6 +95,11 @@ validate(Opts) ->
     catch
         throw:{bad_option, {_, _}} = Bad -> {error, Bad}
     end.
+
+%% @doc The names of the pool options.
+-spec option_names() -> [atom()].
+option_names() ->
+    maps:keys(defaults()).
 
 -spec defaults() -> map().
 defaults() ->

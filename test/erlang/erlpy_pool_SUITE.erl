@@ -25,6 +25,7 @@ all() ->
         pools_from_app_env,
         app_defaults_every_pool,
         app_defaults_checked,
+        unknown_app_env_warned,
         path_and_cd_forms,
         pool_sup_killed_python_gone,
         vm_killed_python_gone,
@@ -340,6 +341,46 @@ app_defaults_every_pool(Config) ->
         ok = erlpy_test:start_app()
     end,
     ?assertEqual({ok, none}, py:eval(<<"None">>)).
+
+unknown_app_env_warned(_) ->
+    erlpy_test:doc("a key of erlpy's application environment that erlpy does not read (a "
+                   "pool option put beside `defaults' instead of in it) is warned about when "
+                   "the application starts, with where it goes"),
+    ok = application:stop(erlpy),
+    ok = logger:add_handler(?MODULE, ?MODULE, #{config => #{pid => self()}}),
+    try
+        ok = application:set_env(erlpy, python, "/somewhere/bin/python"),
+        ok = application:set_env(erlpy, colour, blue),
+        ok = erlpy_test:start_app(),
+        Warnings = warnings(),
+        ct:log("~p", [Warnings]),
+        ?assertMatch([_, _], Warnings),
+        [Colour] = [W || W <- Warnings, string:find(W, "colour") =/= nomatch],
+        [Python] = [W || W <- Warnings, string:find(W, "python") =/= nomatch],
+        ?assertNotEqual(nomatch, string:find(Colour, "erlpy reads `pools' and `defaults'")),
+        ?assertNotEqual(nomatch, string:find(Python, "{erlpy, [{defaults, #{python => ...}}]}")),
+        ?assertNotEqual(nomatch, string:find(Python, "config :erlpy, defaults: %{python: ...}")),
+        %% the pools start as before: the key is not read
+        ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16]))
+    after
+        _ = logger:remove_handler(?MODULE),
+        _ = application:stop(erlpy),
+        application:unset_env(erlpy, python),
+        application:unset_env(erlpy, colour),
+        ok = erlpy_test:start_app()
+    end.
+
+%% The warnings logged so far (by the handler of unknown_app_env_warned/1).
+warnings() ->
+    receive
+        {?MODULE, warning, Text} -> [Text | warnings()]
+    after 0 -> []
+    end.
+
+log(#{level := warning, msg := {Format, Args}}, #{config := #{pid := Pid}}) ->
+    Pid ! {?MODULE, warning, lists:flatten(io_lib:format(Format, Args))};
+log(_, _) ->
+    ok.
 
 app_defaults_checked(_) ->
     erlpy_test:doc("bad application defaults fail a pool's start as its own options would"),
