@@ -46,16 +46,36 @@ find(Python) ->
             {ok, Found};
         false ->
             Name = unicode:characters_to_binary(Python),
-            Where = case lists:member($/, Python) of
-                true -> <<"no Python interpreter at ", Name/binary>>;
-                false -> <<Name/binary, " is not on PATH">>
-            end,
-            {error, #{
-                reason => python_not_found,
-                python => Name,
-                message => <<Where/binary, ": install Python 3.11+ with msgpack, or set the pool "
-                             "option python (or $ERLPY_PYTHON) to such an interpreter">>
-            }}
+            {error, #{reason => python_not_found, python => Name, message => not_found(Python, Found)}}
+    end.
+
+%% What to do, for each way of naming no interpreter. A relative name shows where it was
+%% looked for (the VM's working directory: a release's start script changes it).
+-spec not_found(string(), string() | false) -> binary().
+not_found(Python, Found) ->
+    Name = unicode:characters_to_binary(Python),
+    At = case is_list(Found) andalso Found =/= Python of
+        true -> <<Name/binary, " (", (unicode:characters_to_binary(Found))/binary, ")">>;
+        false -> Name
+    end,
+    Interpreter = filename:join([Found, "bin", "python"]),
+    if
+        Found =:= false ->
+            <<Name/binary, " is not on PATH: install Python 3.11+ with msgpack, or set the pool "
+              "option python (or $ERLPY_PYTHON) to such an interpreter">>;
+        is_list(Found) ->
+            case {filelib:is_dir(Found), filelib:is_regular(Interpreter)} of
+                {true, true} ->
+                    <<At/binary, " is a directory, not an interpreter: set the pool option python "
+                      "(or $ERLPY_PYTHON) to its ", (unicode:characters_to_binary(Interpreter))/binary,
+                      ", or the pool option venv to the directory">>;
+                {true, false} ->
+                    <<At/binary, " is a directory, not an interpreter: set the pool option python "
+                      "(or $ERLPY_PYTHON) to a Python 3.11+ interpreter">>;
+                {false, _} ->
+                    <<"no Python interpreter at ", At/binary, ": install Python 3.11+ with msgpack, "
+                      "or set the pool option python (or $ERLPY_PYTHON) to such an interpreter">>
+            end
     end.
 
 %% @doc Start one worker process. The protocol runs on fds 3/4 (`nouse_stdio'), so output

@@ -35,7 +35,8 @@ groups() ->
                            release_daemon_and_tar]},
      {scripts, [], [call_before_start, script_default_pool_fails, erl_eval_recipe,
                     batch_escript_from_elsewhere]},
-     {messages, [], [message_python_not_found, message_not_python, message_python_too_old,
+     {messages, [], [message_python_not_found, message_python_is_a_directory,
+                     message_relative_python_resolved, message_not_python, message_python_too_old,
                      message_missing_msgpack, message_bad_options]}].
 
 init_per_suite(Config) ->
@@ -194,6 +195,29 @@ message_python_not_found(_Config) ->
                    "option python (or $ERLPY_PYTHON) to such an interpreter">>,
                  start_message(#{python => "nopython3"})).
 
+message_python_is_a_directory(Config) ->
+    erlpy_test:doc("a directory given as the interpreter (a virtualenv, most likely): the "
+                   "message says it is one and names its interpreter when it has one"),
+    Venv = filename:join(?config(priv_dir, Config), "a_venv"),
+    Python = script(Config, "a_venv/bin/python", "#!/bin/sh\nexit 1\n"),
+    ?assertEqual(<<(list_to_binary(Venv))/binary, " is a directory, not an interpreter: set the pool "
+                   "option python (or $ERLPY_PYTHON) to its ", (list_to_binary(Python))/binary,
+                   ", or the pool option venv to the directory">>,
+                 start_message(#{python => Venv})),
+    Dir = ?config(priv_dir, Config),
+    ?assertEqual(<<(list_to_binary(Dir))/binary, " is a directory, not an interpreter: set the pool "
+                   "option python (or $ERLPY_PYTHON) to a Python 3.11+ interpreter">>,
+                 start_message(#{python => Dir})).
+
+message_relative_python_resolved(_Config) ->
+    erlpy_test:doc("a relative interpreter path that names nothing: the message shows where it "
+                   "was looked for (a release's start script changes the working directory)"),
+    {ok, Cwd} = file:get_cwd(),
+    ?assertEqual(<<"no Python interpreter at venv/bin/python (", (list_to_binary(Cwd))/binary,
+                   "/venv/bin/python): install Python 3.11+ with msgpack, or set the pool option "
+                   "python (or $ERLPY_PYTHON) to such an interpreter">>,
+                 start_message(#{python => "venv/bin/python"})).
+
 message_not_python(Config) ->
     erlpy_test:doc("an executable that is not Python"),
     Fake = script(Config, "not_python", "#!/bin/sh\necho 'hello from sh'\nexit 2\n"),
@@ -311,6 +335,7 @@ start_message(Opts) ->
 
 script(Config, Name, Text) ->
     File = filename:join(?config(priv_dir, Config), Name),
+    ok = filelib:ensure_dir(File),
     ok = file:write_file(File, Text),
     ok = file:change_mode(File, 8#755),
     File.
