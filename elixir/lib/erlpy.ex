@@ -31,7 +31,8 @@ defmodule Erlpy do
       streams)
     * any other option of the `:py` function underneath, which checks them all: an
       unknown option is `{:error, %Erlpy.Error{reason: {:bad_option, {key, value}}}}`,
-      never silently ignored
+      never silently ignored, whose message says where Python keyword arguments go
+      (`kwargs:`; the locals, for `eval/3`)
 
   Python keyword arguments never mix with options: `Erlpy.call(:m, :f, [1], pool: :ml)`
   runs on the pool `:ml`, and `kwargs: [pool: :ml]` is how Python would get `pool`.
@@ -43,7 +44,8 @@ defmodule Erlpy do
   `traceback`) when Python raised, an `Erlpy.Error` (with the `:py` `reason`, such as
   `:timeout`) for anything else. The bang functions return the value or raise that
   exception. Arguments of the wrong shape for this module (options that are not a
-  keyword list, locals that are not a map) raise `ArgumentError`.
+  keyword list, locals that are not a map, args that are not a list, an Elixir alias
+  such as `Math` as the Python module) raise `ArgumentError`.
 
   ## Streams
 
@@ -115,8 +117,10 @@ defmodule Erlpy do
   """
   @spec call(name(), name(), list(), [call_option()]) :: {:ok, term()} | {:error, exception()}
   def call(module, function, args \\ [], opts \\ []) do
+    check_module!(module, :call)
+    check_args!(args, :call)
     {kwargs, opts} = pop_kwargs(opts, :call)
-    result(:py.call(module, function, args, kwargs, opts))
+    result(:py.call(module, function, args, kwargs, opts), {:kwargs, :call, module, function})
   end
 
   @doc """
@@ -144,7 +148,7 @@ defmodule Erlpy do
   def eval(code, locals \\ %{}, opts \\ []) do
     check_locals!(locals, :eval)
     check_opts!(opts, :eval)
-    result(:py.eval(code, locals, opts))
+    result(:py.eval(code, locals, opts), {:locals, :eval})
   end
 
   @doc """
@@ -212,8 +216,16 @@ defmodule Erlpy do
   """
   @spec stream(name(), name(), list(), [stream_option()]) :: Enumerable.t()
   def stream(module, function, args \\ [], opts \\ []) do
+    check_module!(module, :stream)
+    check_args!(args, :stream)
     {window, close_timeout, opts} = stream_opts!(opts, :stream)
-    lazy(fn -> :py.stream_start(module, function, args, opts) end, window, close_timeout)
+
+    lazy(
+      fn -> :py.stream_start(module, function, args, opts) end,
+      {:kwargs, :stream, module, function},
+      window,
+      close_timeout
+    )
   end
 
   @doc """
@@ -243,6 +255,7 @@ defmodule Erlpy do
           {:error, _} = error -> error
         end
       end,
+      {:locals, :stream_eval},
       window,
       close_timeout
     )
@@ -278,14 +291,14 @@ defmodule Erlpy do
     end
   end
 
-  defp lazy(start, window, close_timeout) do
+  defp lazy(start, example, window, close_timeout) do
     ack_every = max(1, div(window, 2))
 
     Stream.resource(
       fn ->
-        case start.() do
+        case result(start.(), example) do
           {:ok, ref} -> {:running, ref, ack_every, 0, 0}
-          {:error, reason} -> raise to_exception(reason)
+          {:error, exception} -> raise exception
         end
       end,
       &next_items/1,
@@ -401,8 +414,14 @@ defmodule Erlpy do
   @spec start_stream(name(), name(), list(), [start_option()]) ::
           {:ok, stream_ref()} | {:error, exception()}
   def start_stream(module, function, args \\ [], opts \\ []) do
+    check_module!(module, :start_stream)
+    check_args!(args, :start_stream)
     check_opts!(opts, :start_stream)
-    result(:py.stream_start(module, function, args, opts))
+
+    result(
+      :py.stream_start(module, function, args, opts),
+      {:kwargs, :start_stream, module, function}
+    )
   end
 
   @doc """
@@ -582,8 +601,13 @@ defmodule Erlpy do
   @spec call_method(handle(), name(), list(), [call_option()]) ::
           {:ok, term()} | {:error, exception()}
   def call_method(ref, method, args \\ [], opts \\ []) do
+    check_args!(args, :call_method)
     {kwargs, opts} = pop_kwargs(opts, :call_method)
-    result(:py.call_method(ref, method, args, kwargs, opts))
+
+    result(
+      :py.call_method(ref, method, args, kwargs, opts),
+      {:kwargs, :call_method, :handle, method}
+    )
   end
 
   @doc """
@@ -682,6 +706,7 @@ defmodule Erlpy do
   """
   @spec reload(name(), [call_option()]) :: :ok | {:error, exception()}
   def reload(module, opts \\ []) do
+    check_module!(module, :reload)
     check_opts!(opts, :reload)
     result(:py.reload(module, opts))
   end
@@ -709,6 +734,32 @@ defmodule Erlpy do
   defp result({:error, reason}), do: {:error, to_exception(reason)}
   defp result(ok), do: ok
 
+  # Every option any function here takes; another is an unknown option.
+  @option_names [:pool, :timeout, :kwargs, :return, :owner, :session, :input] ++
+                  [:window, :idle_timeout, :close_timeout]
+
+  # An unknown option of a call, eval or stream is most likely a Python keyword argument
+  # (for eval, a variable) given as an option: the error says where it goes. The example
+  # is only built into text when there is an error, away from the calls' path.
+  defp result({:error, {:bad_option, {key, _} = option} = reason}, example)
+       when key not in @option_names do
+    {:error, %Erlpy.Error{reason: reason, hint: hint(example, option)}}
+  end
+
+  defp result(other, _example), do: result(other)
+
+  defp hint({:kwargs, function, target, name}, option) do
+    target = if target == :handle, do: "handle", else: inspect(target)
+
+    "Python keyword arguments go in kwargs:, as in " <>
+      "Erlpy.#{function}(#{target}, #{inspect(name)}, args, kwargs: #{inspect([option])})"
+  end
+
+  defp hint({:locals, function}, {key, value}) do
+    "Python variables go in the locals, as in " <>
+      "Erlpy.#{function}(code, #{inspect(%{key => value})})"
+  end
+
   defp unwrap!({:ok, value}), do: value
   defp unwrap!(:ok), do: :ok
   defp unwrap!({:error, exception}), do: raise(exception)
@@ -725,6 +776,34 @@ defmodule Erlpy do
             "Erlpy.#{function} takes its options as a keyword list (Python keyword " <>
               "arguments go in kwargs:), got: #{inspect(opts)}"
     end
+  end
+
+  # An Elixir alias (`Math`, the atom :"Elixir.Math") never names a Python module; Python
+  # would only say that there is no module named 'Elixir'.
+  defp check_module!(module, function) when is_atom(module) do
+    case Atom.to_string(module) do
+      "Elixir." <> name ->
+        python = String.downcase(name)
+
+        raise ArgumentError,
+              "Erlpy.#{function}: #{name} is an Elixir module alias, not a Python module; " <>
+                "name the Python module with an atom or a string, such as " <>
+                "#{inspect(String.to_atom(python))} or #{inspect(python)}"
+
+      _ ->
+        :ok
+    end
+  end
+
+  defp check_module!(_module, _function), do: :ok
+
+  # :py would return {:error, {:badarg, {:bad_args, args}}}: a mistake in the program.
+  defp check_args!(args, _function) when is_list(args), do: :ok
+
+  defp check_args!(args, function) do
+    raise ArgumentError,
+          "Erlpy.#{function} takes the Python arguments as a list, such as " <>
+            "#{inspect([args])}; got: #{inspect(args)}"
   end
 
   defp check_locals!(locals, _function) when is_map(locals), do: :ok

@@ -31,7 +31,7 @@ all() ->
     [{group, rebar3}, {group, scripts}, {group, messages}].
 
 groups() ->
-    [{rebar3, [sequence], [git_dependency, git_dependency_branch_and_ref, checkouts_link,
+    [{rebar3, [sequence], [git_dependency, git_dependency_tag_and_ref, checkouts_link,
                            release_daemon_and_tar]},
      {scripts, [], [call_before_start, script_default_pool_fails, erl_eval_recipe,
                     batch_escript_from_elsewhere]},
@@ -67,7 +67,7 @@ end_per_group(_, _Config) ->
 %%====================================================================
 
 git_dependency(Config) ->
-    erlpy_test:doc("a rebar3 application with erlpy as a git dependency (tag) compiles "
+    erlpy_test:doc("a rebar3 application with erlpy as a git dependency (branch) compiles "
                    "offline and calls its own priv/python through {priv, App, \"python\"}"),
     App = fixture(Config, "git_app", "file://" ++ ?config(repo, Config)),
     {0, Out} = sh("rebar3 compile", App, Config),
@@ -78,19 +78,19 @@ git_dependency(Config) ->
     ?assert(filelib:is_regular(filename:join(Lib, "priv/python/erlpy/_boot.py"))),
     ?assertEqual(expected_check(), run_check(App, "_build/default/lib/*/ebin", Config)).
 
-git_dependency_branch_and_ref(Config) ->
-    erlpy_test:doc("the same git dependency by branch and by ref"),
+git_dependency_tag_and_ref(Config) ->
+    erlpy_test:doc("the same git dependency by tag and by ref"),
     Repo = ?config(repo, Config),
     {0, Sha} = sh("git rev-parse HEAD", Repo, Config),
     lists:foreach(
         fun({Name, Spec}) ->
             App = fixture(Config, Name, "file://" ++ Repo),
-            ok = replace_in(filename:join(App, "rebar.config"), "{tag, \"v0.1.0\"}", Spec),
+            ok = replace_in(filename:join(App, "rebar.config"), "{branch, \"main\"}", Spec),
             {0, Out} = sh("rebar3 compile", App, Config),
             ct:log("~s: ~ts", [Name, Out]),
             ?assert(filelib:is_regular(filename:join(App, "_build/default/lib/erlpy/ebin/py.beam")))
         end,
-        [{"branch_app", "{branch, \"main\"}"},
+        [{"tag_app", "{tag, \"v0.1.0\"}"},
          {"ref_app", "{ref, \"" ++ string:trim(binary_to_list(Sha)) ++ "\"}"}]).
 
 checkouts_link(Config) ->

@@ -4,18 +4,21 @@ defmodule Erlpy.Error do
   reason of the `:py` module, for instance `:timeout`, `:overloaded`, `:cancelled`,
   `{:worker_exited, detail}`, `{:badarg, detail}`, `{:bad_option, {key, value}}`,
   `{:no_pool, name}` or `{:python_start_failed, detail}` (docs/errors.md has them all).
+  `hint`, when not `nil`, is advice that the message ends with (where the Python keyword
+  arguments go, for an unknown option of a call).
 
       iex> {:error, %Erlpy.Error{reason: reason}} = Erlpy.eval("1", %{}, pool: :no_such_pool)
       iex> reason
       {:no_pool, :no_such_pool}
   """
 
-  defexception [:reason]
+  defexception [:reason, :hint]
 
-  @type t :: %__MODULE__{reason: term()}
+  @type t :: %__MODULE__{reason: term(), hint: String.t() | nil}
 
   @impl true
-  def message(%__MODULE__{reason: reason}), do: describe(reason)
+  def message(%__MODULE__{reason: reason, hint: nil}), do: describe(reason)
+  def message(%__MODULE__{reason: reason, hint: hint}), do: describe(reason) <> "; " <> hint
 
   defp describe(:timeout), do: "Python did not answer within the timeout (:timeout)"
   defp describe(:overloaded), do: "the pool's queue is full (:overloaded)"
