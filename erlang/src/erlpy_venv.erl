@@ -154,6 +154,8 @@ release_hook(Args) ->
         catch
             C:R -> {error, {hook, {C, R}}}
         end,
+    %% What the build logged (the "ready" notice) is written before the VM halts.
+    _ = [logger_std_h:filesync(Id) || #{id := Id, module := logger_std_h} <- logger:get_handler_config()],
     case Result of
         {ok, Built} ->
             _ = [io:format("erlpy: pool ~ts runs ~ts~n", [N, P]) || {N, P} <- Built],
@@ -245,7 +247,7 @@ mark(Dir) ->
 run_build(Plan, #{dir := Dir, reqs := Reqs} = B) ->
     Tool = tool(),
     Start = erlang:monotonic_time(millisecond),
-    Specs = [erlpy_venv_spec:msgpack_spec() | [S || #{spec := S} <- Reqs]],
+    Specs = specs(Reqs),
     ?LOG_NOTICE("erlpy: ~ts virtualenv ~ts from ~ts with ~ts: ~ts",
                 [verb(Plan), Dir, maps:get(base, B), tool_name(Tool), join(Specs)],
                 #{erlpy => venv, venv => Dir}),
@@ -325,6 +327,12 @@ create(Tool, #{dir := Dir, base := Base} = B) ->
                      (tool_name(Tool))/binary, ": ", (erlpy_venv_tool:first_error(Lines))/binary>>,
                    #{tool => tool_name(Tool), exit => Exit, output => erlpy_venv_tool:output(Lines)})
     end.
+
+%% What is installed, as the user would write it: erlpy's msgpack first, unless the user's
+%% requirements say the same.
+-spec specs([map()]) -> [binary()].
+specs(Reqs) ->
+    lists:uniq([erlpy_venv_spec:msgpack_spec() | [S || #{spec := S} <- Reqs]]).
 
 -spec install(erlpy_venv_tool:tool(), map()) -> {ok, [binary()]} | {error, term()}.
 install(Tool, #{dir := Dir, reqs := Reqs, pip := PipConf} = B) ->
@@ -432,7 +440,7 @@ write_state(#{dir := Dir, reqs := Reqs, fingerprint := Fingerprint} = B, Tool, S
             <<"fingerprint: ">>, Fingerprint, <<"\n">>,
             <<"python: ">>, python_line(B), <<"\n">>,
             <<"installer: ">>, tool_name(Tool), <<"\n">>,
-            <<"requirements: ">>, join([erlpy_venv_spec:msgpack_spec() | [S || #{spec := S} <- Reqs]]), <<"\n">>,
+            <<"requirements: ">>, join(specs(Reqs)), <<"\n">>,
             <<"written: ">>, calendar:system_time_to_rfc3339(erlang:system_time(second)), <<"\n">>],
     File = filename:join(Dir, ?STATE_FILE),
     Tmp = File ++ ".tmp",
