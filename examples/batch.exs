@@ -16,13 +16,14 @@
 # Starting erlpy is the Mix.install line below: it builds erlpy from this checkout (offline,
 # cached after the first run) and starts it, with Python None as nil in the default pool.
 # Mix.install does not stop the script if erlpy cannot start (no usable Python, say): the
-# line after it does, with the reason (docs/install.md). As batch.escript does, without
-# $ERLPY_PYTHON every pool runs the checkout's virtualenv (.venv, which `make` creates) if
-# there is one, found from the script's own location: erlpy's application-wide defaults.
+# line after it does, with the reason (docs/install.md). The two lines before it pick
+# Python as batch.escript does: without $ERLPY_PYTHON, every pool runs the checkout's
+# virtualenv (.venv, which `make` creates) if there is one, found from the script's own
+# location, so the script runs from any directory.
 
 venv = Path.expand("../.venv/bin/python", __DIR__)
-defaults = if !System.get_env("ERLPY_PYTHON") and File.regular?(venv), do: %{python: venv}, else: %{}
-Mix.install([{:erlpy, path: Path.expand("..", __DIR__)}], config: [erlpy: [defaults: defaults, pools: %{default: %{none_atom: nil}}]])
+if !System.get_env("ERLPY_PYTHON") and File.regular?(venv), do: System.put_env("ERLPY_PYTHON", venv)
+Mix.install([{:erlpy, path: Path.expand("..", __DIR__)}], config: [erlpy: [pools: %{default: %{none_atom: nil}}]])
 {:ok, _} = Application.ensure_all_started(:erlpy)
 
 defmodule Batch do

@@ -111,9 +111,6 @@ defmodule Erlpy.ApiTest do
       assert {:error, %Erlpy.Error{reason: {:badarg, {:improper_list, :b}}}} =
                Erlpy.call(:builtins, :len, [[:a | :b]])
 
-      assert {:error, %Erlpy.Error{reason: {:badarg, {:bad_args, :x}}}} =
-               Erlpy.call(:builtins, :len, :x)
-
       error = assert_raise Erlpy.Error, fn -> Erlpy.call!(:math, :sqrt, [4], pool: :nope) end
       assert Exception.message(error) == "no pool :nope is running ({:no_pool, _})"
 
@@ -128,6 +125,116 @@ defmodule Erlpy.ApiTest do
 
       assert_raise ArgumentError, fn -> Erlpy.call(:json, :dumps, [1], [1]) end
       assert_raise ArgumentError, fn -> Erlpy.call(:json, :dumps, [1], 5_000) end
+    end
+  end
+
+  describe "the slips of a new user" do
+    test "an unknown option says where Python keyword arguments (or eval's variables) go" do
+      assert {:error, %Erlpy.Error{reason: {:bad_option, {:indent, 2}}} = error} =
+               Erlpy.call(:json, :dumps, [1], indent: 2)
+
+      assert Exception.message(error) ==
+               "bad option :indent: 2 ({:bad_option, _}); Python keyword arguments go in " <>
+                 "kwargs:, as in Erlpy.call(:json, :dumps, args, kwargs: [indent: 2])"
+
+      assert_raise Erlpy.Error, ~r/bad option :indent: 2 .*kwargs: \[indent: 2\]/, fn ->
+        Erlpy.call!(:json, :dumps, [1], indent: 2)
+      end
+
+      {:ok, list} = Erlpy.eval("[3, 1, 2]", %{}, return: :ref)
+
+      assert_raise Erlpy.Error,
+                   ~r/as in Erlpy.call_method\(handle, :sort, args, kwargs: \[reverse: true\]\)$/,
+                   fn -> Erlpy.call_method!(list, :sort, [], reverse: true) end
+
+      :ok = Erlpy.release(list)
+
+      assert {:error, %Erlpy.Error{} = error} =
+               Erlpy.start_stream(:builtins, :range, [3], step: 2)
+
+      assert Exception.message(error) =~
+               "Erlpy.start_stream(:builtins, :range, args, kwargs: [step: 2])"
+
+      assert_raise Erlpy.Error,
+                   ~r/Erlpy.stream\("itertools", "count", args, kwargs: \[step: 2\]\)$/,
+                   fn ->
+                     Erlpy.stream("itertools", "count", [], step: 2) |> Enum.take(1)
+                   end
+
+      # eval takes no keyword arguments: Python variables go in the locals.
+      assert_raise Erlpy.Error,
+                   ~r/; Python variables go in the locals, as in Erlpy.eval\(code, %\{x: 2\}\)$/,
+                   fn ->
+                     Erlpy.eval!("x", %{}, x: 2)
+                   end
+
+      assert_raise Erlpy.Error, ~r/as in Erlpy.stream_eval\(code, %\{n: 2\}\)$/, fn ->
+        Erlpy.stream_eval("range(n)", %{}, n: 2) |> Enum.to_list()
+      end
+
+      # A bad value of a known option is no keyword argument.
+      assert {:error, %Erlpy.Error{reason: {:bad_option, {:timeout, -1}}, hint: nil} = error} =
+               Erlpy.call(:json, :dumps, [1], timeout: -1)
+
+      assert Exception.message(error) == "bad option :timeout: -1 ({:bad_option, _})"
+    end
+
+    test "an Elixir alias as the Python module raises ArgumentError" do
+      message =
+        "Erlpy.call: Math is an Elixir module alias, not a Python module; name the Python " <>
+          "module with an atom or a string, such as :math or \"math\""
+
+      assert_raise ArgumentError, message, fn -> Erlpy.call(Math, :sqrt, [16]) end
+
+      assert_raise ArgumentError, ~r/^Erlpy.call: Math is an Elixir/, fn ->
+        Erlpy.call!(Math, :sqrt, [16])
+      end
+
+      assert_raise ArgumentError,
+                   ~r/^Erlpy.stream: Os.Path .* such as :"os.path" or "os.path"$/,
+                   fn ->
+                     Erlpy.stream(Os.Path, :join, ["a"])
+                   end
+
+      assert_raise ArgumentError,
+                   ~r/^Erlpy.start_stream: Itertools is an Elixir module alias/,
+                   fn ->
+                     Erlpy.start_stream(Itertools, :count, [])
+                   end
+
+      assert_raise ArgumentError, ~r/^Erlpy.reload: Json is an Elixir/, fn ->
+        Erlpy.reload(Json)
+      end
+
+      # Atoms and strings name Python modules, dotted or not.
+      assert {:ok, "a/b"} = Erlpy.call(:"os.path", :join, ["a", "b"])
+    end
+
+    test "args that are not a list raise ArgumentError" do
+      assert_raise ArgumentError,
+                   "Erlpy.call takes the Python arguments as a list, such as [16]; got: 16",
+                   fn -> Erlpy.call(:math, :sqrt, 16) end
+
+      assert_raise ArgumentError, ~r/^Erlpy.call takes the Python arguments as a list/, fn ->
+        Erlpy.call!(:math, :sqrt, 16)
+      end
+
+      assert_raise ArgumentError, ~r/such as \[3\]; got: 3$/, fn ->
+        Erlpy.stream(:builtins, :range, 3)
+      end
+
+      assert_raise ArgumentError, ~r/^Erlpy.start_stream takes the Python arguments/, fn ->
+        Erlpy.start_stream(:builtins, :range, 3)
+      end
+
+      {:ok, list} = Erlpy.eval("[3, 1, 2]", %{}, return: :ref)
+
+      assert_raise ArgumentError, ~r/^Erlpy.call_method takes the Python arguments/, fn ->
+        Erlpy.call_method(list, :index, 1)
+      end
+
+      assert_raise ArgumentError, fn -> Erlpy.call_method!(list, :index, 1) end
+      :ok = Erlpy.release(list)
     end
   end
 

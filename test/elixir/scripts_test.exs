@@ -81,6 +81,19 @@ defmodule Erlpy.ScriptsTest do
            """
   end
 
+  @venv Path.join(ErlpyCase.root(), ".venv/bin/python")
+
+  # As batch.escript does (use_checkout_venv/0): run from another directory, so the
+  # script finds the checkout's .venv from its own location.
+  @tag skip: not File.regular?(@venv) && "no .venv in this checkout"
+  test "batch.exs: without $ERLPY_PYTHON, the checkout's .venv" do
+    tmp = tmp_dir!("exs_venv")
+    item = "iter([__import__('sys').executable])"
+    cmd = "elixir #{shq(Path.join(root(), "examples/batch.exs"))} #{shq(item)}"
+    assert {0, out, _} = sh(cmd, cd: tmp, tmp: tmp, env: [{"ERLPY_PYTHON", nil}])
+    assert drop_build_lines(out) == "#{item} => [#{inspect(@venv)}]\n-- 1 items: 1 ok, 0 failed\n"
+  end
+
   test "a Mix.install script whose default pool cannot start stops there, saying what to do" do
     tmp = tmp_dir!("exs_fail")
     script = Path.join(tmp, "fail.exs")

@@ -14,7 +14,7 @@ defmodule MixApp.MixProject do
 
   defp deps do
     [
-      # path: your checkout of erlpy, relative to this file; or git: URL, tag: "v0.1.0"
+      # path: your checkout of erlpy, relative to this file; or git: URL, branch: "main"
       {:erlpy, path: "../../.."}
     ]
   end
