@@ -154,6 +154,11 @@ class Dispatcher:
         loop thread reads whenever the main thread does not, so control messages (a
         cancel) are read while user code runs. Returns whether to do so next time too."""
         with self._reading:
+            if self._handed:
+                # What it handed the loop thread last time is not dispatched yet: taking
+                # the pipe now would keep the loop thread from it (it does not dispatch
+                # while the main thread reads) until the next request came.
+                return True
             if self._process.forked or not self._selector.pause(self._fd):
                 return False
             self._main_reads = True

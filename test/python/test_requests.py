@@ -1,0 +1,36 @@
+"""Requests through a real worker (``real_worker``): every request is answered, whichever of
+Python's two threads reads it from the pipe and whichever runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from real_worker import Worker
+
+from erlpy import _protocol as P
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    w = Worker(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def test_an_async_call_read_with_a_sync_one_is_answered(worker: Worker) -> None:
+    # A sync call and an async call in one read of the pipe by the main thread: the async
+    # one is handed to the loop thread. The main thread answered the sync call and took the
+    # pipe back before the loop thread got to it, which then waited for the next request
+    # (most of the rounds, before the fix; erlpy: until the caller's timeout).
+    worker.exec("def s():\n    return 's'\n\nasync def a():\n    return 'a'\n")
+    for _ in range(100):
+        sync, async_ = worker.next_id(), worker.next_id()
+        worker.send_frames(
+            [[P.CALL, sync, "__main__", "s", [], {}], [P.CALL, async_, "__main__", "a", [], {}]]
+        )
+        assert worker.answer(sync, timeout=2.0) == [P.RESULT, sync, "s"]
+        assert worker.answer(async_, timeout=2.0) == [P.RESULT, async_, "a"]
