@@ -381,7 +381,8 @@ defmodule Erlpy do
     {window, opts} = Keyword.pop(opts, :window, @default_window)
     {close_timeout, opts} = Keyword.pop(opts, :close_timeout, @close_timeout)
 
-    unless close_timeout == :infinity or (is_integer(close_timeout) and close_timeout >= 0),
+    # At most 2^32-1 ms, the longest wait a receive takes.
+    unless close_timeout == :infinity or :erlpy_pool.is_ms(close_timeout, 0),
       do: raise(ArgumentError, "bad :close_timeout: #{inspect(close_timeout)}")
 
     # `:py` checks the window when the stream starts.

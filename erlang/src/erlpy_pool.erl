@@ -8,7 +8,7 @@
 -module(erlpy_pool).
 -behaviour(gen_server).
 
--export([start_link/2, meta/1, validate/1, option_names/0]).
+-export([start_link/2, meta/1, validate/1, option_names/0, is_ms/2, is_proplist/1]).
 -export([register_worker/3, checkout/1, checkout/2, checkout_worker/3, done/2, draining/3, workers/1,
          batched/3,
          indexed_workers/1, new_atom_fun/1,
@@ -58,6 +58,9 @@
 %% While a worker drains before being recycled, or cannot start Python, callers see it as
 %% very busy and go elsewhere (a pool of one still uses it: it is the least busy).
 -define(DRAINING, (1 bsl 40)).
+
+%% A timeout Erlang's timers take (is_ms/2), in a guard.
+-define(IS_MS(T, Min), (is_integer(T) andalso T >= Min andalso T =< 16#FFFFFFFF)).
 
 %%====================================================================
 %% API
@@ -129,12 +132,27 @@ defaults() ->
 options_map(Map) when is_map(Map) ->
     Map;
 options_map(List) when is_list(List) ->
-    case lists:all(fun(X) -> is_atom(X) orelse (is_tuple(X) andalso tuple_size(X) =:= 2) end, List) of
+    case is_proplist(List) of
         true -> proplists:to_map(List);
         false -> throw({bad_option, {options, List}})
     end;
 options_map(Other) ->
     throw({bad_option, {options, Other}}).
+
+%% @doc Whether `List' is a proper list of atoms and pairs.
+-spec is_proplist(list()) -> boolean().
+is_proplist(List) ->
+    try length(List) of
+        _ -> lists:all(fun(X) -> is_atom(X) orelse (is_tuple(X) andalso tuple_size(X) =:= 2) end, List)
+    catch
+        error:badarg -> false  % an improper list
+    end.
+
+%% @doc Whether `T' is a whole number of milliseconds, at least `Min', that Erlang's timers
+%% take: at most 2^32-1 (about 49 days); a longer one would crash the timer waiting for it.
+-spec is_ms(term(), non_neg_integer()) -> boolean().
+is_ms(T, Min) ->
+    ?IS_MS(T, Min).
 
 -spec check(term(), term(), map()) -> map().
 check(size, N, C) when is_integer(N), N > 0 -> C#{size := N};
@@ -157,8 +175,8 @@ check(init, Code, C) when is_list(Code) ->
 check(max_queue, N, C) when is_integer(N), N >= 0 -> C#{max_queue := N};
 check(none_atom, A, C) when is_atom(A), A =/= true, A =/= false -> C#{none_atom := A};
 check(max_atoms, N, C) when is_integer(N), N >= 0 -> C#{max_atoms := N};
-check(cancel_grace, N, C) when is_integer(N), N > 0 -> C#{cancel_grace := N};
-check(start_timeout, N, C) when is_integer(N), N > 0 -> C#{start_timeout := N};
+check(cancel_grace, N, C) when ?IS_MS(N, 1) -> C#{cancel_grace := N};
+check(start_timeout, N, C) when ?IS_MS(N, 1) -> C#{start_timeout := N};
 check(max_requests, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_requests := N};
 check(max_memory, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_memory := N};
 check(max_refs, N, C) when N =:= infinity; is_integer(N), N > 0 -> C#{max_refs := N};

@@ -47,7 +47,14 @@ new_table() ->
 %% `Opts' (best a process of this node: the relay watches its mailbox); returns what the
 %% remote stream_start returns.
 -spec start(node(), [term()], map()) -> {ok, reference()} | {error, term()}.
-start(Node, [Module, Function, Args], #{owner := _} = Opts) ->
+start(Node, MFA, Opts) ->
+    case is_alive() of
+        true -> start_relay(Node, MFA, Opts);
+        false -> {error, {nodedown, Node}}  % as a call answers on a VM that is not distributed
+    end.
+
+-spec start_relay(node(), [term()], map()) -> {ok, reference()} | {error, term()}.
+start_relay(Node, [Module, Function, Args], #{owner := _} = Opts) ->
     Caller = self(),
     {Relay, Mon} = spawn_monitor(fun() -> init(Caller, Node, [Module, Function, Args], Opts) end),
     receive

@@ -813,7 +813,7 @@ remote(Node, Function, Args, Opts) ->
 options(Timeout, Extra) when is_integer(Timeout); Timeout =:= infinity ->
     options(#{timeout => Timeout}, Extra);
 options(List, Extra) when is_list(List) ->
-    case lists:all(fun(X) -> is_atom(X) orelse (is_tuple(X) andalso tuple_size(X) =:= 2) end, List) of
+    case erlpy_pool:is_proplist(List) of
         true -> options(proplists:to_map(List), Extra);
         false -> {error, {bad_option, {options, List}}}
     end;
@@ -829,7 +829,7 @@ options(Other, _) ->
 -spec valid_option(term(), term(), [atom()]) -> boolean().
 valid_option(pool, P, _) -> is_atom(P) orelse (is_tuple(P) andalso tuple_size(P) =:= 2 andalso
                                                is_atom(element(1, P)) andalso is_atom(element(2, P)));
-valid_option(timeout, T, _) -> T =:= infinity orelse (is_integer(T) andalso T >= 0);
+valid_option(timeout, T, _) -> T =:= infinity orelse erlpy_pool:is_ms(T, 0);
 valid_option(K, V, Extra) ->
     lists:member(K, Extra) andalso
         case K of
@@ -837,7 +837,7 @@ valid_option(K, V, Extra) ->
             kwargs -> is_map(V) orelse is_list(V);
             input -> is_boolean(V);
             window -> is_integer(V) andalso V > 0;
-            idle_timeout -> V =:= infinity orelse (is_integer(V) andalso V > 0);
+            idle_timeout -> V =:= infinity orelse erlpy_pool:is_ms(V, 1);
             return -> V =:= ref orelse V =:= value;
             session -> is_tuple(V) andalso tuple_size(V) =:= 2 andalso
                            element(1, V) =:= '$erlpy_session' andalso
@@ -859,7 +859,7 @@ list(Args) -> throw({badarg, {bad_args, Args}}).
 kwargs(Map) when is_map(Map) ->
     names(Map, bad_kwargs);
 kwargs(List) when is_list(List) ->
-    case lists:all(fun(KV) -> is_tuple(KV) andalso tuple_size(KV) =:= 2 end, List) of
+    case erlpy_pool:is_proplist(List) andalso lists:all(fun is_tuple/1, List) of
         true -> names(maps:from_list(lists:reverse(List)), bad_kwargs);
         false -> throw({badarg, {bad_kwargs, List}})
     end;

@@ -45,7 +45,10 @@ groups() ->
         random_frames_into_python,
         fatal_message_creates_atoms,
         fatal_message_crashes_worker,
-        python_memory_kept_after_big_reply
+        python_memory_kept_after_big_reply,
+        timeouts_beyond_erlang_timers,
+        improper_lists_as_options,
+        remote_stream_on_a_vm_not_distributed
     ]}].
 
 suite() ->
@@ -611,3 +614,43 @@ rss(OsPid) ->
     [_, Rest] = binary:split(Status, <<"VmRSS:">>),
     [Kb | _] = string:lexemes(Rest, " \t\n"),
     binary_to_integer(Kb).
+
+timeouts_beyond_erlang_timers(_) ->
+    erlpy_test:doc("a timeout longer than Erlang's timers take (2^32-1 ms) is bad_option "
+                   "everywhere; it passed, then crashed the caller after its request was "
+                   "sent, the pool's server (py:exec), the worker (idle_timeout, "
+                   "cancel_grace), or left running a pool whose start_pool had failed "
+                   "(start_timeout)"),
+    Huge = 1 bsl 33,
+    ?assertEqual({error, {bad_option, {timeout, Huge}}}, py:call(math, sqrt, [4], #{}, #{timeout => Huge})),
+    ?assertEqual({error, {bad_option, {timeout, Huge}}}, py:exec(<<"x = 1">>, #{timeout => Huge})),
+    ?assertEqual({error, {bad_option, {timeout, Huge}}}, py:eval(<<"1">>, #{}, Huge)),
+    ?assertEqual({error, {bad_option, {idle_timeout, Huge}}},
+                 py:stream_start(builtins, iter, [[1]], #{idle_timeout => Huge})),
+    [?assertEqual({error, {bad_option, {Key, Huge}}}, py:start_pool(erlpy_badinput_huge, #{Key => Huge}))
+     || Key <- [cancel_grace, start_timeout]],
+    ?assertEqual({error, {no_pool, erlpy_badinput_huge}}, py:stop_pool(erlpy_badinput_huge)),
+    %% the longest timer is fine
+    ?assertEqual({ok, 2.0}, py:call(math, sqrt, [4], #{}, #{timeout => 16#FFFFFFFF})),
+    ?assertEqual([], erlpy_test:flush()).
+
+improper_lists_as_options(_) ->
+    erlpy_test:doc("an improper list where a proplist may go (options, kwargs, locals, pool "
+                   "options) is bad_option or badarg, not a function_clause exception"),
+    ?assertEqual({error, {bad_option, {options, [{timeout, 100} | x]}}},
+                 py:call(math, sqrt, [4], #{}, [{timeout, 100} | x])),
+    ?assertEqual({error, {badarg, {bad_kwargs, [{a, 1} | b]}}}, py:call(math, sqrt, [4], [{a, 1} | b])),
+    ?assertEqual({error, {badarg, {bad_locals, [{x, 1} | c]}}}, py:eval(<<"x">>, [{x, 1} | c])),
+    ?assertEqual({error, {bad_option, {options, [{window, 2} | d]}}},
+                 py:stream_start(builtins, iter, [[1]], [{window, 2} | d])),
+    ?assertEqual({error, {bad_option, {options, [{size, 1} | z]}}}, py:start_pool(erlpy_badinput_improper, [{size, 1} | z])).
+
+remote_stream_on_a_vm_not_distributed(_) ->
+    erlpy_test:doc("a stream started on another node from a VM that is not distributed is "
+                   "{nodedown, Node}, as a call is; it was relay_failed, with a crash report"),
+    false = is_alive(),
+    Pool = {default, erlpy_nowhere@nohost},
+    ?assertEqual({error, {nodedown, erlpy_nowhere@nohost}}, py:call(math, sqrt, [4], #{}, #{pool => Pool})),
+    ?assertEqual({error, {nodedown, erlpy_nowhere@nohost}},
+                 py:stream_start(builtins, iter, [[1]], #{pool => Pool})),
+    ?assertEqual([], erlpy_test:flush()).
