@@ -27,15 +27,20 @@ unregister(Name) ->
 run_async(Worker, CallbackId, Name, Args, NoneAtom) ->
     spawn_link(fun() ->
         {Ok, Value} = run(Name, Args),
-        Reply =
-            try
-                erlpy_codec:message([?OP_REPLY, CallbackId, Ok, Value], NoneAtom)
-            catch
-                throw:{badarg, Detail} ->
-                    erlpy_codec:message([?OP_REPLY, CallbackId, false, {badarg, Detail}], NoneAtom)
-            end,
-        Worker ! {'$erlpy_callback_done', CallbackId, Reply}
+        Worker ! {'$erlpy_callback_done', CallbackId, reply(CallbackId, Ok, Value, NoneAtom)}
     end).
+
+%% The encoded REPLY. A value that cannot go to Python is a badarg error, whose detail
+%% (which names the value) becomes text if it cannot go either: a reply always goes.
+-spec reply(integer(), boolean(), term(), atom()) -> iodata().
+reply(CallbackId, Ok, Value, NoneAtom) ->
+    try
+        erlpy_codec:message([?OP_REPLY, CallbackId, Ok, Value], NoneAtom)
+    catch
+        throw:{badarg, Detail} ->
+            Error = {badarg, format_reason(Detail)},
+            erlpy_codec:message([?OP_REPLY, CallbackId, false, Error], NoneAtom)
+    end.
 
 -spec run(term(), term()) -> {boolean(), term()}.
 run(Name, Args) when is_binary(Name), is_list(Args) ->

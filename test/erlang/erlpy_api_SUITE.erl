@@ -25,7 +25,8 @@ groups() ->
             error_no_pool, error_bad_options, error_eval_syntax, programmer_errors_raise_badarg
         ]},
         {callbacks, [], [
-            callback_add, callback_unregistered, callback_crash, callback_reentrant,
+            callback_add, callback_unregistered, callback_crash, callback_result_cannot_go,
+            callback_reentrant,
             callback_acall, callback_after_unregister
         ]},
         {output, [], [print_to_logger, logging_warning_to_logger, stderr_to_logger,
@@ -350,6 +351,22 @@ callback_crash(_) ->
     %% a wrong arity (function_clause) too; the worker goes on
     {error, {python, <<"erlpy.erlang.ErlangError">>, _, _}} = py:eval(<<"erlang.call('boom')">>),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+callback_result_cannot_go(_) ->
+    erlpy_test:doc("a registered fun whose result cannot go to Python (a bitstring, an "
+                   "improper list) raises ErlangError in Python at once; the bitstring "
+                   "crashed the callback's process and Python waited for ever"),
+    ok = py:register_function(api_bits, fun([]) -> <<1:3>> end),
+    ok = py:register_function(api_improper, fun([]) -> [a | b] end),
+    [begin
+         {error, {python, Type, Msg, _}} = py:eval(<<"erlang.call('", Name/binary, "')">>, #{}, 5000),
+         ?assertEqual(<<"erlpy.erlang.ErlangError">>, Type),
+         ?assertNotEqual(nomatch, binary:match(Msg, <<"badarg">>))
+     end || Name <- [<<"api_bits">>, <<"api_improper">>]],
+    ok = py:exec(<<"async def api_abits():\n    return await erlpy.erlang.acall('api_bits')\n">>),
+    ?assertMatch({error, {python, <<"erlpy.erlang.ErlangError">>, _, _}},
+                 py:call('__main__', api_abits, [], #{}, 5000)),
+    [ok = py:unregister_function(N) || N <- [api_bits, api_improper]].
 
 callback_reentrant(_) ->
     erlpy_test:doc("a registered fun may itself call py:call (reentrant)"),
