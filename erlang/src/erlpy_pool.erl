@@ -381,7 +381,15 @@ exec_log(#{tab := Tab}) ->
 %% @doc Run `Code' on every worker; remember it for workers started later if all succeed.
 -spec exec(meta(), binary(), timeout()) -> ok | {error, term()}.
 exec(#{pool := Pool}, Code, Timeout) ->
-    gen_server:call(Pool, {exec, Code, Timeout}, infinity_or(Timeout)).
+    try
+        gen_server:call(Pool, {exec, Code, Timeout}, infinity_or(Timeout))
+    catch
+        %% The pool stopped meanwhile: as a call in flight is answered (the next one
+        %% finds no pool).
+        exit:{Reason, {gen_server, call, _}} when Reason =:= shutdown; Reason =:= noproc;
+                                                 Reason =:= normal; element(1, Reason) =:= shutdown ->
+            {error, {worker_exited, shutdown}}
+    end.
 
 -spec worker_info(pid()) -> [map()].
 worker_info(Worker) ->

@@ -41,7 +41,8 @@ groups() ->
         no_pool_after_stop_pool,
         no_pool_after_failed_start,
         bad_option_types_are_bad_option,
-        init_list_of_strings
+        init_list_of_strings,
+        exec_while_the_pool_stops
     ]}].
 
 init_per_suite(Config) ->
@@ -573,3 +574,36 @@ cpu_ticks(OsPid) ->
     Fields = binary:split(AfterName, <<" ">>, [global]),
     binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)).
 
+
+exec_while_the_pool_stops(_) ->
+    erlpy_test:doc("py:exec in a loop while its pool is stopped returns errors, never raises: "
+                   "it raised exit({shutdown, {gen_server, call, _}}) when the pool's server "
+                   "stopped during the call"),
+    Self = self(),
+    Results = lists:append([begin
+        {ok, _} = py:start_pool(exec_stops, #{size => 1}),
+        Loopers = [spawn_link(fun() -> exec_loop(Self, #{}) end) || _ <- lists:seq(1, 20)],
+        timer:sleep(100),
+        ok = py:stop_pool(exec_stops),
+        timer:sleep(100),
+        lists:append([begin L ! stop, receive {L, Seen} -> maps:to_list(Seen) end end || L <- Loopers])
+    end || _ <- lists:seq(1, 3)]),
+    Kinds = lists:usort([K || {K, _} <- Results]),
+    ct:log("~p", [Results]),
+    ?assert(lists:member(ok, Kinds)),
+    ?assertEqual([], [K || {raised, _, _} = K <- Kinds]),
+    ?assert(lists:member({error, {no_pool, exec_stops}}, Kinds)).
+
+%% py:exec on exec_stops until told to stop; what it got, by kind: a result, or what it raised.
+exec_loop(Parent, Seen) ->
+    Got = try py:exec(<<"x = 1">>, #{pool => exec_stops}) of
+        R -> R
+    catch
+        C:E -> {raised, C, element(1, E)}
+    end,
+    Seen1 = maps:update_with(Got, fun(N) -> N + 1 end, 1, Seen),
+    receive
+        stop -> Parent ! {self(), Seen1}
+    after 0 ->
+        exec_loop(Parent, Seen1)
+    end.
