@@ -9,12 +9,13 @@
 -behaviour(gen_server).
 
 -export([start_link/2, meta/1, validate/1, option_names/0, is_ms/2, is_proplist/1]).
+-export([stream_started/3, stream_ended/2]).
 -export([register_worker/3, checkout/1, checkout/2, checkout_worker/3, done/2, draining/3, workers/1,
          batched/3,
          indexed_workers/1, new_atom_fun/1,
          exec_log/1]).
 -export([exec/3, info/1]).
--export([init/1, handle_call/3, handle_cast/2, terminate/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 -export_type([meta/0, name/0]).
 
 -type name() :: atom().
@@ -266,12 +267,29 @@ resolve({priv, App, Sub} = Dir, _Base, Key) ->
 resolve(Dir, Base, _Key) ->
     filename:absname(Dir, Base).
 
-%% @doc Called by a worker when it starts: callers can reach it from now on.
+%% @doc Called by a worker when it starts: callers can reach it from now on, and the pool
+%% watches it (its streams' owners hear of its death: stream_started/3).
 -spec register_worker(meta(), pos_integer(), pid()) -> ok.
-register_worker(#{tab := Tab, counters := Counters}, Index, Pid) ->
+register_worker(#{tab := Tab, counters := Counters, pool := Pool}, Index, Pid) ->
     atomics:put(Counters, Index, 0),
     true = ets:update_element(Tab, workers, {Index + 1, Pid}),
+    gen_server:cast(Pool, {watch, Pid}).
+
+%% @doc Called by a worker for each stream it starts. The worker sends the stream's
+%% terminal message and then calls stream_ended/2; if the worker's process dies first
+%% (killed, crashed), the pool sends its owner `{error, {worker_exited, Reason}}'.
+-spec stream_started(meta(), reference(), pid()) -> ok.
+stream_started(#{tab := Tab}, Ref, Owner) ->
+    true = ets:insert(Tab, {{stream, self(), Ref}, Owner}),
     ok.
+
+-spec stream_ended(meta(), reference()) -> ok.
+stream_ended(#{tab := Tab}, Ref) ->
+    try ets:delete(Tab, {stream, self(), Ref}) of
+        true -> ok
+    catch
+        error:badarg -> ok  % the pool's process is gone, and its table with it
+    end.
 
 %% @doc Pick the least busy worker and count the request as in flight on it.
 -spec checkout(meta()) -> {ok, pid(), pos_integer()} | {error, overloaded | no_workers}.
@@ -472,7 +490,22 @@ handle_cast({batched, Key, MaxSize}, #{name := Name} = Meta) ->
             persistent_term:put(?KEY(Name), Meta1),
             {noreply, Meta1}
     end;
+handle_cast({watch, Worker}, Meta) ->
+    _ = erlang:monitor(process, Worker),
+    {noreply, Meta};
 handle_cast(_, Meta) ->
+    {noreply, Meta}.
+
+%% A worker's process died: the streams it had not ended get their terminal message here.
+-spec handle_info(term(), meta()) -> {noreply, meta()}.
+handle_info({'DOWN', _, process, Worker, Reason}, #{tab := Tab} = Meta) ->
+    Orphans = ets:match_object(Tab, {{stream, Worker, '_'}, '_'}),
+    _ = [begin
+             true = ets:delete(Tab, Key),
+             Owner ! {py_stream, Ref, {error, {worker_exited, Reason}}}
+         end || {{stream, _, Ref} = Key, Owner} <- Orphans],
+    {noreply, Meta};
+handle_info(_, Meta) ->
     {noreply, Meta}.
 
 -spec run_exec([{pid(), pos_integer()}], binary(), pos_integer(), timeout(), meta()) ->

@@ -39,6 +39,7 @@ accept({'$erlpy_collect', Alias, Id, {Caller, Request}}, #data{table = T} = D) -
     enqueue(Request, D#data{table = erlpy_inflight:add_collect(Id, Alias, Mon, T)});
 accept({'$erlpy_stream', Alias, Id, #{owner := Owner, request := Request} = Opts}, D) ->
     Ref = alias(),
+    ok = erlpy_pool:stream_started(D#data.meta, Ref, Owner),
     Mon = erlang:monitor(process, Owner),
     enqueue(Request, perform(erlpy_inflight:add_stream(Id, Alias, Ref, Mon, Opts, D#data.table), D)).
 
@@ -65,6 +66,9 @@ effect({final, {collect, Alias}, _, Final}, D) ->
     D;
 effect({final, Owner, Ref, Final}, D) ->
     Owner ! {py_stream, Ref, Final},
+    %% After sending: were this process killed in between, its owner would hear twice
+    %% rather than never.
+    ok = erlpy_pool:stream_ended(D#data.meta, Ref),
     D;
 effect({demonitor, Mon}, D) ->
     erlang:demonitor(Mon, [flush]),

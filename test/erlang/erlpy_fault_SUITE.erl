@@ -35,6 +35,7 @@ groups() ->
     [
         {crashes, [], [
             sigkill_mid_calls_and_streams,
+            worker_process_killed_mid_streams,
             segfault_mid_stream,
             os_exit_in_sync_generator,
             os_exit_in_async_generator,
@@ -125,6 +126,28 @@ sigkill_mid_calls_and_streams(Config) ->
     [kill9(O) || O <- Old],
     Results = await_jobs(All),
     assert_all(Results, fun worker_exited/1),
+    ok = wait_restarted(P, Old),
+    assert_serving_and_replayed(P).
+
+worker_process_killed_mid_streams(Config) ->
+    erlpy_test:doc("the workers' Erlang processes killed (exit(W, kill)) with streams, calls "
+                   "and collects in flight: one answer each, every stream's owner one "
+                   "{worker_exited, killed} (they heard nothing: only the worker knew its "
+                   "streams), and the restarted workers serve with exec state"),
+    P = start_pool(Config, #{size => 2}),
+    Old = erlpy_test:os_pids(P),
+    Streams = [stream_job(P, Fun, Args)
+               || {Fun, Args} <- lists:duplicate(3, {gen, [1000000, 0.005]})
+                                 ++ lists:duplicate(3, {agen, [1000000, 0.005]})],
+    ok = await_first_items(Streams),
+    Calls = [call_job(P, F, A) || {F, A} <- lists:duplicate(2, {sleep_echo, [30]})
+                                            ++ lists:duplicate(2, {asleep_echo, [30]})],
+    Collects = [collect_job(P, agen, [1000000, 0.005]) || _ <- lists:seq(1, 2)],
+    All = Streams ++ Calls ++ Collects,
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= length(All) end),
+    [exit(W, kill) || #{pid := W} <- maps:get(workers, py:info(P))],
+    Results = await_jobs(All),
+    assert_all(Results, fun({error, {worker_exited, killed}}) -> true; (_) -> false end),
     ok = wait_restarted(P, Old),
     assert_serving_and_replayed(P).
 
