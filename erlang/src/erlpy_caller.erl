@@ -166,10 +166,13 @@ wait_reply(Worker, Alias, Id, Timeout, OnTimeout) ->
 -spec timed_out(pid(), reference(), id(), cancel | abandon) -> {ok, term()} | {error, term()}.
 timed_out(Worker, Alias, Id, cancel) ->
     erlang:demonitor(Alias, [flush]),
-    Worker ! {'$erlpy_cancel', Id},
     receive
         {Alias, Reply} -> Reply
-    after 0 -> {error, timeout}
+    after 0 ->
+        %% No answer came, and none can now (the alias is gone): the worker stops the
+        %% request, or lets go of what it made for it (a handle, for return => ref).
+        Worker ! {'$erlpy_cancel', Id},
+        {error, timeout}
     end;
 timed_out(Worker, Alias, Id, abandon) ->
     %% The worker answers at once, whatever its state.

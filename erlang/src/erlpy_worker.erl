@@ -159,7 +159,9 @@ handle_event(info, {'$erlpy_abandon', Id}, _, D) ->
     keep(?IO:perform(erlpy_inflight:take_waiting(Id, {error, timeout}, D#data.table), D));
 handle_event(info, {'$erlpy_cancel', Id}, _, D) ->
     D1 = ?IO:perform(erlpy_inflight:take_waiting(Id, none, D#data.table), D),
-    keep(?IO:perform(erlpy_inflight:cancel(Id, timeout, D1#data.table), D1));
+    D2 = ?IO:perform(erlpy_inflight:cancel(Id, timeout, D1#data.table), D1),
+    %% A return => ref call answered just after its caller gave up: nobody got the handle.
+    keep(?IO:release(Id, D2));
 handle_event(info, {'$erlpy_stream_cmd', Ref, Command}, _, D) ->
     keep(?IO:perform(erlpy_inflight:command(Ref, Command, D#data.table), D));
 handle_event(info, {'DOWN', Mon, process, _, _}, _, D) ->

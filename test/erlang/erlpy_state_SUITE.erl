@@ -21,6 +21,7 @@ all() ->
         max_refs_cap,
         handles_of_two_workers_badarg,
         timed_out_ref_call_keeps_nothing,
+        ref_call_answered_as_its_caller_gives_up,
         handles_under_chaos,
         sessions_do_not_see_each_other,
         session_calls_and_streams,
@@ -276,6 +277,29 @@ timed_out_ref_call_keeps_nothing(_Config) ->
     {error, timeout} = py:call(time, sleep, [0.3], #{}, (opts())#{return => ref, timeout => 100}),
     timer:sleep(500),
     {ok, 0} = py:call('__main__', live, [], #{}, opts()).
+
+ref_call_answered_as_its_caller_gives_up(_Config) ->
+    erlpy_test:doc("return => ref calls whose timeout is about their duration, every handle "
+                   "obtained released, the caller still alive: no object is left. One "
+                   "answered just as its caller gave up was kept for the caller's lifetime "
+                   "(a tenth of the timed-out calls), counting against max_refs"),
+    P = erlpy_state_timing,
+    {ok, _} = py:start_pool(P, #{size => 1}),
+    try
+        ok = py:exec(<<"import time\ndef mk():\n    time.sleep(0.002)\n    return object()\n"
+                       "def live():\n    import erlpy._handles\n    return len(erlpy._handles.objects)\n">>,
+                     #{pool => P}),
+        Results = [py:call('__main__', mk, [], #{}, #{pool => P, return => ref, timeout => 1 + rand:uniform(3)})
+                   || _ <- lists:seq(1, 600)],
+        [ok = py:release(H) || {ok, H} <- Results],
+        TimedOut = length([x || {error, timeout} <- Results]),
+        ct:log("~b of ~b timed out", [TimedOut, length(Results)]),
+        ?assert(TimedOut > 0),
+        ?assertEqual([], [R || R <- Results, element(1, R) =/= ok, R =/= {error, timeout}]),
+        ok = erlpy_test:wait_until(fun() -> py:call('__main__', live, [], #{}, #{pool => P}) =:= {ok, 0} end, 2000)
+    after
+        py:stop_pool(P)
+    end.
 
 handles_under_chaos(_Config) ->
     erlpy_test:doc("Clients make handles and use them while Pythons are killed: every answer "
