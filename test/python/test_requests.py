@@ -34,3 +34,19 @@ def test_an_async_call_read_with_a_sync_one_is_answered(worker: Worker) -> None:
         )
         assert worker.answer(sync, timeout=2.0) == [P.RESULT, sync, "s"]
         assert worker.answer(async_, timeout=2.0) == [P.RESULT, async_, "a"]
+
+
+def test_a_cancel_read_with_a_sync_call_is_acted_on(worker: Worker) -> None:
+    # The same hand-over with a cancel in it: left waiting, it was never acted on, and
+    # Erlang killed a healthy worker at the end of cancel_grace.
+    worker.exec(
+        "import asyncio\n\ndef s():\n    return 's'\n\n"
+        "async def slow():\n    await asyncio.sleep(30)\n"
+    )
+    for _ in range(50):
+        slow = worker.call("slow")
+        assert worker.run("s") == "s"  # the main thread reads the pipe again after this
+        sync = worker.next_id()
+        worker.send_frames([[P.CALL, sync, "__main__", "s", [], {}], [P.CANCEL, slow]])
+        assert worker.answer(sync, timeout=2.0) == [P.RESULT, sync, "s"]
+        assert worker.answer(slow, timeout=2.0)[:2] == [P.FAIL, slow]
