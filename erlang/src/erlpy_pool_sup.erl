@@ -4,7 +4,8 @@
 -module(erlpy_pool_sup).
 -behaviour(supervisor).
 
--export([start_link/2, init/1, start_failure/1, forget_failures/0, failed/2]).
+-export([start_link/2, start_link/3, await_started/2, init/1, start_failure/1, forget_failures/0,
+         failed/2]).
 
 -define(FAILED(Name), {erlpy_pool, Name, start_failed}).
 
@@ -14,6 +15,14 @@
 %% until it starts: requests to it are answered `{no_pool, Name, Reason}' meanwhile.
 -spec start_link(erlpy_pool:name(), term()) -> {ok, pid()} | {error, term()}.
 start_link(Name, Opts) ->
+    start_link(Name, Opts, wait).
+
+%% @doc With `nowait', returns as soon as the pool's processes run, before their Pythons
+%% are up: py:start_pool/2 then waits in its caller (await_started/2), so that a slow
+%% start (`init' code, `start_timeout') does not hold erlpy's supervisor, and with it
+%% every other pool's start and stop.
+-spec start_link(erlpy_pool:name(), term(), wait | nowait) -> {ok, pid()} | {error, term()}.
+start_link(Name, Opts, Wait) ->
     Result =
         case erlpy_pool:validate(Opts) of
             {ok, Config0} ->
@@ -21,6 +30,7 @@ start_link(Name, Opts) ->
                 case erlpy_venv:ensure(Config0) of
                     {ok, Config} ->
                         case supervisor:start_link(?MODULE, {Name, Config}) of
+                            {ok, Sup} when Wait =:= nowait -> {ok, Sup};
                             {ok, Sup} -> await_workers(Sup, Name, Config);
                             Error -> Error
                         end;
@@ -63,16 +73,40 @@ forget_failures() ->
     ok.
 
 -spec await_workers(pid(), erlpy_pool:name(), map()) -> {ok, pid()} | {error, term()}.
-await_workers(Sup, Name, #{start_timeout := Timeout} = Config) ->
+await_workers(Sup, Name, Config) ->
+    case ready(Name, Config) of
+        ok -> {ok, Sup};
+        {error, _} = Error -> stop(Sup), Error
+    end.
+
+%% @doc The second half of a `nowait' start, in py:start_pool/2's caller: waits for the
+%% workers' Pythons; a pool that cannot start is stopped and taken out of erlpy's
+%% supervisor, and the failure remembered, as a `wait' start does.
+-spec await_started(erlpy_pool:name(), pid()) -> {ok, pid()} | {error, term()}.
+await_started(Name, Sup) ->
+    Result =
+        case erlpy_pool:meta(Name) of
+            undefined -> {error, {worker_exited, shutdown}};  % stopped meanwhile
+            Meta -> ready(Name, Meta)
+        end,
+    case Result of
+        ok ->
+            {ok, Sup};
+        {error, _} = Error ->
+            _ = supervisor:terminate_child(erlpy_sup, {erlpy_pool, Name}),
+            _ = supervisor:delete_child(erlpy_sup, {erlpy_pool, Name}),
+            remember(Name, Error)
+    end.
+
+-spec ready(erlpy_pool:name(), map()) -> ok | {error, term()}.
+ready(Name, #{start_timeout := Timeout} = Config) ->
     Workers = erlpy_pool:workers(erlpy_pool:meta(Name)),
     case [E || W <- Workers, {error, _} = E <- [erlpy_worker:await_ready(W, Timeout)]] of
         [] ->
-            {ok, Sup};
+            ok;
         [{error, {python_start_failed, Detail}} | _] ->
-            stop(Sup),
             {error, {python_start_failed, erlpy_python:explain(Detail, maps:get(python, Config))}};
         [Error | _] ->
-            stop(Sup),
             Error
     end.
 

@@ -451,7 +451,9 @@ start_pool(Name, Opts) ->
     %% A `venv' is built here, in the caller, rather than in erlpy's supervisor.
     case erlpy_venv:prepare(Name, Opts) of
         ok ->
-            try supervisor:start_child(erlpy_sup, pool_spec(Name, Opts)) of
+            Spec = (pool_spec(Name, Opts))#{start => {erlpy_pool_sup, start_link, [Name, Opts, nowait]}},
+            try supervisor:start_child(erlpy_sup, Spec) of
+                {ok, Sup} -> erlpy_pool_sup:await_started(Name, Sup);
                 Result -> started(Name, Opts, Result)
             catch
                 exit:{noproc, _} -> {error, {not_started, erlpy}}

@@ -42,7 +42,8 @@ groups() ->
         no_pool_after_failed_start,
         bad_option_types_are_bad_option,
         init_list_of_strings,
-        exec_while_the_pool_stops
+        exec_while_the_pool_stops,
+        slow_start_holds_no_other_pool
     ]}].
 
 init_per_suite(Config) ->
@@ -607,3 +608,23 @@ exec_loop(Parent, Seen) ->
     after 0 ->
         exec_loop(Parent, Seen1)
     end.
+
+slow_start_holds_no_other_pool(_) ->
+    erlpy_test:doc("while a pool with slow init code starts, other pools start and stop at "
+                   "once: its Pythons started inside erlpy's supervisor, which every start "
+                   "and stop waited for (up to start_timeout)"),
+    Self = self(),
+    spawn_link(fun() ->
+        Self ! {slow, py:start_pool(slow_starting, #{size => 1, init => <<"import time; time.sleep(3)">>})}
+    end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_pool:meta(slow_starting) =/= undefined end),
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, _} = py:start_pool(quick_one, #{size => 1}),
+    ok = py:stop_pool(quick_one),
+    Took = erlang:monotonic_time(millisecond) - T0,
+    ct:log("another pool started and stopped in ~b ms", [Took]),
+    ?assert(Took < 2000),
+    %% the slow one starts all the same, and serves
+    {slow, {ok, _}} = receive {slow, _} = M -> M after 30000 -> timeout end,
+    ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, #{pool => slow_starting})),
+    ok = py:stop_pool(slow_starting).
