@@ -38,8 +38,13 @@ class HeldReplies:
         self.holding = False
         self._since = 0.0
 
-    def before_job(self, more_queued: bool) -> None:
-        """A job is about to run: hold results while others wait behind it."""
+    def before_job(self, more_queued: bool, quick: bool) -> None:
+        """A job is about to run: hold results while others wait behind it. What is held
+        goes first if the job may be long (``quick``: its function answered within HOLD
+        last time): the timer cannot write while user code keeps the GIL in C, so a quick
+        call's reply would wait for the whole of an unrelated long one."""
+        if self.holding and not quick:
+            self.release()
         if self.holding:
             now = time.monotonic()
             if now - self._since > HOLD:  # a long run of requests: send what is held

@@ -20,6 +20,7 @@ import inspect
 import itertools
 import logging
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn
@@ -30,7 +31,7 @@ from ._codec import Atom, EncodeError, pack, thread_packer
 from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
 from ._handoff import Handoff
-from ._held import HeldReplies
+from ._held import HOLD, HeldReplies
 from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
 from ._names import Resolver, compile_code, kwargs, namespace
@@ -46,6 +47,9 @@ COLLECT_CHUNK: Final = 1 << 13
 
 # Requests after which the main thread reads the pipe itself when idle.
 _PLAIN: Final = (Call, Eval, Exec, StreamCall, StreamEval)
+
+# Functions whose last duration SyncRunner remembers, at most.
+_DURATIONS_KEPT: Final = 4096
 
 # Put on the main thread's queue to wake a waiter; otherwise ignored.
 _WAKE: Final = object()
@@ -87,8 +91,10 @@ class SyncRunner:
         # a plain sync request, as the next one is likely another.
         self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
         self._reads_when_idle = False
-        # Results held while more requests wait behind them (_held).
+        # Results held while more requests wait behind them (_held), and how long each
+        # function took last time, by (module, function): only quick ones hold them.
         self._held = HeldReplies(loop, writer)
+        self._durations: dict[tuple[str, str], float] = {}
         # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
         self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
@@ -104,11 +110,18 @@ class SyncRunner:
                     self._reads_when_idle = self.read_while_idle(self._queue)
             item = self._queue.get()
             if type(item) is Job:
-                self._held.before_job(not self._queue.empty())
+                self._held.before_job(not self._queue.empty(), self._quick(item))
                 self._run(item)
                 # After a request it answered, the next is likely another: read for it.
                 self._reads_when_idle = item.answered and type(item.request) in _PLAIN
             # anything else is a _WAKE nobody waits for any more
+
+    def _quick(self, job: Job) -> bool:
+        """Whether the job calls a function that answered within HOLD last time."""
+        request = job.request
+        if type(request) is not Call or type(request.module) is not str:
+            return False
+        return self._durations.get((request.module, request.function), HOLD) < HOLD
 
     def resume(self, job: Job) -> None:
         """Give a parked sync stream back to the main thread."""
@@ -279,7 +292,9 @@ class SyncRunner:
                         fn = self._resolver.resolve(request.module, request.function)[0]
                         if type(fn) is Batched and self.to_batcher is not None:
                             return self.to_batcher(job, fn, request)  # just imported
+                    start = time.perf_counter()
                     value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
+                    self._took(request, time.perf_counter() - start)
                     self._complete(job, value)
                 case Eval() | StreamEval():
                     code = compile_code(request.code, "eval")
@@ -312,6 +327,14 @@ class SyncRunner:
             self._jobs.finish(job, P.FAIL, (Atom("badarg"), (Atom("invalid_name"), str(exc))))
         except BaseException as exc:
             self._jobs.finish(job, P.ERROR, exc)
+
+    def _took(self, request: Call, seconds: float) -> None:
+        """Remember how long a call's function took (see :meth:`_quick`)."""
+        if type(request.module) is str:
+            durations = self._durations
+            if len(durations) >= _DURATIONS_KEPT:
+                durations.clear()  # names are few as a rule: this only bounds the odd case
+            durations[(request.module, request.function)] = seconds
 
     def _complete(self, job: Job, result: Any) -> None:
         """Reply with a sync call's result; a coroutine it returned goes to the loop."""

@@ -3,6 +3,7 @@ Python's two threads reads it from the pipe and whichever runs it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +51,28 @@ def test_a_cancel_read_with_a_sync_call_is_acted_on(worker: Worker) -> None:
         worker.send_frames([[P.CALL, sync, "__main__", "s", [], {}], [P.CANCEL, slow]])
         assert worker.answer(sync, timeout=2.0) == [P.RESULT, sync, "s"]
         assert worker.answer(slow, timeout=2.0)[:2] == [P.FAIL, slow]
+
+
+def test_a_quick_reply_does_not_wait_for_a_long_call_behind_it(worker: Worker) -> None:
+    # Replies of requests read together are held and written with the next ones; held
+    # behind a call that keeps the GIL in C (a regex), a quick call's reply waited for
+    # the whole of it, since the timer that bounds holding needs the GIL to write.
+    worker.exec(
+        "import re\n\ndef quick():\n    return 1\n\n"
+        "def long_in_c():\n    return bool(re.match('(a*)*b', 'a' * 25))\n"
+    )
+    assert worker.run("quick") == 1  # its duration is known from now on
+    for _ in range(2):
+        quick, long_ = worker.next_id(), worker.next_id()
+        worker.send_frame(
+            [
+                [P.CALL, quick, "__main__", "quick", [], {}],
+                [P.CALL, long_, "__main__", "long_in_c", [], {}],
+            ]
+        )
+        start = time.monotonic()
+        assert worker.answer(quick) == [P.RESULT, quick, 1]
+        replied = time.monotonic() - start
+        assert worker.answer(long_, timeout=30) == [P.RESULT, long_, False]
+        took = time.monotonic() - start
+        assert replied < took / 4, (replied, took)
