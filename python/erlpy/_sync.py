@@ -119,7 +119,11 @@ class SyncRunner:
     def _quick(self, job: Job) -> bool:
         """Whether the job calls a function that answered within HOLD last time."""
         request = job.request
-        if type(request) is not Call or type(request.module) is not str:
+        if (
+            type(request) is not Call
+            or type(request.module) is not str
+            or type(request.function) is not str
+        ):
             return False
         return self._durations.get((request.module, request.function), HOLD) < HOLD
 
@@ -330,7 +334,7 @@ class SyncRunner:
 
     def _took(self, request: Call, seconds: float) -> None:
         """Remember how long a call's function took (see :meth:`_quick`)."""
-        if type(request.module) is str:
+        if type(request.module) is str and type(request.function) is str:
             durations = self._durations
             if len(durations) >= _DURATIONS_KEPT:
                 durations.clear()  # names are few as a rule: this only bounds the odd case

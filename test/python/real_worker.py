@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from erlpy import _protocol as P
 from erlpy._codec import new_unpacker, pack
@@ -218,3 +220,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[Worker]:
+    """A real worker for one test (conftest.py offers it to every test module)."""
+    w = Worker(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()

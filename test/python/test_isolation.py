@@ -8,7 +8,6 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,6 @@ from real_worker import TIMEOUT, Worker, alive, proc_stat, wait_until
 
 from erlpy import _protocol as P
 from erlpy._codec import pack
-
-
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    w = Worker(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 def dedent(code: str) -> str:

@@ -4,22 +4,10 @@ Python's two threads reads it from the pipe and whichever runs it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from real_worker import Worker
 
 from erlpy import _protocol as P
-
-
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    w = Worker(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 def test_an_async_call_read_with_a_sync_one_is_answered(worker: Worker) -> None:
