@@ -40,10 +40,15 @@ from ._stream import BATCH_ITEMS, Stream
 from ._tasks import Tasks
 from ._wire import FrameWriter
 
-# Collecting streams (credit 0: py:stream, py:stream_eval) send this many items a message:
-# big enough to pull items at C speed, small enough that Erlang decodes one chunk while
-# Python makes the next (65536 took twice as long for 100k items).
+# Collecting streams (credit 0: py:stream, py:stream_eval) send up to this many items a
+# message: big enough to pull items at C speed, small enough that Erlang decodes one chunk
+# while Python makes the next (65536 took twice as long for 100k items)...
 COLLECT_CHUNK: Final = 1 << 13
+# ... and about this many bytes: big items go a few at a time, so that collecting holds
+# no more of them than streaming does (with max_memory, 8,192 items of 4 MB could not be
+# collected). The first chunk, of COLLECT_FIRST items, tells how big they are.
+COLLECT_BYTES: Final = 1 << 20
+COLLECT_FIRST: Final = 16
 
 # Requests after which the main thread reads the pipe itself when idle.
 _PLAIN: Final = (Call, Eval, Exec, StreamCall, StreamEval)
@@ -364,14 +369,20 @@ class SyncRunner:
         stream = job.stream
         iterator = job.iterator
         assert stream is not None and iterator is not None
+        size = COLLECT_FIRST
         try:
             while True:
-                chunk = self._user(job, list, itertools.islice(iterator, COLLECT_CHUNK))
+                chunk = self._user(job, list, itertools.islice(iterator, size))
                 if stream.cancelled:
                     raise Interrupted  # maybe answered already (cancel): send nothing more
+                if len(chunk) < size:
+                    size = 0  # the generator has ended
                 if chunk:
-                    self._writer.send(*stream.data_parts(pack(chunk)))
-                if len(chunk) < COLLECT_CHUNK:
+                    data = pack(chunk)
+                    self._writer.send(*stream.data_parts(data))
+                    if size:
+                        size = max(1, min(COLLECT_CHUNK, COLLECT_BYTES * len(chunk) // len(data)))
+                if not size:
                     break
         except BaseException as exc:
             self._end_stream(job, iterator, exc)

@@ -58,6 +58,7 @@ groups() ->
         {limits, [], [
             max_memory_error_keeps_serving,
             max_memory_large_payloads_leave_no_memory_behind,
+            max_memory_collect_of_big_items,
             max_memory_too_small_to_start,
             max_requests_recycles_sequential
         ]},
@@ -441,6 +442,21 @@ async def along_work(mark):
 %%====================================================================
 %% resource limits
 %%====================================================================
+
+max_memory_collect_of_big_items(Config) ->
+    erlpy_test:doc("a collected stream (py:stream) of 4 MiB items under max_memory 512 MiB: "
+                   "Python holds a few at a time, as when streaming them; it pulled 8,192 "
+                   "items a chunk whatever their size and failed with MemoryError"),
+    P = start_pool(Config, #{size => 1, max_memory => 512 bsl 20}),
+    ok = py:exec(<<"def big_items(n):\n    for i in range(n):\n        yield bytes([i]) * (4 * 2**20)\n">>,
+                 #{pool => P}),
+    {ok, Items} = py:stream('__main__', big_items, [64], #{}, #{pool => P, timeout => 60000}),
+    ?assertEqual(64, length(Items)),
+    ?assertEqual(lists:seq(0, 63), [binary:first(I) || I <- Items]),
+    ?assertEqual([4 bsl 20], lists:usort([byte_size(I) || I <- Items])),
+    %% small items still go 8,192 a chunk, and a short stream whole
+    ?assertEqual({ok, lists:seq(0, 99999)}, py:stream_eval(<<"iter(range(100000))">>, #{}, #{pool => P})),
+    ?assertEqual({ok, [0, 1, 4]}, py:stream_eval(<<"(x * x for x in range(3))">>, #{}, #{pool => P})).
 
 max_memory_error_keeps_serving(Config) ->
     erlpy_test:doc("max_memory => 1 GiB: allocating 4 GiB in a call, an async call and a "
