@@ -124,13 +124,10 @@ class SyncRunner:
     def _quick(self, job: Job) -> bool:
         """Whether the job calls a function that answered within HOLD last time."""
         request = job.request
-        if (
-            type(request) is not Call
-            or type(request.module) is not str
-            or type(request.function) is not str
-        ):
+        if type(request) is not Call:
             return False
-        return self._durations.get((request.module, request.function), HOLD) < HOLD
+        name = _name(request)
+        return name is not None and self._durations.get(name, HOLD) < HOLD
 
     def resume(self, job: Job) -> None:
         """Give a parked sync stream back to the main thread."""
@@ -339,11 +336,12 @@ class SyncRunner:
 
     def _took(self, request: Call, seconds: float) -> None:
         """Remember how long a call's function took (see :meth:`_quick`)."""
-        if type(request.module) is str and type(request.function) is str:
+        name = _name(request)
+        if name is not None:
             durations = self._durations
             if len(durations) >= _DURATIONS_KEPT:
                 durations.clear()  # names are few as a rule: this only bounds the odd case
-            durations[(request.module, request.function)] = seconds
+            durations[name] = seconds
 
     def _complete(self, job: Job, result: Any) -> None:
         """Reply with a sync call's result; a coroutine it returned goes to the loop."""
@@ -439,6 +437,13 @@ class SyncRunner:
             self._jobs.finish(job, P.DONE)
         else:
             self._jobs.finish(job, P.ERROR, exc)
+
+
+def _name(request: Call) -> tuple[str, str] | None:
+    """The (module, function) a call names, if it names them by text (not a handle's
+    object, nor a malformed name, which the call itself reports)."""
+    module, function = request.module, request.function
+    return (module, function) if type(module) is str and type(function) is str else None
 
 
 def _produce(

@@ -238,6 +238,11 @@ defmodule Erlpy.LazyStreamTest do
       assert_raise ArgumentError, fn ->
         Erlpy.stream(:builtins, :range, [3], close_timeout: -1)
       end
+
+      # longer than a receive can wait (2^32-1 ms): it would crash the consumer at the end
+      assert_raise ArgumentError, fn ->
+        Erlpy.stream(:builtins, :range, [3], close_timeout: Bitwise.bsl(1, 32))
+      end
     end
 
     test "an exception in the consumer cancels the generator (its finally has run)" do
