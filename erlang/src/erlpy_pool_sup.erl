@@ -79,11 +79,21 @@ await_workers(Sup, Name, Config) ->
         {error, _} = Error -> stop(Sup), Error
     end.
 
-%% @doc The second half of a `nowait' start, in py:start_pool/2's caller: waits for the
+%% @doc The second half of a `nowait' start, for py:start_pool/2's caller: waits for the
 %% workers' Pythons; a pool that cannot start is stopped and taken out of erlpy's
-%% supervisor, and the failure remembered, as a `wait' start does.
+%% supervisor, and the failure remembered, as a `wait' start does. The wait runs in a
+%% process of its own, so that a start that fails is cleaned up even if the caller is
+%% killed meanwhile (as it is when erlpy's supervisor starts the pool).
 -spec await_started(erlpy_pool:name(), pid()) -> {ok, pid()} | {error, term()}.
 await_started(Name, Sup) ->
+    {Pid, Mon} = spawn_monitor(fun() -> exit({started, await(Name, Sup)}) end),
+    receive
+        {'DOWN', Mon, process, Pid, {started, Result}} -> Result;
+        {'DOWN', Mon, process, Pid, Reason} -> {error, Reason}
+    end.
+
+-spec await(erlpy_pool:name(), pid()) -> {ok, pid()} | {error, term()}.
+await(Name, Sup) ->
     Result =
         case erlpy_pool:meta(Name) of
             undefined -> {error, {worker_exited, shutdown}};  % stopped meanwhile

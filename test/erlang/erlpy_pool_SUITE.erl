@@ -43,7 +43,8 @@ groups() ->
         bad_option_types_are_bad_option,
         init_list_of_strings,
         exec_while_the_pool_stops,
-        slow_start_holds_no_other_pool
+        slow_start_holds_no_other_pool,
+        failed_start_of_a_killed_caller
     ]}].
 
 init_per_suite(Config) ->
@@ -628,3 +629,16 @@ slow_start_holds_no_other_pool(_) ->
     {slow, {ok, _}} = receive {slow, _} = M -> M after 30000 -> timeout end,
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, #{pool => slow_starting})),
     ok = py:stop_pool(slow_starting).
+
+failed_start_of_a_killed_caller(_) ->
+    erlpy_test:doc("a start that fails after its caller was killed is cleaned up: the "
+                   "caller waited for the Pythons itself, and with it gone the pool stayed "
+                   "registered, its worker starting Python again and again"),
+    Name = failed_start_of_a_killed_caller,
+    Init = <<"import time; time.sleep(0.5); raise RuntimeError('no model')">>,
+    Caller = spawn(fun() -> py:start_pool(Name, #{size => 1, init => Init}) end),
+    ok = erlpy_test:wait_until(fun() -> erlpy_pool:meta(Name) =/= undefined end),
+    exit(Caller, kill),
+    ok = erlpy_test:wait_until(fun() -> erlpy_pool:meta(Name) =:= undefined end, 10000),
+    ?assertEqual(false, lists:keymember({erlpy_pool, Name}, 1, supervisor:which_children(erlpy_sup))),
+    ?assertMatch({error, {no_pool, Name, {python_start_failed, _}}}, py:eval(<<"1">>, #{}, #{pool => Name})).
