@@ -8,8 +8,11 @@
 %% The floors (bench/floor.py, a minimal Python loop on fds 3/4): plain (blocks in read),
 %% polling (polls the pipe for a while after each answer, then blocks), and the minimal
 %% pool (two floor ports, each behind one relay process that writes the requests queued
-%% in its mailbox as one frame, as an erlpy worker does). The NIF bridge is not built
-%% here: its figures are quoted from issue 14 and labelled "NIF quoted".
+%% in its mailbox as one frame, as an erlpy worker does); the same pool whose Python
+%% really calls the function each request names, with erlpy's codec (floor.py --call),
+%% is a reference row. The 50 x 2,000 calls also print the CPU a call costs the Pythons
+%% and the VM on each side. The NIF bridge is not built here: its figures are quoted
+%% from issue 14 and labelled "NIF quoted".
 %%
 %% --starts N     latency scenarios (call_seq, call_gap, first_item, eval_seq, idle_cpu)
 %%                run in N fresh starts: the erlpy application restarted, the floor ports
@@ -286,6 +289,7 @@ floor_open(Design) ->
     {Port, OsPid}.
 
 floor_args(plain) -> [];
+floor_args(calling) -> ["--call"];
 floor_args({poll, PollUs, Yield}) ->
     ["--poll-us", integer_to_list(PollUs)] ++ ["--poll-yield" || Yield].
 
@@ -323,11 +327,14 @@ pool_close(Relays) ->
 relay_start(Design) ->
     Self = self(),
     Pid = spawn_link(fun() ->
-        {Port, _} = floor_open(Design),
-        Self ! {relay_ready, self()},
+        {Port, OsPid} = floor_open(Design),
+        Self ! {relay_ready, self(), OsPid},
         relay(Port, #{})
     end),
-    receive {relay_ready, Pid} -> Pid end.
+    receive {relay_ready, Pid, OsPid} -> put({os_pid, Pid}, OsPid), Pid end.
+
+pool_os_pids(Relays) ->
+    [get({os_pid, R}) || R <- tuple_to_list(Relays)].
 
 relay(Port, Waiting) ->
     receive
@@ -372,13 +379,17 @@ pool_call(Relays) ->
 other(call_par, O) ->
     Plain = pool_open(plain),
     Poll = pool_open(polling(O)),
+    Calling = pool_open(calling),
     Erlpy = fun(_, _) -> {ok, _} = py:call(math, sqrt, [2]) end,
-    %% The three sides take turns in each run, so load from elsewhere hits them alike.
-    Sides = [{call_par, Erlpy}, {pool_plain, pool_call(Plain)}, {pool_poll, pool_call(Poll)}],
+    %% The sides take turns in each run, so load from elsewhere hits them alike.
+    Sides = [{call_par, Erlpy, worker_pids()}, {pool_plain, pool_call(Plain), pool_os_pids(Plain)},
+             {pool_poll, pool_call(Poll), pool_os_pids(Poll)},
+             {pool_calling, pool_call(Calling), pool_os_pids(Calling)}],
     try
-        runs(call_par, O, [{Key, fun() -> #{rate => parallel(50, 2000, Call)} end} || {Key, Call} <- Sides])
+        runs(call_par, O, [{Key, fun() -> parallel_cpu(50, 2000, Call, OsPids) end}
+                           || {Key, Call, OsPids} <- Sides])
     after
-        pool_close(Plain), pool_close(Poll)
+        pool_close(Plain), pool_close(Poll), pool_close(Calling)
     end;
 other(stream_sync, O) ->
     runs(stream_sync, O, [{stream_sync, fun() -> stream_rate(count, 100000, #{}) end}]);
@@ -434,12 +445,25 @@ runs(Scenario, #{runs := Runs}, Measures) ->
 
 median_result([#{p50 := _} | _] = Rs) ->
     #{p50 => median([P || #{p50 := P} <- Rs]), p99 => median([P || #{p99 := P} <- Rs])};
+median_result([#{rate := _, py_cpu := _} | _] = Rs) ->
+    maps:from_list([{K, median([maps:get(K, R) || R <- Rs])} || K <- [rate, py_cpu, vm_cpu]]);
 median_result([#{rate := _} | _] = Rs) -> #{rate => median([X || #{rate := X} <- Rs])};
 median_result([#{ms := _} | _] = Rs) -> #{ms => median([X || #{ms := X} <- Rs])}.
 
 result_text(#{p50 := P50, p99 := P99}) -> io_lib:format("p50 ~.3f ms  p99 ~.3f ms", [P50 / 1000, P99 / 1000]);
+result_text(#{rate := R, py_cpu := Py, vm_cpu := Vm}) ->
+    io_lib:format("~s/s  CPU a call: Python ~.1f us, VM ~.1f us", [count_text(R), Py, Vm]);
 result_text(#{rate := R}) -> io_lib:format("~s/s", [count_text(R)]);
 result_text(#{ms := Ms}) -> io_lib:format("~.2f ms", [Ms]).
+
+%% The same, with the CPU time a call costs the Pythons (OsPids) and the VM, in µs.
+parallel_cpu(Procs, Calls, Call, OsPids) ->
+    Py0 = cpu_us(OsPids),
+    Vm0 = proc_cpu_us(list_to_integer(os:getpid())),
+    Rate = parallel(Procs, Calls, Call),
+    N = Procs * Calls,
+    #{rate => Rate, py_cpu => (cpu_us(OsPids) - Py0) / N,
+      vm_cpu => (proc_cpu_us(list_to_integer(os:getpid())) - Vm0) / N}.
 
 parallel(Procs, Calls, Call) ->
     Self = self(),
@@ -540,13 +564,18 @@ goal_rows(call_gap, #{gap_sync := S, gap_plain := Pl, gap_poll := Po}, #{pool_op
                     end,
     [{call_gap, "2", "seq calls 1 ms apart p50, sync", us(S, p50), Goal, {max_ratio, 1.3}},
      {call_gap_other, "", "  the same against the other floor", us(S, p50), Other, ref}];
-goal_rows(call_par, #{call_par := #{rate := R}, pool_plain := #{rate := Pl}, pool_poll := #{rate := Po}}, _) ->
+goal_rows(call_par, #{call_par := #{rate := R}, pool_plain := #{rate := Pl}, pool_poll := #{rate := Po}} = M, _) ->
     {Best, Other} = case Po >= Pl of
                         true -> {{Po, calls, "pool, polling"}, {Pl, calls, "pool, plain"}};
                         false -> {{Pl, calls, "pool, plain"}, {Po, calls, "pool, polling"}}
                     end,
     [{call_par, "3", "50 procs x 2,000 calls, calls/s", {R, calls}, Best, {min_ratio, 0.8}},
-     {call_par_other, "", "  the same against the other pool", {R, calls}, Other, ref}];
+     {call_par_other, "", "  the same against the other pool", {R, calls}, Other, ref}] ++
+    %% A pool whose Python really calls math.sqrt, with erlpy's codec (floor.py --call):
+    %% what any bridge's Python must do, at the least.
+    [{call_par_calling, "", "  against a pool that calls the function", {R, calls},
+      {C, calls, "pool, calling"}, ref}
+     || #{pool_calling := #{rate := C}} <- [M]];
 goal_rows(first_item, #{first_item := F, sync := S}, _) ->
     [{first_item, "4", "stream_start: time to first item", us(F, p50), floor(S, p50, "erlpy seq call"), {max_ratio, 2}}];
 goal_rows(streams, M, _) ->

@@ -6,6 +6,9 @@ erlpy, so latencies can be read as ratios on a shared, noisy machine.
     python floor.py --poll-us N   the polling floor: after each answer, polls the pipe for
                                   up to N µs before it blocks again
         [--poll-yield]            and gives up the CPU (sched_yield) between two polls
+        [--call]                  and really calls the function each request names,
+                                  decoding and encoding with erlpy's codec (what any
+                                  bridge must do at the least), instead of answering 4.0
 
 A frame starting with b"E" is echoed back whole, one starting with b"L" gets its length
 back (the floors of the 1 MiB round trip and of the 10 MiB `len`); any other frame holds
@@ -19,6 +22,7 @@ import fcntl
 import os
 import select
 import time
+from collections.abc import Callable
 
 import msgpack
 
@@ -29,7 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--poll-us", type=int, default=0, help="poll this long after each answer")
     parser.add_argument("--poll-yield", action="store_true", help="sched_yield between polls")
+    parser.add_argument("--call", action="store_true", help="call the function each request names")
     args = parser.parse_args()
+    global answer_calls
+    if args.call:
+        answer_calls = calling()
     poll_s = args.poll_us / 1e6
     for fd in (3, 4):
         try:
@@ -57,8 +65,43 @@ def answer(frame: memoryview, size: int) -> None:
     elif kind == b"L":
         write_all([b"\0\0\0\4", size.to_bytes(4, "big")])
     else:
-        reply = b"".join(msgpack.packb([1, message[1], 4.0]) for message in requests(frame))
+        reply = answer_calls(frame)
         write_all([len(reply).to_bytes(4, "big"), reply])
+
+
+def answer_4(frame: memoryview) -> bytes:
+    return b"".join(msgpack.packb([1, message[1], 4.0]) for message in requests(frame))
+
+
+answer_calls = answer_4
+
+
+def calling() -> Callable[[memoryview], bytes]:
+    """The --call floor: each request ([1, Id, Module, Function, Args, Kwargs, ...]) is
+    decoded with erlpy's codec, its function looked up (cached) and called, and its result
+    encoded with erlpy's codec. No deadline, cancellation, threads or errors: the least a
+    bridge does for a call, and so a floor for erlpy's Python side."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from erlpy import _codec
+
+    functions: dict[tuple[str, str], Callable[..., object]] = {}
+    pack = _codec.new_packer().pack
+
+    def call(frame: memoryview) -> bytes:
+        out = []
+        for message in _codec.unpack_frame(frame):
+            key = (message[2], message[3])
+            fn = functions.get(key)
+            if fn is None:
+                fn = functions[key] = getattr(importlib.import_module(key[0]), key[1])
+            out.append(pack([1, message[1], fn(*message[4], **message[5])]))
+        return b"".join(out)
+
+    return call
 
 
 def requests(frame: memoryview) -> list[list[object]]:
