@@ -62,9 +62,11 @@ init_per_suite(Config) ->
 
 end_per_suite(Config) ->
     stop_peers([?config(b, Config), ?config(c, Config)]),
-    %% No node of ours is left in epmd.
-    {ok, Names} = net_adm:names(),
-    ?assertEqual([], [N || {N, _} <- Names, lists:prefix("erlpy_dist_", N)]),
+    %% No node of ours is left in epmd (a node leaves it once its VM has exited, which
+    %% peer:stop/1 does not wait for).
+    Ours = fun() -> {ok, Names} = net_adm:names(), [N || {N, _} <- Names, lists:prefix("erlpy_dist_", N)] end,
+    _ = catch erlpy_test:wait_until(fun() -> Ours() =:= [] end, 5000),
+    ?assertEqual([], Ours()),
     case ?config(started_dist, Config) of
         true -> net_kernel:stop();
         false -> ok
