@@ -150,24 +150,33 @@ class Dispatcher:
         waiting for the loop thread to hand it its next request: a sync call then costs
         no thread switch (each is tens of microseconds on a VM). It dispatches sync calls,
         ``eval``, ``exec`` and sync streams, which queue on the main thread, and returns
-        once it has work; anything else it hands to the loop thread, which reads from then on. The
-        loop thread reads whenever the main thread does not, so control messages (a
-        cancel) are read while user code runs. Returns whether to do so next time too."""
+        once it has work; anything else it hands to the loop thread, which reads from then
+        on. Returns whether to do so next time too.
+
+        It returns with the pipe still its own when it has queued work: the main thread
+        gives it back (:meth:`give_back`) before it runs anything but a quick call in a
+        burst (SyncRunner), or the loop thread takes it back if such a call turns out long
+        (the held replies' timer). So the loop thread reads whenever user code may run for
+        long (a cancel is read meanwhile), and sleeps through a burst of quick calls
+        instead of waking for each frame to contend for the GIL."""
         with self._reading:
-            if self._handed:
-                # What it handed the loop thread last time is not dispatched yet: taking
-                # the pipe now would keep the loop thread from it (it does not dispatch
-                # while the main thread reads) until the next request came.
-                return True
-            if self._process.forked or not self._selector.pause(self._fd):
-                return False
-            self._main_reads = True
+            if not self._main_reads:
+                if self._handed:
+                    # What it handed the loop thread last time is not dispatched yet:
+                    # taking the pipe now would keep the loop thread from it (it does not
+                    # dispatch while the main thread reads) until the next request came.
+                    return True
+                if self._process.forked or not self._selector.pause(self._fd):
+                    return False
+                self._main_reads = True
         again = True
         try:
             while handoff.empty():
                 if not handoff.wait(self._fd, self._process.poll):
                     continue
                 with self._reading:
+                    if not self._main_reads:
+                        break  # the loop thread took the pipe back
                     frames = self._read()
                     if frames is None:
                         continue
@@ -177,12 +186,22 @@ class Dispatcher:
                         again = False
                         break
         finally:
-            with self._reading:
-                self._main_reads = False
-                self._selector.resume(self._fd)
+            if not again or handoff.empty():
+                self.give_back()
+        return again
+
+    def give_back(self) -> None:
+        """The loop thread reads Erlang's pipe from now on (see :meth:`read_while_idle`).
+        Called by the main thread, or by the loop thread to take the pipe back."""
+        if not self._main_reads:
+            return  # only the main thread sets it: no need for the lock to see it is not
+        with self._reading:
+            if not self._main_reads:
+                return
+            self._main_reads = False
+            self._selector.resume(self._fd)
         if self._handed:
             self._loop.call_soon_threadsafe(self.on_readable)
-        return again
 
     def _dispatch_on_main(self, frames: list[bytearray | memoryview | TooBig]) -> list[Handed]:
         """Dispatch what only queues work for the main thread, frame by frame; return the

@@ -1,4 +1,4 @@
-"""Replies held for the requests queued behind them.
+"""Replies held for the requests queued behind them, and which calls are quick.
 
 When several requests wait for the main thread (a frame brought many), the results of
 the first ones are held and written in one frame with the later ones: one write, and one
@@ -16,8 +16,10 @@ import asyncio
 import ctypes
 import os
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
+from ._messages import Call
 from ._wire import FrameWriter
 
 # How long a held result may wait. Longer only while the request that runs holds the GIL:
@@ -27,14 +29,52 @@ HOLD: Final = 200e-6
 
 _CLOCK_MONOTONIC: Final = 1
 
+# Functions whose last duration QuickCalls remembers, at most.
+_DURATIONS_KEPT: Final = 4096
+
+
+class QuickCalls:
+    """How long each function took last time, by (module, function): a call is expected
+    to be quick if its function answered within HOLD then. Only quick calls hold replies
+    (HeldReplies), and only a burst of them keeps the main thread reading Erlang's pipe
+    (SyncRunner)."""
+
+    def __init__(self) -> None:
+        self._durations: dict[tuple[str, str], float] = {}
+
+    def expected(self, request: Any) -> bool:
+        """Whether ``request`` calls a function that answered within HOLD last time."""
+        if type(request) is not Call:
+            return False
+        name = _name(request)
+        return name is not None and self._durations.get(name, HOLD) < HOLD
+
+    def took(self, request: Call, seconds: float) -> None:
+        """Remember how long a call's function took."""
+        name = _name(request)
+        if name is not None:
+            durations = self._durations
+            if len(durations) >= _DURATIONS_KEPT:
+                durations.clear()  # names are few as a rule: this only bounds the odd case
+            durations[name] = seconds
+
+
+def _name(request: Call) -> tuple[str, str] | None:
+    """The (module, function) a call names, if it names them by text (not a handle's
+    object, nor a malformed name, which the call itself reports)."""
+    module, function = request.module, request.function
+    return (module, function) if type(module) is str and type(function) is str else None
+
 
 class HeldReplies:
     """Whether the main thread holds results now, and the timer that bounds it. Used by the
     main thread only; the timer's callback runs on the loop thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, writer: FrameWriter, fired: Callable[[], bool]
+    ) -> None:
         self._writer = writer
-        self._timer = _FlushTimer(loop, writer)
+        self._timer = _FlushTimer(loop, writer, fired)
         self.holding = False
         self._since = 0.0
 
@@ -72,10 +112,15 @@ class _Itimerspec(ctypes.Structure):
 
 
 class _FlushTimer:
-    """A one-shot timer: when it fires, the loop thread writes what the writer holds."""
+    """A one-shot timer: when it fires, the loop thread writes what the writer holds, and
+    calls ``fired`` (which takes Erlang's pipe back from a long job), which says whether
+    to arm it again."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, writer: FrameWriter) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, writer: FrameWriter, fired: Callable[[], bool]
+    ) -> None:
         self._writer = writer
+        self._fired = fired
         self._fd = -1
         try:
             # Our own CDLL: its function pointers' argtypes are nobody else's.
@@ -115,3 +160,5 @@ class _FlushTimer:
         except BlockingIOError:
             pass  # disarmed after it fired
         self._writer.flush()
+        if self._fired():
+            self.arm()

@@ -84,6 +84,7 @@ class Runtime:
             fd_in,
         )
         self.sync.read_while_idle = self.dispatcher.read_while_idle
+        self.sync.give_back = self.dispatcher.give_back
         self._log_handler: LogHandler | None = None
 
     def send(self, message: list[Any]) -> None:

@@ -31,7 +31,7 @@ from ._codec import Atom, EncodeError, pack, thread_packer
 from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
 from ._handoff import Handoff
-from ._held import HOLD, HeldReplies
+from ._held import HOLD, HeldReplies, QuickCalls
 from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
 from ._names import Resolver, compile_code, kwargs, namespace
@@ -52,9 +52,6 @@ COLLECT_FIRST: Final = 16
 
 # Requests after which the main thread reads the pipe itself when idle.
 _PLAIN: Final = (Call, Eval, Exec, StreamCall, StreamEval)
-
-# Functions whose last duration SyncRunner remembers, at most.
-_DURATIONS_KEPT: Final = 4096
 
 # Put on the main thread's queue to wake a waiter; otherwise ignored.
 _WAKE: Final = object()
@@ -95,11 +92,14 @@ class SyncRunner:
         # Reads Erlang's pipe on the main thread while it is idle (Dispatcher): done after
         # a plain sync request, as the next one is likely another.
         self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
+        # Gives the pipe back to the loop thread if the main thread kept it (Dispatcher).
+        self.give_back: Callable[[], None] = _nothing
         self._reads_when_idle = False
-        # Results held while more requests wait behind them (_held), and how long each
-        # function took last time, by (module, function): only quick ones hold them.
-        self._held = HeldReplies(loop, writer)
-        self._durations: dict[tuple[str, str], float] = {}
+        # Results held while more requests wait behind them, and which calls are quick
+        # (_held): only those hold them.
+        self._held = HeldReplies(loop, writer, self._hold_timer_fired)
+        self._quick = QuickCalls()
+        self._job_started = 0.0  # when the job the main thread runs started (0: none)
         # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
         self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
@@ -113,21 +113,34 @@ class SyncRunner:
                 self._held.release()
                 if self._reads_when_idle and self.read_while_idle:
                     self._reads_when_idle = self.read_while_idle(self._queue)
+                else:
+                    self.give_back()
             item = self._queue.get()
             if type(item) is Job:
-                self._held.before_job(not self._queue.empty(), self._quick(item))
+                quick = self._quick.expected(item.request)
+                self._held.before_job(not self._queue.empty(), quick)
+                # The pipe the main thread read stays its own only through a burst of
+                # quick calls, whose held replies' timer takes it back if one is long.
+                if not (quick and self._held.holding):
+                    self.give_back()
+                self._job_started = time.monotonic()
                 self._run(item)
+                self._job_started = 0.0
                 # After a request it answered, the next is likely another: read for it.
                 self._reads_when_idle = item.answered and type(item.request) in _PLAIN
             # anything else is a _WAKE nobody waits for any more
 
-    def _quick(self, job: Job) -> bool:
-        """Whether the job calls a function that answered within HOLD last time."""
-        request = job.request
-        if type(request) is not Call:
-            return False
-        name = _name(request)
-        return name is not None and self._durations.get(name, HOLD) < HOLD
+    def _hold_timer_fired(self) -> bool:
+        """The held replies' timer fired, on the loop thread. A job that has run for HOLD
+        is not the quick call it was taken for: the loop thread takes the pipe back (to
+        read a cancel, say). Returns whether to arm the timer again: a job has just
+        started, which may turn out long too."""
+        started = self._job_started
+        if started and time.monotonic() - started < HOLD:
+            return True
+        if started:
+            self.give_back()
+        return False
 
     def resume(self, job: Job) -> None:
         """Give a parked sync stream back to the main thread."""
@@ -258,6 +271,7 @@ class SyncRunner:
         sync requests meanwhile: the Erlang function may itself call into this worker
         (re-entrancy), and Erlang may cancel ``job``."""
         self._held.release()  # the requests it runs meanwhile answer at once
+        self.give_back()  # the loop thread reads the reply
         try:
             if job is not None:
                 job.waiting = pending
@@ -300,7 +314,7 @@ class SyncRunner:
                             return self.to_batcher(job, fn, request)  # just imported
                     start = time.perf_counter()
                     value = self._user(job, fn, *request.args, **kwargs(request.kwargs))
-                    self._took(request, time.perf_counter() - start)
+                    self._quick.took(request, time.perf_counter() - start)
                     self._complete(job, value)
                 case Eval() | StreamEval():
                     code = compile_code(request.code, "eval")
@@ -333,15 +347,6 @@ class SyncRunner:
             self._jobs.finish(job, P.FAIL, (Atom("badarg"), (Atom("invalid_name"), str(exc))))
         except BaseException as exc:
             self._jobs.finish(job, P.ERROR, exc)
-
-    def _took(self, request: Call, seconds: float) -> None:
-        """Remember how long a call's function took (see :meth:`_quick`)."""
-        name = _name(request)
-        if name is not None:
-            durations = self._durations
-            if len(durations) >= _DURATIONS_KEPT:
-                durations.clear()  # names are few as a rule: this only bounds the odd case
-            durations[name] = seconds
 
     def _complete(self, job: Job, result: Any) -> None:
         """Reply with a sync call's result; a coroutine it returned goes to the loop."""
@@ -439,11 +444,8 @@ class SyncRunner:
             self._jobs.finish(job, P.ERROR, exc)
 
 
-def _name(request: Call) -> tuple[str, str] | None:
-    """The (module, function) a call names, if it names them by text (not a handle's
-    object, nor a malformed name, which the call itself reports)."""
-    module, function = request.module, request.function
-    return (module, function) if type(module) is str and type(function) is str else None
+def _nothing() -> None:
+    pass
 
 
 def _produce(

@@ -64,3 +64,46 @@ def test_a_quick_reply_does_not_wait_for_a_long_call_behind_it(worker: Worker) -
         assert worker.answer(long_, timeout=30) == [P.RESULT, long_, False]
         took = time.monotonic() - start
         assert replied < took / 4, (replied, took)
+
+
+def test_a_call_taken_for_quick_that_runs_long_is_still_cancelled(worker: Worker) -> None:
+    # Through a burst of quick calls the main thread keeps reading the pipe itself, and
+    # the loop thread sleeps. A call of a function that was quick last time and now runs
+    # on must give the pipe back (the held replies' timer does), or its cancel is never
+    # read and Erlang kills the worker at the end of cancel_grace.
+    worker.exec("def f(spin):\n    while spin:\n        pass\n    return 'f'\n")
+    assert worker.run("f", False) == "f"  # quick from now on
+    for _ in range(3):
+        first, long_, last = worker.next_id(), worker.next_id(), worker.next_id()
+        worker.send_frame(
+            [
+                [P.CALL, first, "__main__", "f", [False], {}],
+                [P.CALL, long_, "__main__", "f", [True], {}],
+                [P.CALL, last, "__main__", "f", [False], {}],
+            ]
+        )
+        assert worker.answer(first) == [P.RESULT, first, "f"]
+        worker.send_raw([P.CANCEL, long_])
+        assert worker.answer(long_, timeout=2.0) == [P.FAIL, long_, "cancelled"]
+        assert worker.answer(last) == [P.RESULT, last, "f"]
+        assert worker.run("f", False) == "f"  # quick again
+
+
+def test_a_quick_function_that_calls_erlang_in_a_burst_gets_its_reply(worker: Worker) -> None:
+    # The reply to erlang.call is read by the loop thread: a function taken for quick, in a
+    # burst the main thread reads itself, must give it the pipe before it waits.
+    worker.exec("def h(back):\n    return erlang.call('cb') if back else 'h'\n")
+    assert worker.run("h", False) == "h"
+    first, back, last = worker.next_id(), worker.next_id(), worker.next_id()
+    worker.send_frame(
+        [
+            [P.CALL, first, "__main__", "h", [False], {}],
+            [P.CALL, back, "__main__", "h", [True], {}],
+            [P.CALL, last, "__main__", "h", [False], {}],
+        ]
+    )
+    callback = worker.receive(lambda m: m[0] == P.CALLBACK)
+    worker.send_raw([P.REPLY, callback[1], True, "from erlang"])
+    assert worker.answer(back, timeout=2.0) == [P.RESULT, back, "from erlang"]
+    assert worker.answer(first) == [P.RESULT, first, "h"]
+    assert worker.answer(last) == [P.RESULT, last, "h"]
