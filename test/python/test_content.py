@@ -1,13 +1,15 @@
-"""Tests of erlpy.content."""
+"""Tests of erlpy.content (content_api, its genai_processors name) and erlpy.processor."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
-from erlpy import content, streams
+from erlpy import content, content_api, processor, streams
 
 
 @pytest.mark.asyncio
@@ -65,3 +67,41 @@ def test_as_text_strict_rejects_non_text_parts() -> None:
     assert content.as_text(["a", _Chunk("b")], strict=True) == "ab"
     with pytest.raises(ValueError, match="not a text part"):
         content.as_text(["a", _Image()], strict=True)
+
+
+async def _collect(stream: AsyncIterable[content_api.ProcessorPart]) -> list[str]:
+    return [part.text async for part in stream]
+
+
+class _Upper(processor.Processor):
+    async def call(
+        self, content: AsyncIterable[content_api.ProcessorPart]
+    ) -> AsyncIterator[content_api.ProcessorPart]:
+        async for part in content:
+            yield content_api.ProcessorPart(part.text.upper())
+
+
+class _Exclaim(processor.Processor):
+    async def call(
+        self, content: AsyncIterable[content_api.ProcessorPart]
+    ) -> AsyncIterator[content_api.ProcessorPart]:
+        async for part in content:
+            yield content_api.ProcessorPart(part.text + "!")
+
+
+def test_processors_chain_with_plus() -> None:
+    parts = content_api.ContentStream(content=[content_api.ProcessorPart(t) for t in "ab"])
+    chain = _Upper() + _Exclaim() + _Upper()
+    assert asyncio.run(_collect(chain(parts))) == ["A!", "B!"]
+    assert asyncio.run(_collect((_Exclaim() + chain)(parts))) == ["A!!", "B!!"]
+    assert "+" in repr(chain)
+
+
+def test_a_processor_must_define_call() -> None:
+    with pytest.raises(TypeError):
+        processor.Processor()  # type: ignore[abstract]
+
+
+def test_content_api_is_content() -> None:
+    assert content_api.ProcessorPart is content.ProcessorPart
+    assert content_api.as_text(["a", content.ProcessorPart("b")]) == "ab"

@@ -1,9 +1,9 @@
 """Runs every example of the "Async & Streaming" seed document.
 
 The document (shared/seeds/000_5071469a3e47ce1e.txt) was written for
-genai_processors; here `genai_processors` is `erlpy` and its `content_api` is
-`erlpy.content`. Where the document leans on things it does not define (a
-`MyProcessor`, a `model`, an `input_stream`), small stand-ins are defined
+genai_processors; here `genai_processors` is `erlpy`, which has its `processor`,
+`streams` and `content_api` modules. Where the document leans on things it does not
+define (a `MyProcessor`, a `model`, an `input_stream`), small stand-ins are defined
 below. Two slips of the document are fixed: `endless_stream()` is not a block
 statement, and `enqeue` is `enqueue` (a coroutine, so it is awaited).
 """
@@ -15,16 +15,15 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 import pytest
 
-from erlpy import content as content_api
-from erlpy import streams
+from erlpy import content_api, processor, streams
 
 TIMEOUT = 5
 
 
-class MyProcessor:
+class MyProcessor(processor.Processor):
     """Stand-in for the document's processor: upper-cases each text part."""
 
-    async def __call__(
+    async def call(
         self, input_stream: AsyncIterable[content_api.ProcessorPart]
     ) -> AsyncIterator[content_api.ProcessorPart]:
         async for part in input_stream:
