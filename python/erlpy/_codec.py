@@ -224,6 +224,11 @@ def _default(obj: Any) -> Any:
         return bytes(obj)
     if isinstance(obj, (set, frozenset)):
         return list(obj)
+    if cls.__module__ == "numpy" and hasattr(obj, "tolist"):
+        # numpy's scalars (int64, bool_, ...) and arrays (nested lists): their Python value
+        # (without importing numpy: a process that has none never sees its types)
+        value = obj.tolist()
+        return value if type(value) in _NATIVE else _default(value)
     raise EncodeError(
         f"cannot send a value of type {_type_name(obj)} to Erlang "
         f"(register a converter with erlpy.register_encoder)"

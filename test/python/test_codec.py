@@ -602,3 +602,37 @@ def test_every_prefix_of_a_valid_encoding_is_refused() -> None:
     for prefix in iter_all_prefixes(encoded):
         with pytest.raises(Exception):  # noqa: B017 - any refusal will do
             unpackb(prefix)
+
+
+class _NumpyLike:
+    """Stands for a numpy scalar or array: numpy is not a dependency of erlpy's tests."""
+
+    __module__ = "numpy"
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def tolist(self) -> Any:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, 7),
+        (True, True),
+        ([[1, 2], [3, 4]], [[1, 2], [3, 4]]),
+        (1 << 70, 1 << 70),
+        ((1, "a"), (1, "a")),
+    ],
+)
+def test_numpy_values_travel_as_their_python_value(value: Any, expected: Any) -> None:
+    # np.int64, np.bool_ and arrays are none of Python's types (np.float64 is a float)
+    assert unpackb(packb(_NumpyLike(value))) == expected
+    assert unpackb(packb({"scores": [_NumpyLike(value)]})) == {"scores": [expected]}
+
+
+def test_real_numpy_values_travel() -> None:
+    np = pytest.importorskip("numpy")
+    result = {"argmax": np.argmax([1, 5, 3]), "ok": np.bool_(True), "a": np.arange(3)}
+    assert unpackb(packb(result)) == {"argmax": 1, "ok": True, "a": [0, 1, 2]}
