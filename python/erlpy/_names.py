@@ -82,7 +82,7 @@ class Resolver:
             raise BadName(f"invalid module name: {module!r}")
         if not _valid_name(name):
             raise BadName(f"invalid function name: {name!r}")
-        obj: Any = self._main if module == "__main__" else _import(module)
+        obj: Any = self._main if module == "__main__" else _import_named(module)
         for part in name.split("."):
             obj = getattr(obj, part)
         if not callable(obj):
@@ -112,6 +112,22 @@ def method(obj: Any, name: Any) -> Resolved:
     if not callable(obj):
         raise TypeError(f"{name} is not callable")
     return (obj, inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj))
+
+
+def _import_named(module: str) -> Any:
+    """Import the module a request names; if its top-level package is nowhere, the
+    traceback says where erlpy looked (the message stays Python's own)."""
+    try:
+        return _import(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module.partition(".")[0]:
+            exc.add_note(
+                f"erlpy: {exc.name!r} is not on the pool's path: Python code of your own goes "
+                'in a directory of the pool\'s `path` option (path => ["."] for the '
+                "working directory, which is not searched otherwise), installed packages "
+                "in the interpreter's environment or the pool's `venv`"
+            )
+        raise
 
 
 def _import(module: str) -> Any:

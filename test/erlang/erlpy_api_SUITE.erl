@@ -160,9 +160,19 @@ error_module_not_found(_) ->
     erlpy_test:doc("a missing module is {python, <<\"ModuleNotFoundError\">>, _, _}"),
     {error, {python, Type, Msg, _}} = py:call(no_such_module_xyz, f, []),
     ?assertEqual(<<"ModuleNotFoundError">>, Type),
-    ?assertNotEqual(nomatch, binary:match(Msg, <<"no_such_module_xyz">>)),
+    ?assertEqual(<<"No module named 'no_such_module_xyz'">>, Msg),
     ?assertMatch({error, {python, <<"ModuleNotFoundError">>, _, _}},
-                 py:call('no_such_pkg_xyz.sub', f, [])).
+                 py:call('no_such_pkg_xyz.sub', f, [])),
+    %% the traceback says where to put the module (the working directory is not searched)
+    {error, {python, _, _, Traceback}} = py:call(no_such_module_xyz, f, []),
+    ?assertNotEqual(nomatch, binary:match(Traceback, <<"is not on the pool's path">>)),
+    %% not when the module is there and what it imports is missing
+    ok = py:exec(<<"import sys, types\n"
+                   "m = types.ModuleType('imports_a_missing_one')\n"
+                   "exec('def f():\\n    import no_such_dep_xyz', m.__dict__)\n"
+                   "sys.modules['imports_a_missing_one'] = m">>),
+    {error, {python, <<"ModuleNotFoundError">>, _, Traceback2}} = py:call(imports_a_missing_one, f, []),
+    ?assertEqual(nomatch, binary:match(Traceback2, <<"is not on the pool's path">>)).
 
 error_attribute_missing(_) ->
     erlpy_test:doc("a missing function is an AttributeError naming it"),
