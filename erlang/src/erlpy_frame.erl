@@ -57,11 +57,13 @@ skip(N, Bin) -> skip(N - 1, erlpy_codec:skip(Bin)).
 -spec fatal_detail(term()) -> map().
 fatal_detail(Detail) when is_map(Detail) ->
     Known = #{<<"reason">> => reason, <<"missing_module">> => missing_module,
-              <<"message">> => message, <<"python">> => python},
+              <<"message">> => message, <<"python">> => python,
+              <<"externally_managed">> => externally_managed},
     maps:fold(
         fun(K, V, Acc) ->
             case Known of
                 #{K := reason} -> Acc#{reason => fatal_reason(V)};
+                #{K := externally_managed} -> Acc#{externally_managed => V =:= <<"true">>};
                 #{K := Key} -> Acc#{Key => V};
                 #{} -> Acc
             end

@@ -275,6 +275,15 @@ boot(PyDir) ->
 %% that exits while starting is run once more with `--version' to tell an old Python, or
 %% something that is not Python at all, from a Python that failed for another reason.
 -spec explain(term()) -> term().
+explain(#{reason := missing_module, python := P, externally_managed := true} = D) ->
+    %% pip refuses to install into a distribution's Python (PEP 668): name what works.
+    Module = maps:get(missing_module, D, <<"msgpack">>),
+    D#{message => <<P/binary, " cannot import ", Module/binary, ", and its packages are the "
+                    "system's (pip refuses them): install the system's package (on Debian: "
+                    "`apt install python3-", Module/binary, "`), or let erlpy build the pool a "
+                    "virtualenv (pool options venv => Dir, requirements => [\"", Module/binary,
+                    "\"]), or set the pool option python (or $ERLPY_PYTHON) to a Python that "
+                    "has it">>};
 explain(#{reason := missing_module, python := P} = D) ->
     Module = maps:get(missing_module, D, <<"msgpack">>),
     D#{message => <<P/binary, " cannot import ", Module/binary, ": run `", P/binary,

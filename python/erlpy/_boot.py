@@ -26,6 +26,16 @@ def _fatal(detail: dict[str, str]) -> None:
     os._exit(3)
 
 
+def _externally_managed() -> bool:
+    """Whether pip refuses to install into this interpreter (PEP 668: a distribution's
+    Python, such as Debian's /usr/bin/python3, outside a virtualenv)."""
+    import sysconfig
+
+    if sys.prefix != sys.base_prefix:
+        return False
+    return os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+
+
 def main() -> None:
     # Running this file put its own directory first on sys.path; replace it with the
     # package's parent and the pool's `path` entries.
@@ -41,14 +51,15 @@ def main() -> None:
     try:
         import msgpack  # noqa: F401
     except ImportError as exc:
-        _fatal(
-            {
-                "reason": "missing_module",
-                "missing_module": exc.name or "msgpack",
-                "message": f"{exc} (python: {sys.executable})",
-                "python": sys.executable,
-            }
-        )
+        detail = {
+            "reason": "missing_module",
+            "missing_module": exc.name or "msgpack",
+            "message": f"{exc} (python: {sys.executable})",
+            "python": sys.executable,
+        }
+        if _externally_managed():
+            detail["externally_managed"] = "true"
+        _fatal(detail)
     in_fd, out_fd = _move_protocol()
     _split_off_supervisor(in_fd)
 

@@ -44,7 +44,8 @@ groups() ->
         init_list_of_strings,
         exec_while_the_pool_stops,
         slow_start_holds_no_other_pool,
-        failed_start_of_a_killed_caller
+        failed_start_of_a_killed_caller,
+        nomsgpack_system_python_advice
     ]}].
 
 init_per_suite(Config) ->
@@ -207,6 +208,26 @@ nomsgpack_start_failed_detail(Config) ->
     end),
     _ = start_failed_detail(py:start_pool(nomsgpack, #{python => Python, size => 1})),
     ?assertEqual({ok, 4.0}, py:call(math, sqrt, [16])).
+
+nomsgpack_system_python_advice(_) ->
+    erlpy_test:doc("a distribution's Python without msgpack (PEP 668, Debian's python3): the "
+                   "message says what works there; it said to run pip, which refuses"),
+    Python = "/usr/bin/python3",
+    Managed = filelib:wildcard("/usr/lib/python3*/EXTERNALLY-MANAGED") =/= [],
+    Lacks = filelib:is_regular(Python) andalso
+        os:cmd(Python ++ " -c 'import msgpack' >/dev/null 2>&1; echo $?") =/= "0\n",
+    case Managed andalso Lacks of
+        false ->
+            {skip, "no externally managed /usr/bin/python3 without msgpack here"};
+        true ->
+            #{message := Message} = Detail =
+                start_failed_detail(py:start_pool(nomsgpack, #{python => Python, size => 1})),
+            ct:log("~p", [Detail]),
+            ?assertMatch(#{externally_managed := true}, Detail),
+            ?assertNotEqual(nomatch, binary:match(Message, <<"apt install python3-msgpack">>)),
+            ?assertNotEqual(nomatch, binary:match(Message, <<"requirements => [\"msgpack\"]">>)),
+            ?assertEqual(nomatch, binary:match(Message, <<"pip install">>))
+    end.
 
 python_not_found_detail(_) ->
     erlpy_test:doc("a missing interpreter: python_start_failed naming the path"),
