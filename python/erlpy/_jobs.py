@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import _handles
+from . import _handles, _output
 from . import _protocol as P
 from ._codec import Atom, EncodeError, pack, pack_parts
 from ._messages import Request
@@ -104,6 +104,8 @@ class Jobs:
             hold: a result may wait to go with the next frame (FrameWriter.hold).
         """
         self.table.pop(job.id, None)
+        if _output._pending:
+            _output.flush_pending()  # output the job left without a newline comes first
         if self._process.forked:
             # A forked child's code came back into the runtime: it exits instead.
             if kind == P.ERROR:

@@ -23,7 +23,9 @@ _LEVELS = {
 
 
 class LogStream(io.TextIOBase):
-    """A text stream that sends complete lines to Erlang at one logger level."""
+    """A text stream that sends complete lines to Erlang at one logger level: the lines
+    one write completes as one event; a line still without its newline when a request
+    ends goes then (:func:`flush_pending`), so ``print(x, end="")`` shows too."""
 
     def __init__(self, emit: Emit, level: str, name: str) -> None:
         super().__init__()
@@ -42,16 +44,30 @@ class LogStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         data = self._partial + text
-        lines = data.split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._emit(self._level, line)
+        complete, newline, self._partial = data.rpartition("\n")
+        if newline:
+            self._emit(self._level, complete)
+        if self._partial:
+            _pending.add(self)
+        else:
+            _pending.discard(self)
         return len(text)
 
     def flush(self) -> None:
+        _pending.discard(self)
         if self._partial:
             line, self._partial = self._partial, ""
             self._emit(self._level, line)
+
+
+# Streams holding a line without its newline yet.
+_pending: set[LogStream] = set()
+
+
+def flush_pending() -> None:
+    """Send the lines that output streams hold without their newline (a request ended)."""
+    for stream in list(_pending):
+        stream.flush()
 
 
 class LogHandler(logging.Handler):

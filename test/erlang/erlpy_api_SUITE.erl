@@ -29,8 +29,8 @@ groups() ->
             callback_reentrant,
             callback_acall, callback_after_unregister
         ]},
-        {output, [], [print_to_logger, logging_warning_to_logger, stderr_to_logger,
-                      fd_output_does_not_corrupt]},
+        {output, [], [print_to_logger, print_without_newline_to_logger, logging_warning_to_logger,
+                      stderr_to_logger, fd_output_does_not_corrupt]},
         {info, [], [info_shape, default_pool_from_app_env]},
         %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
         {regressions, [], [
@@ -56,7 +56,8 @@ end_per_testcase(Case, _Config) when
     [py:unregister_function(N) || N <- [add, boom, reenter, api_tmp]],
     ok;
 end_per_testcase(Case, _Config) when
-    Case =:= print_to_logger; Case =:= logging_warning_to_logger; Case =:= stderr_to_logger
+    Case =:= print_to_logger; Case =:= print_without_newline_to_logger;
+    Case =:= logging_warning_to_logger; Case =:= stderr_to_logger
 ->
     _ = logger:remove_handler(?MODULE),
     ok;
@@ -418,6 +419,20 @@ print_to_logger(_) ->
     #{level := Level, meta := Meta} = await_log(Text),
     ?assertEqual(notice, Level),
     check_meta(Meta).
+
+print_without_newline_to_logger(_) ->
+    erlpy_test:doc("output left without its newline reaches logger when the call ends (a "
+                   "progress line, print(x, end='')): it was held for ever; the lines of one "
+                   "write are one event"),
+    add_handler(),
+    Text = unique_text(<<"partial">>),
+    ?assertMatch({ok, _}, py:eval(<<"print(t, end='')">>, #{t => Text})),
+    #{level := notice} = await_log(Text),
+    Lines = unique_text(<<"lines">>),
+    ?assertMatch({ok, _}, py:eval(<<"__import__('sys').stdout.write(t + '-1\\n' + t + '-2\\n')">>,
+                                  #{t => Lines})),
+    #{msg := Msg} = await_log(Lines),
+    ?assertEqual(<<Lines/binary, "-1\n", Lines/binary, "-2">>, msg_text(Msg)).
 
 logging_warning_to_logger(_) ->
     erlpy_test:doc("logging.warning() reaches logger at warning"),
