@@ -32,7 +32,7 @@ defmodule Erlpy do
     * any other option of the `:py` function underneath, which checks them all: an
       unknown option is `{:error, %Erlpy.Error{reason: {:bad_option, {key, value}}}}`,
       never silently ignored, whose message says where Python keyword arguments go
-      (`kwargs:`; the locals, for `eval/3`)
+      (`kwargs:`; the locals, for `eval/3`), and which option a misspelt one may be
 
   Python keyword arguments never mix with options: `Erlpy.call(:m, :f, [1], pool: :ml)`
   runs on the pool `:ml`, and `kwargs: [pool: :ml]` is how Python would get `pool`.
@@ -437,7 +437,12 @@ defmodule Erlpy do
       :cancelled
   """
   @spec cancel(stream_ref()) :: :ok
-  def cancel(ref), do: :py.stream_cancel(ref)
+  def cancel(ref) when is_reference(ref), do: :py.stream_cancel(ref)
+
+  def cancel(other) do
+    raise ArgumentError,
+          "Erlpy.cancel takes the reference that start_stream returned, got: #{inspect(other)}"
+  end
 
   @doc """
   Grants `n` more items to a stream started with `window: ...`.
@@ -749,17 +754,37 @@ defmodule Erlpy do
 
   defp result(other, _example), do: result(other)
 
-  defp hint({:kwargs, function, target, name}, option) do
+  defp hint(example, {key, _} = option) do
+    case did_you_mean(key) do
+      nil -> hint_where(example, option)
+      name -> "did you mean #{name}:? (#{hint_where(example, option)})"
+    end
+  end
+
+  defp hint_where({:kwargs, function, target, name}, option) do
     target = if target == :handle, do: "handle", else: inspect(target)
 
     "Python keyword arguments go in kwargs:, as in " <>
       "Erlpy.#{function}(#{target}, #{inspect(name)}, args, kwargs: #{inspect([option])})"
   end
 
-  defp hint({:locals, function}, {key, value}) do
+  defp hint_where({:locals, function}, {key, value}) do
     "Python variables go in the locals, as in " <>
       "Erlpy.#{function}(code, #{inspect(%{key => value})})"
   end
+
+  # The option an unknown key is most likely a misspelling of (timout:, windw:), if any.
+  defp did_you_mean(key) when is_atom(key) do
+    key = Atom.to_string(key)
+
+    @option_names
+    |> Enum.map(&{String.jaro_distance(key, Atom.to_string(&1)), &1})
+    |> Enum.filter(fn {distance, _} -> distance >= 0.9 end)
+    |> Enum.max(fn -> {0, nil} end)
+    |> elem(1)
+  end
+
+  defp did_you_mean(_key), do: nil
 
   defp unwrap!({:ok, value}), do: value
   defp unwrap!(:ok), do: :ok
@@ -794,6 +819,14 @@ defmodule Erlpy do
       _ ->
         :ok
     end
+  end
+
+  # A charlist (~c"math", 'math') is the Elixir spelling of an Erlang string, never a
+  # Python module's name.
+  defp check_module!([c | _] = module, function) when is_integer(c) do
+    raise ArgumentError,
+          "Erlpy.#{function}: #{inspect(module)} is a charlist; name the Python module " <>
+            "with a string or an atom, such as #{inspect(List.to_string(module))}"
   end
 
   defp check_module!(_module, _function), do: :ok

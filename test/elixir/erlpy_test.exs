@@ -179,6 +179,45 @@ defmodule Erlpy.ApiTest do
       assert Exception.message(error) == "bad option :timeout: -1 ({:bad_option, _})"
     end
 
+    test "a misspelt option gets a did-you-mean before where keyword arguments go" do
+      assert {:error, %Erlpy.Error{reason: {:bad_option, {:timout, 100}}} = error} =
+               Erlpy.call(:math, :sqrt, [16], timout: 100)
+
+      assert Exception.message(error) ==
+               "bad option :timout: 100 ({:bad_option, _}); did you mean timeout:? (Python " <>
+                 "keyword arguments go in kwargs:, as in Erlpy.call(:math, :sqrt, args, " <>
+                 "kwargs: [timout: 100]))"
+
+      assert_raise Erlpy.Error, ~r/did you mean window:\?/, fn ->
+        Erlpy.stream(:builtins, :range, [3], windw: 2) |> Enum.to_list()
+      end
+
+      assert {:error, %Erlpy.Error{} = error} =
+               Erlpy.start_stream(:builtins, :range, [3], idle_timout: 10)
+
+      assert Exception.message(error) =~ "did you mean idle_timeout:?"
+      # A keyword argument that looks like no option gets no guess.
+      assert {:error, %Erlpy.Error{} = error} = Erlpy.call(:json, :dumps, [1], indent: 2)
+      refute Exception.message(error) =~ "did you mean"
+    end
+
+    test "a charlist as the Python module, or anything but a stream to cancel, raises ArgumentError" do
+      # (how a charlist inspects depends on the Elixir version: 'math' or ~c"math")
+      assert_raise ArgumentError,
+                   ~r/^Erlpy.call: (~c"math"|'math') is a charlist; name the Python module with a string or an atom, such as "math"$/,
+                   fn -> Erlpy.call(~c"math", :sqrt, [16]) end
+
+      assert_raise ArgumentError,
+                   ~r/^Erlpy.stream: (~c"itertools"|'itertools') is a charlist/,
+                   fn ->
+                     Erlpy.stream(~c"itertools", :count, [])
+                   end
+
+      assert_raise ArgumentError,
+                   "Erlpy.cancel takes the reference that start_stream returned, got: :x",
+                   fn -> Erlpy.cancel(:x) end
+    end
+
     test "an Elixir alias as the Python module raises ArgumentError" do
       message =
         "Erlpy.call: Math is an Elixir module alias, not a Python module; name the Python " <>

@@ -20,7 +20,11 @@ defmodule Erlpy.Error do
   def message(%__MODULE__{reason: reason, hint: nil}), do: describe(reason)
   def message(%__MODULE__{reason: reason, hint: hint}), do: describe(reason) <> "; " <> hint
 
-  defp describe(:timeout), do: "Python did not answer within the timeout (:timeout)"
+  defp describe(:timeout),
+    do:
+      "Python did not answer within the timeout, or a stream yielded nothing for its " <>
+        "idle_timeout (:timeout)"
+
   defp describe(:overloaded), do: "the pool's queue is full (:overloaded)"
   defp describe(:cancelled), do: "the stream was cancelled (:cancelled)"
 
@@ -49,8 +53,11 @@ defmodule Erlpy.Error do
 
   defp describe({:nodedown, node}), do: "node #{inspect(node)} is unreachable ({:nodedown, _})"
   defp describe({:no_erlpy, node}), do: "node #{inspect(node)} runs no erlpy ({:no_erlpy, _})"
+
   defp describe({:stale_ref, _} = reason),
-    do: "the handle's object is gone (released, or its Python restarted): #{inspect(reason)}"
+    do:
+      "the handle's object is gone (released, its owner exited, or its Python " <>
+        "restarted): #{inspect(reason)}"
 
   defp describe(:session_ended),
     do: "the session has ended (stopped, its owner exited, or its Python restarted)"
