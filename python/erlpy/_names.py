@@ -150,7 +150,20 @@ def compile_code(code: str, mode: str) -> types.CodeType:
     if mode == "exec" and _indented(code):
         # Code indented to sit inside Erlang source (py:exec, a pool's `init`).
         code = textwrap.dedent(code)
-    return compile(code, "<erlpy>", mode)
+    try:
+        return compile(code, "<erlpy>", mode)
+    except SyntaxError as exc:
+        if mode == "eval" and _compiles(code, "exec"):
+            exc.add_note("erlpy: eval takes one expression; run statements with exec")
+        raise
+
+
+def _compiles(code: str, mode: str) -> bool:
+    try:
+        compile(code, "<erlpy>", mode)
+    except SyntaxError:
+        return False
+    return True
 
 
 def _indented(code: str) -> bool:

@@ -295,6 +295,11 @@ error_eval_syntax(_) ->
     erlpy_test:doc("an eval of a statement or broken code is a SyntaxError"),
     ?assertMatch({error, {python, <<"SyntaxError">>, _, _}}, py:eval(<<"x = 1">>)),
     ?assertMatch({error, {python, <<"SyntaxError">>, _, _}}, py:eval(<<"1 +">>)),
+    %% a statement's traceback says to use exec; broken code's does not
+    {error, {python, _, _, Statement}} = py:eval(<<"import os">>),
+    ?assertNotEqual(nomatch, binary:match(Statement, <<"run statements with exec">>)),
+    {error, {python, _, _, Broken}} = py:eval(<<"1 +">>),
+    ?assertEqual(nomatch, binary:match(Broken, <<"run statements with exec">>)),
     ?assertMatch({error, {python, <<"NameError">>, _, _}}, py:eval(<<"undefined_name_xyz">>)).
 
 %%====================================================================
