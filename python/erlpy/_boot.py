@@ -213,6 +213,8 @@ def _end_tree(child: int, grace: float, reap: Callable[[], None], stopped: list[
     import time
 
     me = os.getpid()
+    if _only_child(me, child):
+        return  # nothing else below: no need to look through /proc (a worker's stop)
     if not os.path.isdir("/proc/self"):  # not Linux: the group, with what may be sent to it
         try:
             os.killpg(child, signal.SIGTERM)
@@ -232,6 +234,25 @@ def _end_tree(child: int, grace: float, reap: Callable[[], None], stopped: list[
         _signal(pids, signal.SIGKILL)
         time.sleep(0.001)
         reap()
+
+
+def _only_child(me: int, child: int) -> bool:
+    """Whether ``child`` (exited, or a zombie) is all there is below this process: as the
+    subreaper of the worker's tree, it inherits whatever the worker left running."""
+    try:
+        with open(f"/proc/{me}/task/{me}/children", "rb") as f:
+            children = f.read().split()
+    except OSError:
+        return False  # not Linux, or no such file: look through /proc
+    return all(int(pid) == child for pid in children) and _dead(child)
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except OSError:
+        return True
 
 
 def _signal(pids: list[int], signum: int) -> None:
