@@ -366,6 +366,25 @@ def unpack_frame(frame: bytes | bytearray | memoryview) -> list[Any]:
     return messages
 
 
+def message_bounds(frame: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+    """Where each message of a frame starts and ends, found without decoding any value (no
+    extension type is made, no map built). Ends early at a message that is cut short or
+    is not msgpack at all."""
+    splitter = msgpack.Unpacker(None, max_buffer_size=max(len(frame), 1))
+    splitter.feed(frame)
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < len(frame):
+        try:
+            splitter.skip()
+        except Exception:
+            break
+        end = splitter.tell()
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 def unpack_all(data: bytes | bytearray | memoryview) -> list[Any]:
     """Decode every value of a buffer without copying it into an Unpacker first (for large
     frames, which hold one message as a rule)."""

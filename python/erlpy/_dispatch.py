@@ -8,13 +8,13 @@ import asyncio
 import functools
 import os
 import threading
-from typing import Any
+from typing import Any, Final
 
 from . import _protocol as P
 from ._batch import Batcher
 from ._batched import Batched
 from ._callbacks import Callbacks
-from ._codec import Atom, new_unpacker, unpack_all, unpack_frame
+from ._codec import Atom, message_bounds, new_unpacker, unpack_all, unpack_frame, unpackb
 from ._handles import Limits, find_stale, release
 from ._handoff import Handoff
 from ._jobs import CANCELLED, Job, Jobs
@@ -47,6 +47,36 @@ Decoded = tuple[Message, bool]
 # What the main thread read and leaves to the loop thread: decoded messages, and frames
 # (decoded by the loop, in turn).
 Handed = Decoded | TooBig | bytearray | memoryview
+
+
+# The messages that start a job (and so get an answer of their own).
+_REQUESTS: Final = frozenset(
+    {
+        P.CALL,
+        P.EVAL,
+        P.EXEC,
+        P.STREAM_CALL,
+        P.STREAM_EVAL,
+        P.CALL_REF,
+        P.EVAL_REF,
+        P.EVAL_IN,
+        P.EXEC_IN,
+        P.STREAM_EVAL_IN,
+    }
+)
+
+
+def _head(part: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """The kind and id (or callback id) a message starts with, read without decoding the
+    rest: None if it does not start so."""
+    try:
+        unpacker = new_unpacker()
+        unpacker.feed(part)
+        unpacker.read_array_header()
+        kind, ident = unpacker.unpack(), unpacker.unpack()
+    except Exception:
+        return None
+    return (kind, ident) if type(kind) is int and type(ident) is int else None
 
 
 class Dispatcher:
@@ -250,9 +280,8 @@ class Dispatcher:
                 messages = unpack_all(frame)
             else:
                 messages = unpack_frame(frame)
-        except Exception as exc:
-            self._log(f"erlpy: dropped an undecodable frame: {exc!r}")
-            return []
+        except Exception:
+            messages = self._unpack_each(frame)
         stale = Limits.stale_seen
         if stale:
             Limits.stale_seen = False
@@ -268,6 +297,35 @@ class Dispatcher:
             else:
                 decoded.append((message, stale))
         return decoded
+
+    def _unpack_each(self, frame: bytearray | memoryview) -> list[Any]:
+        """A frame that does not decode as a whole: its messages one by one, so that only
+        those that fail do, and each is answered (a handle to a list as a map key cannot
+        be a dict's key: TypeError). The other requests of the frame, often other callers',
+        go on."""
+        messages = []
+        end = 0
+        for start, end in message_bounds(frame):
+            part = frame[start:end]
+            try:
+                messages.append(unpackb(part))
+            except Exception as exc:
+                self._refuse_undecodable(part, exc)
+        if end < len(frame):
+            self._log(f"erlpy: dropped the undecodable end of a frame ({len(frame) - end} bytes)")
+        return messages
+
+    def _refuse_undecodable(self, part: bytearray | memoryview, exc: Exception) -> None:
+        """Answer a message whose values cannot be made in Python: a request fails with the
+        error, a callback's reply raises it in the waiting code."""
+        head = _head(part)
+        if head is not None and head[0] in _REQUESTS:
+            self._jobs.finish(Job(head[1], None), P.ERROR, exc)
+        elif head is not None and head[0] == P.REPLY:
+            reason = (Atom("badarg"), (Atom("undecodable"), repr(exc)))
+            self._callbacks.on_reply(head[1], False, reason)
+        else:
+            self._log(f"erlpy: dropped an undecodable message: {exc!r}")
 
     def _dispatch_item(self, item: Decoded | TooBig) -> None:
         if isinstance(item, TooBig):
@@ -303,17 +361,10 @@ class Dispatcher:
     def _refuse_too_big(self, head: bytes) -> None:
         """A request too big for this worker's memory (max_memory): answer it if its head
         says which one it was."""
-        try:
-            unpacker = new_unpacker()
-            unpacker.feed(head)
-            unpacker.read_array_header()
-            unpacker.unpack()  # the kind of message
-            job_id = unpacker.unpack()
-        except Exception:
-            job_id = None
-        if isinstance(job_id, int):
+        found = _head(head)
+        if found is not None:
             error = MemoryError("the request does not fit in this worker's memory (max_memory)")
-            self._jobs.finish(Job(job_id, None), P.ERROR, error)
+            self._jobs.finish(Job(found[1], None), P.ERROR, error)
         else:
             self._log("erlpy: dropped a frame too big for max_memory")
 

@@ -22,6 +22,7 @@ all() ->
         handles_of_two_workers_badarg,
         timed_out_ref_call_keeps_nothing,
         ref_call_answered_as_its_caller_gives_up,
+        unhashable_handle_as_a_map_key,
         handles_under_chaos,
         sessions_do_not_see_each_other,
         session_calls_and_streams,
@@ -587,3 +588,25 @@ wait_replaced(OsPid) ->
             _ -> false
         end
     end).
+
+unhashable_handle_as_a_map_key(_) ->
+    erlpy_test:doc("a handle to a list used as a map key is Python's TypeError, and the other "
+                   "requests that came in the same frame are answered: Python dropped the "
+                   "whole frame, so that request was never answered (timeout => infinity hung) "
+                   "and other callers' requests with it timed out"),
+    {ok, L} = py:eval(<<"[1, 2]">>, #{}, #{pool => ?POOL, return => ref}),
+    ?assertMatch({error, {python, <<"TypeError">>, <<"unhashable type: 'list'">>, _}},
+                 py:eval(<<"m">>, #{m => #{L => 1}}, #{pool => ?POOL, timeout => infinity})),
+    Self = self(),
+    Good = fun(I) ->
+        spawn_link(fun() -> Self ! {good, I, py:eval(<<"i">>, #{i => I}, #{pool => ?POOL, timeout => 10000})} end)
+    end,
+    [Good(I) || I <- lists:seq(1, 100)],
+    spawn_link(fun() -> Self ! {bad, py:eval(<<"m">>, #{m => #{L => 1}}, #{pool => ?POOL, timeout => 10000})} end),
+    [Good(I) || I <- lists:seq(101, 200)],
+    ?assertEqual([{ok, I} || I <- lists:seq(1, 200)],
+                 [receive {good, I, R} -> R after 20000 -> no_answer end || I <- lists:seq(1, 200)]),
+    ?assertMatch({error, {python, <<"TypeError">>, _, _}}, receive {bad, R} -> R after 20000 -> no_answer end),
+    %% the handle itself is fine
+    ?assertEqual({ok, 2}, py:eval(<<"len(x)">>, #{x => L}, #{pool => ?POOL})).
+
