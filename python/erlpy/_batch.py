@@ -113,7 +113,7 @@ class Batch:
         """Give each caller still waiting its own result (any thread)."""
         try:
             listed = check_results(results, len(self.entries))
-        except TypeError as exc:
+        except Exception as exc:
             self.fail(exc)
             return
         finish = self.batcher.jobs.finish

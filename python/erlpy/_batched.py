@@ -50,14 +50,18 @@ def check_results(results: Any, count: int) -> list[Any]:
     """A batch's results as a list, one per item.
 
     Raises:
-        TypeError: the function did not return a sequence of ``count`` results.
+        TypeError: the function did not return a list (or tuple, or numpy array) of
+            ``count`` results.
     """
-    try:
-        listed = list(results)
-    except TypeError:
+    if type(results).__module__ == "numpy" and hasattr(results, "tolist"):
+        results = results.tolist()  # an array of a model's outputs
+    if not isinstance(results, (list, tuple)):
+        # Not any iterable: a str or a dict would hand out its characters or keys, a set
+        # its members in any order, and a generator run user code outside the window.
         raise TypeError(
             f"an erlpy.batched function must return a list, not {type(results).__name__}"
-        ) from None
+        )
+    listed = list(results)
     if len(listed) != count:
         raise TypeError(
             f"an erlpy.batched function returned {len(listed)} results for {count} items"

@@ -48,10 +48,17 @@ class ProcessState:
         self.poll = 0.0
 
 
+# Deep enough for the codec's deepest values (512 nested tuples, about two frames each),
+# low enough that recursion through C (map, sorted's key, __repr__, deepcopy) raises
+# RecursionError before it overflows an 8 MiB C stack: with 20000 it crashed the worker
+# (SIGSEGV) where plain Python raises; 3500 already does on this machine.
+RECURSION_LIMIT: Final = 2500
+
+
 def set_up(fd_in: int, fd_out: int) -> None:
     """Process-wide settings of a worker; only its boot calls this, never an import."""
     keep_freed_memory(True)
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     sys.setswitchinterval(SWITCH_INTERVAL)
     for fd in (fd_in, fd_out):
         try:

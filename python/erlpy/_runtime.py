@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 import types
@@ -98,6 +99,7 @@ class Runtime:
         sys.modules["__main__"] = self.main_module
         self._redirect_output()
         set_up(self.fd_in, self.writer.fd)
+        signal.signal(signal.SIGINT, self.sync.on_sigint)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         thread = threading.Thread(target=self._run_loop, name="erlpy-loop", daemon=True)
         thread.start()

@@ -100,6 +100,7 @@ class SyncRunner:
         self._held = HeldReplies(loop, writer, self._hold_timer_fired)
         self._quick = QuickCalls()
         self._job_started = 0.0  # when the job the main thread runs started (0: none)
+        self._running: Job | None = None  # that job
         # Where a call to an erlpy.batched function resolved here goes (_batch.Batcher).
         self.to_batcher: Callable[[Job, Batched, Call], None] | None = None
 
@@ -109,26 +110,54 @@ class SyncRunner:
 
     def run_forever(self) -> NoReturn:
         while True:
-            if self._queue.empty():
-                self._held.release()
-                if self._reads_when_idle and self.read_while_idle:
-                    self._reads_when_idle = self.read_while_idle(self._queue)
-                else:
-                    self.give_back()
-            item = self._queue.get()
-            if type(item) is Job:
-                quick = self._quick.expected(item.request)
-                self._held.before_job(not self._queue.empty(), quick)
-                # The pipe the main thread read stays its own only through a burst of
-                # quick calls, whose held replies' timer takes it back if one is long.
-                if not (quick and self._held.holding):
-                    self.give_back()
-                self._job_started = time.monotonic()
-                self._run(item)
-                self._job_started = 0.0
-                # After a request it answered, the next is likely another: read for it.
-                self._reads_when_idle = item.answered and type(item.request) in _PLAIN
-            # anything else is a _WAKE nobody waits for any more
+            try:
+                self._next()
+            except BaseException as exc:
+                # Nothing that escapes erlpy's own code may end the main thread, and with it
+                # the worker and every request on it: the job it came from gets the error.
+                self._survive(exc)
+
+    def _survive(self, exc: BaseException) -> None:
+        job, self._running = self._running, None
+        self._job_started = 0.0
+        self.give_back()
+        if self._process.forked:
+            exit_forked(exc)
+        if job is not None and not job.answered:
+            self._jobs.finish(job, P.ERROR, exc)
+        logging.getLogger("erlpy").error("erlpy: the main thread survived %r", exc)
+
+    def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
+        """SIGINT, or ``_thread.interrupt_main()``: a KeyboardInterrupt in the sync user
+        code it interrupts, as in plain Python. Arriving while erlpy's own code runs, it
+        is dropped: there it would end the worker and every request on it."""
+        if self._current is not None:
+            raise KeyboardInterrupt
+
+    def _next(self) -> None:
+        """Wait for the next item of the queue and run it."""
+        if self._queue.empty():
+            self._held.release()
+            if self._reads_when_idle and self.read_while_idle:
+                self._reads_when_idle = self.read_while_idle(self._queue)
+            else:
+                self.give_back()
+        item = self._queue.get()
+        if type(item) is Job:
+            quick = self._quick.expected(item.request)
+            self._held.before_job(not self._queue.empty(), quick)
+            # The pipe the main thread read stays its own only through a burst of
+            # quick calls, whose held replies' timer takes it back if one is long.
+            if not (quick and self._held.holding):
+                self.give_back()
+            self._job_started = time.monotonic()
+            self._running = item
+            self._run(item)
+            self._running = None
+            self._job_started = 0.0
+            # After a request it answered, the next is likely another: read for it.
+            self._reads_when_idle = item.answered and type(item.request) in _PLAIN
+        # anything else is a _WAKE nobody waits for any more
 
     def _hold_timer_fired(self) -> bool:
         """The held replies' timer fired, on the loop thread. A job that has run for HOLD

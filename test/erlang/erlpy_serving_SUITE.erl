@@ -27,6 +27,7 @@ groups() ->
             raised_exception_reaches_every_caller_of_the_batch,
             returned_exception_reaches_its_caller_only,
             wrong_number_of_results_is_every_callers_error,
+            results_that_are_not_a_list_are_every_callers_error,
             call_with_other_than_one_item_is_refused,
             timed_out_caller_leaves_the_queue,
             timed_out_caller_in_a_running_batch_leaves_the_others_alone,
@@ -132,6 +133,26 @@ module() ->
       "@erlpy.batched(max_size=3, max_wait=30)\n"
       "def short(items):\n"
       "    return items[1:]\n"
+      "\n"
+      "def _raising(items):\n"
+      "    yield items[0]\n"
+      "    raise ValueError('half way')\n"
+      "\n"
+      "@erlpy.batched(max_size=3, max_wait=30)\n"
+      "def gen_results(items):\n"
+      "    return _raising(items)\n"
+      "\n"
+      "@erlpy.batched(max_size=3, max_wait=30)\n"
+      "async def agen_results(items):\n"
+      "    return _raising(items)\n"
+      "\n"
+      "@erlpy.batched(max_size=3, max_wait=30)\n"
+      "def text_results(items):\n"
+      "    return 'xyz'\n"
+      "\n"
+      "@erlpy.batched(max_size=3, max_wait=30)\n"
+      "def set_results(items):\n"
+      "    return set(items)\n"
       "\n"
       "@erlpy.batched(max_size=3, max_wait=30)\n"
       "def members(items):\n"
@@ -279,6 +300,21 @@ wrong_number_of_results_is_every_callers_error(_Config) ->
     [?assertMatch({error, {python, <<"TypeError">>, _, _}}, R) || R <- Results],
     {error, {python, _, Message, _}} = hd(Results),
     ?assertNotEqual(nomatch, binary:match(Message, <<"2 results for 3 items">>)).
+
+results_that_are_not_a_list_are_every_callers_error(_Config) ->
+    erlpy_test:doc("a batch that returns no list is every caller's TypeError, the worker "
+                   "serving on: a generator that raised half way killed the worker's Python "
+                   "(and an async function's callers got cancelled); a str, dict or set was "
+                   "handed out item by item, a set's in any order"),
+    Handle = {ok, _} = py:eval(<<"[1]">>, #{}, #{pool => ?POOL, return => ref}),
+    [begin
+         Results = erlpy_test:pmap(fun(X) -> call(F, [X]) end, [1, 2, 3]),
+         [?assertMatch({error, {python, <<"TypeError">>, <<"an erlpy.batched function must return a list", _/binary>>, _}}, R)
+          || R <- Results]
+     end || F <- [gen_results, agen_results, text_results, set_results]],
+    ?assertEqual(0, erlpy_test:restarts(?POOL)),
+    {ok, Ref} = Handle,
+    ?assertEqual({ok, 1}, py:eval(<<"len(h)">>, #{h => Ref}, #{pool => ?POOL})).
 
 call_with_other_than_one_item_is_refused(_Config) ->
     erlpy_test:doc("a batched function takes one item per call: other calls are a TypeError"),

@@ -401,13 +401,14 @@ def run_isolated(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# The worker raises the recursion limit to 20000 (erlpy._runtime.Runtime.serve); these run
-# under the same limit, in a child interpreter.
+# The worker raises the recursion limit to erlpy._process.RECURSION_LIMIT; these run under
+# the same limit, in a child interpreter.
 def test_deep_tuple_raises_encode_error_instead_of_crashing() -> None:
     result = run_isolated(
         """
         import sys
-        sys.setrecursionlimit(20000)
+        from erlpy._process import RECURSION_LIMIT
+        sys.setrecursionlimit(RECURSION_LIMIT)
         import erlpy
         from erlpy._codec import packb
         value = 0
@@ -428,7 +429,8 @@ def test_tuples_nested_500_deep_round_trip_without_crashing() -> None:
     result = run_isolated(
         """
         import sys
-        sys.setrecursionlimit(20000)
+        from erlpy._process import RECURSION_LIMIT
+        sys.setrecursionlimit(RECURSION_LIMIT)
         from erlpy._codec import packb, unpackb
         for depth in (9, 200, 500, 512):
             value = 0

@@ -737,3 +737,47 @@ def test_a_held_reply_does_not_wait_for_a_long_request(
     assert worker.answer(6001) == [P.RESULT, 6001, "quick"]
     flag.touch()
     assert worker.answer(6002) == [P.RESULT, 6002, "done"]
+
+
+# --- signals and runaway recursion ---------------------------------------------------
+
+SIGNALS = dedent(
+    """
+    import os, signal, threading, time
+    def later():
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return "returned"
+    async def to_itself():
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(0.2)
+        return "survived"
+    def during():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(2)
+    def runaway(n=0):
+        return list(map(runaway, [n + 1]))
+    """
+)
+
+
+def test_sigint_outside_user_code_leaves_the_worker_serving(worker: Worker) -> None:
+    # Arriving while erlpy's own code ran (idle, or an async request), SIGINT raised
+    # KeyboardInterrupt there and ended the worker (status 130) with all it held.
+    worker.exec(SIGNALS)
+    assert worker.run("later") == "returned"
+    time.sleep(0.2)  # the signal came while the main thread waited for work
+    assert worker.run("to_itself") == "survived"
+    assert alive(worker.pid)
+    # During sync user code it is a KeyboardInterrupt there, as in plain Python.
+    answer = worker.answer(worker.call("during"))
+    assert answer[:3] == [P.ERROR, answer[1], "KeyboardInterrupt"]
+    assert worker.run("later") == "returned"
+
+
+def test_runaway_recursion_through_c_is_a_recursion_error(worker: Worker) -> None:
+    # The worker's recursion limit was 20000: recursion through C frames overflowed the
+    # C stack first, and the worker died of SIGSEGV where plain Python raises.
+    worker.exec(SIGNALS)
+    answer = worker.answer(worker.call("runaway"), timeout=30)
+    assert answer[:3] == [P.ERROR, answer[1], "RecursionError"]
+    assert alive(worker.pid)
