@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from . import _protocol as P
-from ._codec import MAX_FRAME, check_size, pack
+from ._codec import MAX_FRAME, EncodeError, check_size, pack
+from ._process import ProcessState, exit_forked
 from ._wire import FrameWriter
 
 # A stream flushes once this many items (or bytes) are pending; slower producers flush
@@ -177,3 +178,35 @@ class InputStream:
             self._queue.put_nowait(value)  # stay closed for later readers
             raise StopAsyncIteration
         return value
+
+
+def produce(
+    process: ProcessState,
+    stream: Stream,
+    next_item: Callable[[], Any],
+    pack_item: Callable[[Any], bytes],
+    limit: int,
+) -> tuple[int, bool]:
+    """Pull up to ``limit`` items from a sync generator and queue them, stopping early when
+    one must be flushed at once (returns how many, and whether the generator ended).
+
+    Runs inside the interruptible window, so the window is entered once per batch, not
+    once per item. Writing stays outside it: an interrupt must never land while holding
+    the writer. What the window does hold here is safe to drop: an interrupt only comes
+    to cancel the stream, and a cancelled stream's pending items are dropped with it.
+    """
+    count = 0
+    while True:
+        try:
+            item = next_item()
+        except StopIteration:
+            return count, True
+        if process.forked:
+            exit_forked(None)  # the generator forked: its child must not send the item
+        try:
+            data = pack_item(item)
+        except ValueError as exc:
+            raise EncodeError(f"cannot send value to Erlang: {exc}") from None
+        count += 1
+        if stream.queue(data, on_loop=False) or count >= limit:
+            return count, False

@@ -27,7 +27,7 @@ from typing import Any, Final, NoReturn
 
 from . import _protocol as P
 from ._batched import Batched
-from ._codec import Atom, EncodeError, pack, thread_packer
+from ._codec import Atom, pack, thread_packer
 from ._deadline import DEADLINE
 from ._errors import BadName, Interrupted
 from ._handoff import Handoff
@@ -36,7 +36,7 @@ from ._jobs import CANCELLED, Job, Jobs, Pending
 from ._messages import Call, Eval, Exec, StreamCall, StreamEval
 from ._names import Resolver, compile_code, kwargs, namespace
 from ._process import ProcessState, exit_forked
-from ._stream import BATCH_ITEMS, Stream
+from ._stream import BATCH_ITEMS, produce
 from ._tasks import Tasks
 from ._wire import FrameWriter
 
@@ -444,7 +444,7 @@ class SyncRunner:
                     self._queue.put(job)
                     return
                 count, ended = self._user(
-                    job, _produce, self._process, stream, next_item, pack_item, BATCH_ITEMS
+                    job, produce, self._process, stream, next_item, pack_item, BATCH_ITEMS
                 )
                 produced += count
                 if ended:
@@ -475,35 +475,3 @@ class SyncRunner:
 
 def _nothing() -> None:
     pass
-
-
-def _produce(
-    process: ProcessState,
-    stream: Stream,
-    next_item: Callable[[], Any],
-    pack_item: Callable[[Any], bytes],
-    limit: int,
-) -> tuple[int, bool]:
-    """Pull up to ``limit`` items from a sync generator and queue them, stopping early when
-    one must be flushed at once (returns how many, and whether the generator ended).
-
-    Runs inside the interruptible window, so the window is entered once per batch, not
-    once per item. Writing stays outside it: an interrupt must never land while holding
-    the writer. What the window does hold here is safe to drop: an interrupt only comes
-    to cancel the stream, and a cancelled stream's pending items are dropped with it.
-    """
-    count = 0
-    while True:
-        try:
-            item = next_item()
-        except StopIteration:
-            return count, True
-        if process.forked:
-            exit_forked(None)  # the generator forked: its child must not send the item
-        try:
-            data = pack_item(item)
-        except ValueError as exc:
-            raise EncodeError(f"cannot send value to Erlang: {exc}") from None
-        count += 1
-        if stream.queue(data, on_loop=False) or count >= limit:
-            return count, False
