@@ -574,7 +574,15 @@ run(Function, Args, Opts0, Extra, Build) ->
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} -> with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end);
-                {remote, Node, Remote} -> remote(Node, Function, Args ++ [Remote], Remote);
+                {remote, Node, Remote0} ->
+                    %% What a request keeps in Python (return => ref, a session) belongs
+                    %% to its caller here, not to the process erpc runs it in there.
+                    Remote = case Remote0 of
+                                 #{return := ref, owner := _} -> Remote0;
+                                 #{return := ref} -> Remote0#{owner => self()};
+                                 _ -> Remote0
+                             end,
+                    remote(Node, Function, Args ++ [Remote], Remote);
                 {error, _} = Error -> Error
             end;
         {error, _} = Error ->
@@ -803,7 +811,7 @@ remote(Node, Function, Args, Opts) ->
             T -> T + 5000
         end,
     try
-        erpc:call(Node, py, Function, Args, Timeout)
+        erpc:call(Node, erlpy_remote, run, [self(), Function, Args], Timeout)
     catch
         error:{erpc, noconnection} -> {error, {nodedown, Node}};
         error:{erpc, timeout} -> {error, timeout};

@@ -40,7 +40,9 @@ all() ->
 
 groups() ->
     %% Run by all/0: product bugs these tests found, all fixed since; each case's doc names the bug.
-    [{regressions, [], [remote_owner_on_third_node_no_window, info_of_dead_node]}].
+    [{regressions, [], [remote_owner_on_third_node_no_window, info_of_dead_node,
+                        remote_caller_killed_cancels_its_call,
+                        remote_handles_and_sessions_are_the_callers]}].
 
 %%====================================================================
 %% Setup
@@ -167,6 +169,21 @@ async def counting():
 
 def where():
     return os.getpid()
+
+def waiter(notify, tag):
+    erlang.send(notify, (erlang.atom('started'), tag))
+    try:
+        while True:
+            time.sleep(0.01)
+    finally:
+        erlang.send(notify, (erlang.atom('closed'), tag, os.getpid()))
+
+async def awaiter(notify, tag):
+    erlang.send(notify, (erlang.atom('started'), tag))
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        erlang.send(notify, (erlang.atom('closed'), tag, os.getpid()))
 ">>.
 
 %% Skip data until the terminal message (the data skipped are counted).
@@ -709,3 +726,48 @@ info_of_dead_node(_Config) ->
     [_, Host] = string:split(atom_to_list(node()), "@"),
     Dead = list_to_atom("erlpy_dist_nobody@" ++ Host),
     ?assertEqual({error, {nodedown, Dead}}, catch py:info({default, Dead})).
+
+remote_caller_killed_cancels_its_call(Config) ->
+    erlpy_test:doc("a caller on A killed during a call on B's pool (timeout => infinity): the "
+                   "Python work on B is cancelled, its finally runs: it ran on to its end, for "
+                   "ever here (B's worker watched erpc's process, which outlived the caller)"),
+    B = peer_node(?config(b, Config)),
+    ok = py:exec(helpers(), #{pool => {default, B}}),
+    BPid = worker_pid(B, default),
+    Self = self(),
+    lists:foreach(
+        fun({Function, Call}) ->
+            Caller = spawn(fun() -> Call(Function) end),
+            receive {started, Function} -> ok after 10000 -> error({not_started, Function}) end,
+            exit(Caller, kill),
+            BPid = closed(Function),
+            ok = idle({default, B})
+        end,
+        [{F, fun(Fn) -> py:call('__main__', Fn, [Self, Fn], #{}, #{pool => {default, B}, timeout => infinity}) end}
+         || F <- [waiter, awaiter]] ++
+        [{waiter_eval, fun(Fn) -> py:eval(<<"waiter(n, t)">>, #{n => Self, t => Fn},
+                                          #{pool => {default, B}, timeout => infinity}) end}]).
+
+remote_handles_and_sessions_are_the_callers(Config) ->
+    erlpy_test:doc("return => ref and a session on B's pool belong to their caller on A: they "
+                   "belonged to erpc's process on B, which exits at once, so they were gone on "
+                   "first use (stale_ref, session_ended)"),
+    B = peer_node(?config(b, Config)),
+    {ok, H} = py:eval(<<"[1]">>, #{}, #{pool => {default, B}, return => ref}),
+    ?assertEqual({ok, none}, py:call_method(H, append, [2])),
+    ?assertEqual({ok, 2}, py:call_method(H, '__len__', [])),
+    {ok, S} = py:session_start(#{pool => {default, B}}),
+    ok = py:exec(<<"x = 41">>, #{session => S}),
+    ?assertEqual({ok, 42}, py:eval(<<"x + 1">>, #{}, #{session => S})),
+    %% and they still go with their owner
+    Self = self(),
+    Owner = spawn(fun() -> Self ! py:eval(<<"[3]">>, #{}, #{pool => {default, B}, return => ref}),
+                           receive stop -> ok end end),
+    {ok, H2} = receive {ok, _} = M -> M after 10000 -> error(no_handle) end,
+    ?assertEqual({ok, 1}, py:call_method(H2, '__len__', [])),
+    Owner ! stop,
+    ok = erlpy_test:wait_until(fun() -> py:call_method(H2, '__len__', []) =/= {ok, 1} end),
+    ?assertMatch({error, {stale_ref, _}}, py:call_method(H2, '__len__', [])),
+    ok = py:release(H),
+    ok = py:session_stop(S).
+
