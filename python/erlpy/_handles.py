@@ -9,6 +9,9 @@ gives a :class:`Stale` marker, and the request that carries it fails with
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from typing import Any, Final
 
 from . import _codec
@@ -96,8 +99,25 @@ _codec.handle_decoder = decode
 
 
 def release(ids: list[Any]) -> None:
-    for handle_id in ids:
-        objects.pop(handle_id, None)
+    """Let go of the objects of these handles (RELEASE, on the loop thread). The last
+    reference goes on a thread of its own: what that runs (``__del__``, a finalizer) may
+    take as long as it likes without keeping the loop thread from Erlang's messages."""
+    dropped = [obj for obj in map(objects.pop, ids, itertools.repeat(None)) if obj is not None]
+    if dropped:
+        _releases.put(dropped)
+        global _releaser
+        if _releaser is None or not _releaser.is_alive():  # none yet, or a fork's parent's
+            _releaser = threading.Thread(target=_drop_released, name="erlpy-release", daemon=True)
+            _releaser.start()
+
+
+_releases: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+_releaser: threading.Thread | None = None
+
+
+def _drop_released() -> None:
+    while True:
+        _releases.get().clear()  # the objects' last references, as a rule
 
 
 def find_stale(value: Any, depth: int = 0) -> Stale | None:

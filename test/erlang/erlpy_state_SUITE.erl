@@ -23,6 +23,7 @@ all() ->
         timed_out_ref_call_keeps_nothing,
         ref_call_answered_as_its_caller_gives_up,
         unhashable_handle_as_a_map_key,
+        slow_del_at_release_blocks_nothing,
         handles_under_chaos,
         sessions_do_not_see_each_other,
         session_calls_and_streams,
@@ -609,4 +610,19 @@ unhashable_handle_as_a_map_key(_) ->
     ?assertMatch({error, {python, <<"TypeError">>, _, _}}, receive {bad, R} -> R after 20000 -> no_answer end),
     %% the handle itself is fine
     ?assertEqual({ok, 2}, py:eval(<<"len(x)">>, #{x => L}, #{pool => ?POOL})).
+
+slow_del_at_release_blocks_nothing(_) ->
+    erlpy_test:doc("an object whose __del__ takes seconds, released: requests go on meanwhile; "
+                   "its __del__ ran on the loop thread, so an async request timed out, its "
+                   "cancel went unread and the worker was killed at the end of cancel_grace"),
+    ok = py:exec(<<"import time\nclass SlowDel:\n    def __del__(self):\n        time.sleep(3)\n">>,
+                 #{pool => ?POOL}),
+    {ok, H} = py:eval(<<"SlowDel()">>, #{}, #{pool => ?POOL, return => ref}),
+    Restarts = erlpy_test:restarts(?POOL),
+    ok = py:release(H),
+    timer:sleep(100),
+    ?assertEqual({ok, <<"async">>}, py:eval(<<"asyncio.sleep(0, 'async')">>, #{}, #{pool => ?POOL, timeout => 1000})),
+    ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, #{pool => ?POOL, timeout => 1000})),
+    timer:sleep(3500),
+    ?assertEqual(Restarts, erlpy_test:restarts(?POOL)).
 
