@@ -35,18 +35,15 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any
 
 from . import _protocol as P
 from ._batched import Batched, check_results
-from ._codec import Atom
 from ._errors import Interrupted
-from ._jobs import CANCELLED, Job, Jobs
+from ._jobs import CANCELLED, TIMEOUT, Job, Jobs
 from ._messages import Call
 from ._sync import SyncRunner
 from ._tasks import Tasks
-
-TIMEOUT: Final = Atom("timeout")
 
 _monotonic = time.monotonic
 

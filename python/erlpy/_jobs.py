@@ -19,6 +19,7 @@ from ._stream import Stream
 from ._wire import FrameWriter
 
 CANCELLED: Final = Atom("cancelled")
+TIMEOUT: Final = Atom("timeout")  # the answer to a request whose caller had gone
 
 # A traceback sent to Erlang starts in user code: leading frames of these are dropped.
 _RUNTIME_MODULES: Final = frozenset(

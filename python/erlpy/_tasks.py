@@ -12,13 +12,14 @@ import asyncio
 import inspect
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Final
 
 from . import _protocol as P
 from ._codec import EncodeError, pack, thread_packer
 from ._deadline import DEADLINE
-from ._jobs import CANCELLED, Job, Jobs
+from ._jobs import CANCELLED, TIMEOUT, Job, Jobs
 from ._names import kwargs
 from ._process import ProcessState, exit_forked
 from ._stream import BATCH_ITEMS, Stream
@@ -36,10 +37,14 @@ class Tasks:
         self, job: Job, fn: Callable[..., Any], args: list[Any], kw: dict[Any, Any]
     ) -> None:
         """Call an async function (or async generator function, for a stream)."""
+        deadline = job.deadline
+        if deadline is not None and deadline <= time.monotonic():
+            self._jobs.finish(job, P.FAIL, TIMEOUT)  # its caller has gone: never start it
+            return
         stream = job.stream
         if stream is not None and stream.input is not None:
             args = [stream.input, *args]
-        token = DEADLINE.set(job.deadline)
+        token = DEADLINE.set(deadline)
         try:
             value = fn(*args, **kwargs(kw))
         except BaseException as exc:  # a bad signature raises before any await

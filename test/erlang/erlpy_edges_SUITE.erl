@@ -37,6 +37,7 @@ all() ->
         stream_start_timed_out_while_starting_never_runs,
         collect_timed_out_while_starting_never_runs,
         stream_start_timeout_zero_no_orphans,
+        async_call_timeout_zero_never_runs,
         loop_dies_task_system_exit,
         loop_dies_call_soon_exit,
         loop_dies_task_keyboard_interrupt,
@@ -259,6 +260,18 @@ timed_out_while_starting(Config, Request) ->
 %%====================================================================
 %% 4. stream_start with timeout 0: no message for a ref the caller never got
 %%====================================================================
+
+async_call_timeout_zero_never_runs(Config) ->
+    erlpy_test:doc("50 calls of an async function with timeout => 0: each {error, timeout}, and "
+                   "the function never runs (its caller has gone): it ran every time, as an "
+                   "async call starts as it is read, before its cancel is"),
+    P = start_pool(Config, #{size => 1}),
+    ok = py:exec(<<"ran = []\nasync def side_effect():\n    ran.append(1)\n">>, #{pool => P}),
+    Results = [py:call('__main__', side_effect, [], #{}, #{pool => P, timeout => 0})
+               || _ <- lists:seq(1, 50)],
+    ?assertEqual([{error, timeout}], lists:usort(Results)),
+    ok = erlpy_test:wait_until(fun() -> erlpy_test:in_flight(P) =:= 0 end, 5000),
+    ?assertEqual({ok, 0}, py:eval(<<"len(ran)">>, #{}, #{pool => P})).
 
 stream_start_timeout_zero_no_orphans(Config) ->
     erlpy_test:doc("30 x py:stream_start(itertools, count, [], #{timeout => 0}): {ok, Ref} "
