@@ -120,21 +120,18 @@ def _drop_released() -> None:
         _releases.get().clear()  # the objects' last references, as a rule
 
 
-def find_stale(value: Any, depth: int = 0) -> Stale | None:
+def find_stale(value: Any) -> Stale | None:
     """The first :class:`Stale` marker in a request's arguments, if any (looked for only
-    in a frame that decoded one)."""
-    if isinstance(value, Stale):
-        return value
-    if depth > 100:
-        return None
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            found = find_stale(item, depth + 1)
-            if found is not None:
-                return found
-    elif isinstance(value, dict):
-        for item in value.values():
-            found = find_stale(item, depth + 1)
-            if found is not None:
-                return found
+    in a frame that decoded one): in lists, tuples and maps, keys too, however deep
+    (Erlang sends at most 500 levels)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Stale):
+            return item
+        if isinstance(item, (list, tuple)):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
     return None

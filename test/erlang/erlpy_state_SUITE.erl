@@ -160,7 +160,13 @@ release_makes_stale(_Config) ->
     {error, {stale_ref, _}} = py:call('__main__', total_of, [Acc]),
     {error, {stale_ref, _}} = py:eval(<<"a">>, #{a => Acc}, opts()),
     {error, {stale_ref, _}} = py:stream(Acc, upto, [3]),
-    {ok, [<<"r">>]} = py:eval(<<"released">>, #{}, opts()),
+    %% anywhere in the arguments: a map's key, deep down (it reached user code as a Stale
+    %% marker there)
+    {error, {stale_ref, _}} = py:eval(<<"m">>, #{m => #{Acc => 1}}, opts()),
+    Deep = lists:foldl(fun(_, V) -> [V] end, Acc, lists:seq(1, 150)),
+    {error, {stale_ref, _}} = py:eval(<<"m">>, #{m => Deep}, opts()),
+    %% the object is let go on a thread of its own: its finalizer runs soon after
+    ok = erlpy_test:wait_until(fun() -> {ok, [<<"r">>]} =:= py:eval(<<"released">>, #{}, opts()) end),
     {ok, 0} = py:call('__main__', live, [], #{}, opts()).
 
 owner_death_releases(_Config) ->
