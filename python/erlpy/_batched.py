@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -106,8 +107,12 @@ def batched(
     """
     if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1:
         raise ValueError(f"max_size must be a positive integer, not {max_size!r}")
-    if not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool) or max_wait < 0:
-        raise ValueError(f"max_wait must be a number of seconds >= 0, not {max_wait!r}")
+    if (
+        not isinstance(max_wait, (int, float))
+        or isinstance(max_wait, bool)
+        or not 0 <= max_wait < math.inf  # nor inf (a lone call would wait for ever), nor nan
+    ):
+        raise ValueError(f"max_wait must be a finite number of seconds >= 0, not {max_wait!r}")
     if func is None:
         return functools.partial(batched, max_size=max_size, max_wait=float(max_wait))
     if not callable(func):

@@ -93,7 +93,15 @@ def test_async_batched_called_from_python() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_size": 0}, {"max_size": 1.5}, {"max_size": True}, {"max_wait": -1}, {"max_wait": "1"}],
+    [
+        {"max_size": 0},
+        {"max_size": 1.5},
+        {"max_size": True},
+        {"max_wait": -1},
+        {"max_wait": "1"},
+        {"max_wait": float("inf")},  # a lone call waited until its caller's timeout
+        {"max_wait": float("nan")},
+    ],
 )
 def test_bad_options_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
