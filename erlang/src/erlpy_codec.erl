@@ -16,7 +16,7 @@
 %% caller's `NewAtom' fun, which enforces the pool's `max_atoms' budget.
 -module(erlpy_codec).
 
--export([note_handle/1, encode/2, message/2, decode/3, decode_items/4, skip/1]).
+-export([encode/2, message/2, decode/3, decode_items/4, skip/1]).
 -export_type([new_atom_fun/0]).
 
 -include("erlpy_protocol.hrl").
@@ -78,11 +78,6 @@ enc(T, _, _) when is_pid(T); is_reference(T); is_port(T); is_function(T) ->
     enc_ext(?EXT_TERM, term_to_binary(T));
 enc(T, _, _) ->
     throw({badarg, {unsupported_term, T}}).
-
-%% @doc Route the request being encoded to this handle's worker, as if it carried it.
--spec note_handle(term()) -> ok.
-note_handle(?HANDLE(Pool, Worker, Index, _)) ->
-    handle_worker({Pool, Worker, Index}).
 
 %% The one impure corner: the caller routes a request that carries handles to their worker
 %% (py), and learns which one here, so requests without handles are not scanned for them.

@@ -689,14 +689,15 @@ at(_, Opts) ->
 %% What a call or stream names: a module, a handle's object (its methods), or in a
 %% session, `__main__' is the session's namespace.
 %% A handle goes as a 1-tuple: Python tells it from a name whatever the object is.
--spec target(term(), map()) -> binary() | {ref()}.
+-spec target(term(), map()) -> binary() | {ref()} | {ref(), binary()}.
 target(?HANDLE(_, _, _, _) = Ref, _) ->
     {Ref};
 target(Module, #{session := ?SESSION(Handle)}) when Module =:= '__main__'; Module =:= <<"__main__">> ->
     {Handle};
 target(Module, #{session := ?SESSION(Handle)}) ->
-    erlpy_codec:note_handle(Handle),
-    name(Module);
+    %% Another module is the worker's; the session goes along to be checked (an ended
+    %% session is session_ended for every later use).
+    {Handle, name(Module)};
 target(Module, _) ->
     name(Module).
 

@@ -54,6 +54,7 @@ class Resolver:
 
     def now(self, module: Any, name: Any) -> Resolved | None:
         """Resolve without importing (the loop thread must not block on imports)."""
+        module = _in_session(module)
         if type(module) is tuple:  # (object,): a handle's object, or a session
             try:
                 return method(module[0], name)
@@ -73,6 +74,7 @@ class Resolver:
             return None  # the main thread resolves again and reports the error
 
     def resolve(self, module: Any, name: Any) -> Resolved:
+        module = _in_session(module)
         if type(module) is tuple and len(module) == 1:
             return method(module[0], name)
         cached = self._cached(module, name)
@@ -93,6 +95,14 @@ class Resolver:
         elif "." not in name:
             self._main_cache[name] = resolved
         return resolved
+
+
+def _in_session(module: Any) -> Any:
+    """A module named in a session comes as (session, name): the session only travels so
+    that a request in one that has ended is refused (stale_ref, session_ended in Erlang)."""
+    if type(module) is tuple and len(module) == 2 and isinstance(module[0], Session):
+        return module[1]
+    return module
 
 
 def method(obj: Any, name: Any) -> Resolved:

@@ -434,6 +434,13 @@ stopped_session_is_ended(_Config) ->
     %% A stream starts at once, and ends as soon as Python sees the session is gone.
     {ok, Ref} = py:stream_start('__main__', f, [], #{session => S}),
     {{error, session_ended}, []} = erlpy_test:collect(Ref, 10000),
+    %% Other modules too: they are the worker's, but the session has ended (they ran as
+    %% plain calls).
+    {error, session_ended} = py:call(math, sqrt, [4], #{}, #{session => S}),
+    {error, session_ended} = py:stream(builtins, range, [3], #{}, #{session => S}),
+    {error, session_ended} = py:call(builtins, list, [[1]], #{}, #{session => S, return => ref}),
+    {ok, Ref2} = py:stream_start(builtins, range, [3], #{session => S}),
+    {{error, session_ended}, []} = erlpy_test:collect(Ref2, 10000),
     {ok, 0} = py:call('__main__', live, [], #{}, opts()).
 
 session_ends_with_owner(_Config) ->
