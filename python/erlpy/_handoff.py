@@ -119,7 +119,12 @@ def _wake_eventfd(fd: int) -> None:
 
 
 def _clear_eventfd(fd: int) -> None:
-    os.eventfd_read(fd)
+    while True:
+        try:
+            os.eventfd_read(fd)
+            return
+        except InterruptedError:
+            continue  # a signal the runtime dropped (SIGINT): unlike os.read, it does not retry
 
 
 _EVENTFD: Final = (_wake_eventfd, _clear_eventfd)

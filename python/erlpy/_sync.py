@@ -113,19 +113,18 @@ class SyncRunner:
             try:
                 self._next()
             except BaseException as exc:
-                # Nothing that escapes erlpy's own code may end the main thread, and with it
-                # the worker and every request on it: the job it came from gets the error.
-                self._survive(exc)
-
-    def _survive(self, exc: BaseException) -> None:
-        job, self._running = self._running, None
-        self._job_started = 0.0
-        self.give_back()
-        if self._process.forked:
-            exit_forked(exc)
-        if job is not None and not job.answered:
-            self._jobs.finish(job, P.ERROR, exc)
-        logging.getLogger("erlpy").error("erlpy: the main thread survived %r", exc)
+                # What a job's code lets escape (a batch's results that raise when read, a
+                # signal handler's exception) must not end the main thread, and with it the
+                # worker and every request on it: the job gets the error. Outside any job,
+                # the runtime itself failed: the worker exits, and Erlang starts another.
+                job, self._running = self._running, None
+                if job is None or self._process.forked:
+                    raise
+                self._job_started = 0.0
+                self.give_back()
+                if not job.answered:
+                    self._jobs.finish(job, P.ERROR, exc)
+                logging.getLogger("erlpy").error("erlpy: a request's %r reached the runtime", exc)
 
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT, or ``_thread.interrupt_main()``: a KeyboardInterrupt in the sync user
