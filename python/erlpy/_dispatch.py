@@ -281,6 +281,8 @@ class Dispatcher:
             else:
                 messages = unpack_frame(frame)
         except Exception:
+            messages = None
+        if messages is None:  # outside the except: the errors it reports chain to nothing
             messages = self._unpack_each(frame)
         stale = Limits.stale_seen
         if stale:
@@ -320,7 +322,8 @@ class Dispatcher:
         error, a callback's reply raises it in the waiting code."""
         head = _head(part)
         if head is not None and head[0] in _REQUESTS:
-            self._jobs.finish(Job(head[1], None), P.ERROR, exc)
+            # Its traceback would show only erlpy's decoding: the message says it all.
+            self._jobs.finish(Job(head[1], None), P.ERROR, exc.with_traceback(None))
         elif head is not None and head[0] == P.REPLY:
             reason = (Atom("badarg"), (Atom("undecodable"), repr(exc)))
             self._callbacks.on_reply(head[1], False, reason)
