@@ -573,21 +573,57 @@ run(Function, Args, Opts0, Extra, Build) ->
     case options(Opts0, Extra) of
         {ok, Opts} ->
             case route(Opts) of
-                {local, Local} -> with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end);
-                {remote, Node, Remote0} ->
-                    %% What a request keeps in Python (return => ref, a session) belongs
-                    %% to its caller here, not to the process erpc runs it in there.
-                    Remote = case Remote0 of
-                                 #{return := ref, owner := _} -> Remote0;
-                                 #{return := ref} -> Remote0#{owner => self()};
-                                 _ -> Remote0
-                             end,
-                    remote(Node, Function, Args ++ [Remote], Remote);
+                {local, Local} ->
+                    case with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end) of
+                        {error, {Why, _}} = Error when Why =:= stale_ref; Why =:= no_pool ->
+                            elsewhere(Function, Args, Local, Error);
+                        {error, {no_pool, _, _}} = Error ->
+                            elsewhere(Function, Args, Local, Error);
+                        Result ->
+                            Result
+                    end;
+                {remote, Node, Remote} -> run_remote(Node, Function, Args, Remote);
                 {error, _} = Error -> Error
             end;
         {error, _} = Error ->
             Error
     end.
+
+-spec run_remote(node(), atom(), list(), map()) -> {ok, term()} | {error, error()}.
+run_remote(Node, Function, Args, Remote0) ->
+    %% What a request keeps in Python (return => ref, a session) belongs to its caller
+    %% here, not to the process erpc runs it in there.
+    Remote = case Remote0 of
+                 #{return := ref, owner := _} -> Remote0;
+                 #{return := ref} -> Remote0#{owner => self()};
+                 _ -> Remote0
+             end,
+    remote(Node, Function, Args ++ [Remote], Remote).
+
+%% A request that found no pool here, or a handle of no worker here: if it carries a
+%% handle of another node's worker, it runs there, on the worker that holds it, as a
+%% request carrying handles always does (looked for only now, on the way to an error).
+-spec elsewhere(atom(), list(), map(), {error, error()}) -> {ok, term()} | {error, error()}.
+elsewhere(Function, Args, Opts, Error) ->
+    case foreign_handle(Args) of
+        {ok, ?HANDLE(Pool, Worker, _, _)} -> run_remote(node(Worker), Function, Args, Opts#{pool := Pool});
+        error -> Error
+    end.
+
+-spec foreign_handle(term()) -> {ok, term()} | error.
+foreign_handle(?HANDLE(_, Worker, _, _) = Handle) when is_pid(Worker), node(Worker) =/= node() ->
+    {ok, Handle};
+foreign_handle([H | T]) ->
+    case foreign_handle(H) of
+        error -> foreign_handle(T);
+        Found -> Found
+    end;
+foreign_handle(T) when is_tuple(T) ->
+    foreign_handle(tuple_to_list(T));
+foreign_handle(M) when is_map(M) ->
+    foreign_handle(maps:to_list(M));
+foreign_handle(_) ->
+    error.
 
 %% Where the `pool' option sends a request: here, or to another node (with the pool's
 %% local name).

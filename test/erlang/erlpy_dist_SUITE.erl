@@ -756,6 +756,11 @@ remote_handles_and_sessions_are_the_callers(Config) ->
     {ok, H} = py:eval(<<"[1]">>, #{}, #{pool => {default, B}, return => ref}),
     ?assertEqual({ok, none}, py:call_method(H, append, [2])),
     ?assertEqual({ok, 2}, py:call_method(H, '__len__', [])),
+    %% a request that carries it runs on its worker, whatever pool it names (the local
+    %% pool called it stale)
+    ?assertEqual({ok, 2}, py:call(builtins, len, [H])),
+    ?assertEqual({ok, 2}, py:eval(<<"len(h)">>, #{h => H})),
+    ?assertEqual({ok, 2}, py:call(builtins, len, [H], #{}, #{pool => no_such_pool_here})),
     {ok, S} = py:session_start(#{pool => {default, B}}),
     ok = py:exec(<<"x = 41">>, #{session => S}),
     ?assertEqual({ok, 42}, py:eval(<<"x + 1">>, #{}, #{session => S})),
