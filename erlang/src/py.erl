@@ -375,16 +375,32 @@ stream_start(Module, Function, Args, Opts0) ->
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
-                    ended(Local, start_stream(Module, Function, Args, Local));
+                    case ended(Local, start_stream(Module, Function, Args, Local)) of
+                        {error, Why} = Error when element(1, Why) =:= stale_ref;
+                                                  element(1, Why) =:= no_pool ->
+                            %% a handle of another node's worker: the stream runs there
+                            case foreign_handle([Args, maps:get(kwargs, Local, #{})]) of
+                                {ok, ?HANDLE(Pool, Worker, _, _)} ->
+                                    remote_stream(node(Worker), Module, Function, Args, Local#{pool := Pool});
+                                error ->
+                                    Error
+                            end;
+                        Result ->
+                            Result
+                    end;
                 {remote, Node, Remote} ->
-                    Owner = maps:get(owner, Remote, self()),
-                    relay(Node, [Module, Function, Args], Remote#{owner => Owner});
+                    remote_stream(Node, Module, Function, Args, Remote);
                 {error, _} = Error ->
                     Error
             end;
         {error, _} = Error ->
             Error
     end.
+
+-spec remote_stream(node(), name(), name(), list(), map()) -> {ok, reference()} | {error, error()}.
+remote_stream(Node, Module, Function, Args, Remote) ->
+    Owner = maps:get(owner, Remote, self()),
+    relay(Node, [Module, Function, Args], Remote#{owner => Owner}).
 
 %% @doc Stop a stream: its owner receives `{py_stream, Ref, {error, cancelled}}' once the
 %% generator has been closed (its `finally' blocks have run). `ok' also for a stream that

@@ -761,6 +761,8 @@ remote_handles_and_sessions_are_the_callers(Config) ->
     ?assertEqual({ok, 2}, py:call(builtins, len, [H])),
     ?assertEqual({ok, 2}, py:eval(<<"len(h)">>, #{h => H})),
     ?assertEqual({ok, 2}, py:call(builtins, len, [H], #{}, #{pool => no_such_pool_here})),
+    {ok, Items} = py:stream_start(builtins, iter, [H]),
+    ?assertEqual({done, [1, 2]}, erlpy_test:collect(Items)),
     {ok, S} = py:session_start(#{pool => {default, B}}),
     ok = py:exec(<<"x = 41">>, #{session => S}),
     ?assertEqual({ok, 42}, py:eval(<<"x + 1">>, #{}, #{session => S})),
