@@ -19,6 +19,7 @@ import ctypes
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 import types
@@ -52,6 +53,9 @@ COLLECT_FIRST: Final = 16
 
 # Requests after which the main thread reads the pipe itself when idle.
 _PLAIN: Final = (Call, Eval, Exec, StreamCall, StreamEval)
+
+# Where erlpy's own code is (a signal that interrupts it is dropped).
+_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # Put on the main thread's queue to wake a waiter; otherwise ignored.
 _WAKE: Final = object()
@@ -89,6 +93,7 @@ class SyncRunner:
         self.interrupt_lock = threading.Lock()
         self._current: Job | None = None  # the job whose user code may be interrupted
         self._interrupt_pending = False
+        self._sigint_held: Job | None = None  # SIGINT came during this job's write
         # Reads Erlang's pipe on the main thread while it is idle (Dispatcher): done after
         # a plain sync request, as the next one is likely another.
         self.read_while_idle: Callable[[Handoff[Job | object]], bool] | None = None
@@ -129,9 +134,16 @@ class SyncRunner:
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT, or ``_thread.interrupt_main()``: a KeyboardInterrupt in the sync user
         code it interrupts, as in plain Python. Arriving while erlpy's own code runs, it
-        is dropped: there it would end the worker and every request on it."""
-        if self._current is not None:
+        is dropped between requests (it would end the worker and every request on it),
+        and held while user code is in erlpy's (a KeyboardInterrupt inside a write to
+        Erlang would leave the writer taken)."""
+        if self._current is None:
+            return
+        if frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
             raise KeyboardInterrupt
+        # In erlpy's code that user code called (a print's write to Erlang): raised once
+        # that write is done, back on the way to user code (SyncRunner.send).
+        self._sigint_held = self._current
 
     def _next(self) -> None:
         """Wait for the next item of the queue and run it."""
@@ -191,6 +203,10 @@ class SyncRunner:
                 self._interrupt_pending = False
                 self._set_async_exc(self.main_ident, ctypes.py_object())
             self._writer.send(data)
+        if self._sigint_held is not None:
+            held, self._sigint_held = self._sigint_held, None
+            if held is self._current:
+                raise KeyboardInterrupt
         if interrupted:
             raise Interrupted
 

@@ -756,6 +756,32 @@ SIGNALS = dedent(
         time.sleep(2)
     def runaway(n=0):
         return list(map(runaway, [n + 1]))
+    def ok():
+        return "ok"
+    def prints_under_sigint(secs):
+        stop = []
+        def killer():
+            while not stop:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.002)
+        t = threading.Thread(target=killer)
+        n = 0
+        end = time.monotonic() + secs
+        started = False
+        while True:
+            try:
+                if not started:
+                    started = True
+                    t.start()
+                if time.monotonic() >= end:
+                    stop.append(1)
+                    t.join()
+                    time.sleep(0.05)
+                    return n > 0
+                print("x" * 20)
+                n += 1
+            except KeyboardInterrupt:
+                pass  # in this code: the signal the test sends
     """
 )
 
@@ -781,3 +807,15 @@ def test_runaway_recursion_through_c_is_a_recursion_error(worker: Worker) -> Non
     answer = worker.answer(worker.call("runaway"), timeout=30)
     assert answer[:3] == [P.ERROR, answer[1], "RecursionError"]
     assert alive(worker.pid)
+
+
+def test_sigint_in_what_user_code_calls_leaves_the_writer_free(worker: Worker) -> None:
+    # A KeyboardInterrupt raised inside print's write to Erlang left the writer taken:
+    # nothing was sent any more, and the worker was killed at the caller's timeout.
+    worker.exec(SIGNALS)
+    answer = worker.answer(worker.call("prints_under_sigint", 0.5), timeout=10)
+    # (a signal at the loop's head, outside its try, escapes it, as in plain Python)
+    assert answer[2] in (True, "KeyboardInterrupt"), answer
+    assert worker.run("ok") == "ok"
+    assert alive(worker.pid)
+
