@@ -33,6 +33,7 @@ from ._messages import (
     Stop,
     StreamCall,
     StreamEval,
+    Undecodable,
     decode,
 )
 from ._names import Resolver
@@ -259,6 +260,8 @@ class Dispatcher:
                 return False
             # A batched function's calls go to the loop's batcher.
             return resolved is None or not (resolved[1] or type(resolved[0]) is Batched)
+        if isinstance(message, Undecodable):
+            return message.kind in _REQUESTS  # a new request's error; the rest is the loop's
         return isinstance(message, (Eval, Exec, StreamEval))
 
     def _read(self) -> list[bytearray | memoryview | TooBig] | None:
@@ -289,6 +292,9 @@ class Dispatcher:
             Limits.stale_seen = False
         decoded: list[Decoded] = []
         for raw in messages:
+            if type(raw) is Undecodable:
+                decoded.append((raw, False))
+                continue
             try:
                 message = decode(raw)
             except Exception as exc:  # not a message of the protocol: say so, go on
@@ -312,23 +318,30 @@ class Dispatcher:
             try:
                 messages.append(unpackb(part))
             except Exception as exc:
-                self._refuse_undecodable(part, exc)
+                head = _head(part)
+                if head is None:
+                    self._log(f"erlpy: dropped an undecodable message: {exc!r}")
+                else:  # answered in turn with the frame's other messages (dispatch)
+                    messages.append(Undecodable(head[0], head[1], exc.with_traceback(None)))
         if end < len(frame):
             self._log(f"erlpy: dropped the undecodable end of a frame ({len(frame) - end} bytes)")
         return messages
 
-    def _refuse_undecodable(self, part: bytearray | memoryview, exc: Exception) -> None:
-        """Answer a message whose values cannot be made in Python: a request fails with the
-        error, a callback's reply raises it in the waiting code."""
-        head = _head(part)
-        if head is not None and head[0] in _REQUESTS:
-            # Its traceback would show only erlpy's decoding: the message says it all.
-            self._jobs.finish(Job(head[1], None), P.ERROR, exc.with_traceback(None))
-        elif head is not None and head[0] == P.REPLY:
-            reason = (Atom("badarg"), (Atom("undecodable"), repr(exc)))
-            self._callbacks.on_reply(head[1], False, reason)
+    def _refuse(self, message: Undecodable) -> None:
+        """A message Python could not decode: a request fails with the error, a callback's
+        reply raises it in the code that waits for it, a stream's input ends the stream
+        with it (not a silent gap)."""
+        job = self._table.get(message.id)
+        if message.kind in _REQUESTS:
+            self._jobs.finish(Job(message.id, None), P.ERROR, message.error)
+        elif message.kind == P.REPLY:
+            reason = (Atom("badarg"), (Atom("undecodable"), repr(message.error)))
+            self._callbacks.on_reply(message.id, False, reason)
+        elif message.kind in (P.INPUT, P.INPUT_CLOSE) and job is not None:
+            self._jobs.finish(job, P.ERROR, message.error)
+            self._cancel(job)  # its own end, later, sends nothing more (Jobs.finish)
         else:
-            self._log(f"erlpy: dropped an undecodable message: {exc!r}")
+            self._log(f"erlpy: dropped an undecodable message: {message.error!r}")
 
     def _dispatch_item(self, item: Decoded | TooBig) -> None:
         if isinstance(item, TooBig):
@@ -420,6 +433,8 @@ class Dispatcher:
                 release(message.ids)
             case Setup():
                 self._setup(Job(message.id, None), message.worker_pid, message.limits)
+            case Undecodable():
+                self._refuse(message)
             case Stop():
                 # As a kill would, without waiting for a signal: the supervisor sees the
                 # exit and ends what Python started at once (_boot).

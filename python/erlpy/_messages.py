@@ -119,8 +119,20 @@ class Setup:
     limits: dict[Any, Any]
 
 
+@dataclass(slots=True)
+class Undecodable:
+    """A message whose values cannot be made in Python (a handle to a list as a map key):
+    its kind and id, read without them, and why."""
+
+    kind: int
+    id: int
+    error: Exception
+
+
 Request: TypeAlias = Call | Eval | Exec | StreamCall | StreamEval
-Message: TypeAlias = Request | Cancel | Credit | Input | InputClose | Reply | Setup | Release | Stop
+Message: TypeAlias = (
+    Request | Cancel | Credit | Input | InputClose | Reply | Setup | Release | Stop | Undecodable
+)
 
 
 def decode(msg: list[Any]) -> Message | None:

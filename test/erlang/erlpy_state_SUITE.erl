@@ -23,6 +23,7 @@ all() ->
         timed_out_ref_call_keeps_nothing,
         ref_call_answered_as_its_caller_gives_up,
         unhashable_handle_as_a_map_key,
+        unhashable_handle_key_in_a_reply_or_an_input,
         slow_del_at_release_blocks_nothing,
         handles_under_chaos,
         sessions_do_not_see_each_other,
@@ -638,4 +639,31 @@ slow_del_at_release_blocks_nothing(_) ->
     ?assertEqual({ok, 2}, py:eval(<<"1 + 1">>, #{}, #{pool => ?POOL, timeout => 1000})),
     timer:sleep(3500),
     ?assertEqual(Restarts, erlpy_test:restarts(?POOL)).
+
+unhashable_handle_key_in_a_reply_or_an_input(_) ->
+    erlpy_test:doc("a registered function's reply, or a stream's input, that Python cannot "
+                   "decode: the awaiting acall raises (it hung when the main thread read the "
+                   "reply during a sync call), and the stream ends with the error (the item was "
+                   "dropped, the stream went on)"),
+    {ok, L} = py:eval(<<"[1, 2]">>, #{}, #{pool => ?POOL, return => ref}),
+    ok = py:register_function(undecodable_reply, fun(_) -> timer:sleep(300), #{L => 1} end),
+    ok = py:exec(<<"async def acalls():\n"
+                   "    try:\n"
+                   "        return await erlang.acall('undecodable_reply')\n"
+                   "    except erlang.ErlangError:\n"
+                   "        return 'raised'\n"
+                   "async def echo(inp):\n"
+                   "    async for x in inp:\n"
+                   "        yield x\n">>, #{pool => ?POOL}),
+    Self = self(),
+    spawn_link(fun() -> Self ! {acall, py:call('__main__', acalls, [], #{}, #{pool => ?POOL, timeout => infinity})} end),
+    timer:sleep(100),
+    {ok, 2} = py:eval(<<"1 + 1">>, #{}, #{pool => ?POOL}),  % the main thread reads the pipe now
+    ?assertEqual({ok, <<"raised">>}, receive {acall, R} -> R after 10000 -> no_answer end),
+    ok = py:unregister_function(undecodable_reply),
+    {ok, S} = py:stream_start('__main__', echo, [], #{pool => ?POOL, input => true}),
+    ok = py:stream_send(S, #{L => 1}),
+    ok = py:stream_send(S, 3),
+    ?assertMatch({{error, {python, <<"TypeError">>, _, _}}, _}, erlpy_test:collect(S, 10000)),
+    ?assertEqual({ok, 2}, py:eval(<<"len(x)">>, #{x => L}, #{pool => ?POOL})).
 
