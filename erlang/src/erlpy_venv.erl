@@ -50,7 +50,8 @@ ensure(#{venv := Dir, requirements := []} = Config) ->
         {false, _} ->
             erlpy_venv_spec:failed(Dir, no_venv, <<"no virtualenv at ", (erlpy_venv_spec:bin(Dir))/binary, " (no bin/python): "
                                    "create it, or give the pool requirements so that erlpy "
-                                   "builds it">>, #{});
+                                   "builds it (requirements => [\"msgpack\"] for nothing "
+                                   "more than erlpy needs)">>, #{});
         {true, #{state := <<"building">>}} ->
             incomplete(Dir);
         {true, _} ->

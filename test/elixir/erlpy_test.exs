@@ -201,6 +201,13 @@ defmodule Erlpy.ApiTest do
       refute Exception.message(error) =~ "did you mean"
     end
 
+    test "requirements without venv say that they need one" do
+      assert {:error, %Erlpy.Error{reason: {:bad_option, {:requirements, ["six"]}}} = error} =
+               Erlpy.start_pool(:needs_a_venv, requirements: ["six"])
+
+      assert Exception.message(error) =~ "give venv: too"
+    end
+
     test "a charlist as the Python module, or anything but a stream to cancel, raises ArgumentError" do
       # (how a charlist inspects depends on the Elixir version: 'math' or ~c"math")
       assert_raise ArgumentError,

@@ -235,6 +235,7 @@ venv_alone(Config) ->
     {error, {python_start_failed, {venv, #{reason := no_venv, message := M}}}} =
         py:start_pool(missing, #{size => 1, venv => Missing}),
     ?assertMatch(<<"no virtualenv at ", _/binary>>, M),
+    ?assertNotEqual(nomatch, binary:match(M, <<"requirements => [\"msgpack\"]">>)),
     Bare = env_dir(Config, "without_msgpack"),
     {0, _} = run(?BARE, ["-m", "venv", "--without-pip", Bare]),
     ?assertMatch({error, {python_start_failed, #{reason := missing_module, missing_module := <<"msgpack">>}}},

@@ -34,6 +34,12 @@ defmodule Erlpy.Error do
   defp describe({:badarg, detail}),
     do: "a term or name cannot go to Python: #{inspect(detail)} ({:badarg, _})"
 
+  defp describe({:bad_option, {:requirements, [spec | _] = value}})
+       when is_binary(spec) or is_list(spec),
+       do:
+         "bad option :requirements: #{inspect(value)} ({:bad_option, _}); requirements are " <>
+           "installed into the pool's virtualenv: give venv: too"
+
   defp describe({:bad_option, {key, value}}),
     do: "bad option #{inspect(key)}: #{inspect(value)} ({:bad_option, _})"
 
