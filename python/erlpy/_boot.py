@@ -239,12 +239,15 @@ def _end_tree(child: int, grace: float, reap: Callable[[], None], stopped: list[
 def _only_child(me: int, child: int) -> bool:
     """Whether ``child`` (exited, or a zombie) is all there is below this process: as the
     subreaper of the worker's tree, it inherits whatever the worker left running."""
+    # Dead first: an exited child's own children are ours by then, and listed below.
+    if not _dead(child):
+        return False
     try:
         with open(f"/proc/{me}/task/{me}/children", "rb") as f:
             children = f.read().split()
     except OSError:
         return False  # not Linux, or no such file: look through /proc
-    return all(int(pid) == child for pid in children) and _dead(child)
+    return all(int(pid) == child for pid in children)
 
 
 def _dead(pid: int) -> bool:
