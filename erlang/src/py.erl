@@ -375,19 +375,11 @@ stream_start(Module, Function, Args, Opts0) ->
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
-                    case ended(Local, start_stream(Module, Function, Args, Local)) of
-                        {error, Why} = Error when element(1, Why) =:= stale_ref;
-                                                  element(1, Why) =:= no_pool ->
-                            %% a handle of another node's worker: the stream runs there
-                            case foreign_handle([Args, maps:get(kwargs, Local, #{})]) of
-                                {ok, ?HANDLE(Pool, Worker, _, _)} ->
-                                    remote_stream(node(Worker), Module, Function, Args, Local#{pool := Pool});
-                                error ->
-                                    Error
-                            end;
-                        Result ->
-                            Result
-                    end;
+                    elsewhere(ended(Local, start_stream(Module, Function, Args, Local)),
+                              [Args, maps:get(kwargs, Local, #{})],
+                              fun(Node, Pool) ->
+                                  remote_stream(Node, Module, Function, Args, Local#{pool := Pool})
+                              end);
                 {remote, Node, Remote} ->
                     remote_stream(Node, Module, Function, Args, Remote);
                 {error, _} = Error ->
@@ -590,14 +582,9 @@ run(Function, Args, Opts0, Extra, Build) ->
         {ok, Opts} ->
             case route(Opts) of
                 {local, Local} ->
-                    case with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end) of
-                        {error, {Why, _}} = Error when Why =:= stale_ref; Why =:= no_pool ->
-                            elsewhere(Function, Args, Local, Error);
-                        {error, {no_pool, _, _}} = Error ->
-                            elsewhere(Function, Args, Local, Error);
-                        Result ->
-                            Result
-                    end;
+                    elsewhere(with_pool(Local, fun(Meta) -> ended(Local, send(Build, Local, Meta)) end),
+                              Args,
+                              fun(Node, Pool) -> run_remote(Node, Function, Args, Local#{pool := Pool}) end);
                 {remote, Node, Remote} -> run_remote(Node, Function, Args, Remote);
                 {error, _} = Error -> Error
             end;
@@ -616,15 +603,19 @@ run_remote(Node, Function, Args, Remote0) ->
              end,
     remote(Node, Function, Args ++ [Remote], Remote).
 
-%% A request that found no pool here, or a handle of no worker here: if it carries a
-%% handle of another node's worker, it runs there, on the worker that holds it, as a
-%% request carrying handles always does (looked for only now, on the way to an error).
--spec elsewhere(atom(), list(), map(), {error, error()}) -> {ok, term()} | {error, error()}.
-elsewhere(Function, Args, Opts, Error) ->
-    case foreign_handle(Args) of
-        {ok, ?HANDLE(Pool, Worker, _, _)} -> run_remote(node(Worker), Function, Args, Opts#{pool := Pool});
+%% The result of a request run here; if it found no pool here, or a handle of no worker
+%% here, and what it carries holds a handle of another node's worker, `Run(Node, Pool)'
+%% runs it there instead, on the worker that holds it, as a request carrying handles
+%% always runs (looked for only now, on the way to an error).
+-spec elsewhere(Result, term(), fun((node(), atom()) -> Result)) -> Result.
+elsewhere({error, Why} = Error, Carried, Run) when element(1, Why) =:= stale_ref;
+                                                   element(1, Why) =:= no_pool ->
+    case foreign_handle(Carried) of
+        {ok, ?HANDLE(Pool, Worker, _, _)} -> Run(node(Worker), Pool);
         error -> Error
-    end.
+    end;
+elsewhere(Result, _, _) ->
+    Result.
 
 -spec foreign_handle(term()) -> {ok, term()} | error.
 foreign_handle(?HANDLE(_, Worker, _, _) = Handle) when is_pid(Worker), node(Worker) =/= node() ->

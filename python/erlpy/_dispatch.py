@@ -331,13 +331,15 @@ class Dispatcher:
         """A message Python could not decode: a request fails with the error, a callback's
         reply raises it in the code that waits for it, a stream's input ends the stream
         with it (not a silent gap)."""
-        job = self._table.get(message.id)
+        job = None
+        if message.kind in (P.INPUT, P.INPUT_CLOSE):
+            job = self._table.get(message.id)
         if message.kind in _REQUESTS:
             self._jobs.finish(Job(message.id, None), P.ERROR, message.error)
         elif message.kind == P.REPLY:
             reason = (Atom("badarg"), (Atom("undecodable"), repr(message.error)))
             self._callbacks.on_reply(message.id, False, reason)
-        elif message.kind in (P.INPUT, P.INPUT_CLOSE) and job is not None:
+        elif job is not None:
             self._jobs.finish(job, P.ERROR, message.error)
             self._cancel(job)  # its own end, later, sends nothing more (Jobs.finish)
         else:

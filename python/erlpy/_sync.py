@@ -134,9 +134,10 @@ class SyncRunner:
     def on_sigint(self, signum: int, frame: types.FrameType | None) -> None:
         """SIGINT, or ``_thread.interrupt_main()``: a KeyboardInterrupt in the sync user
         code it interrupts, as in plain Python. Arriving while erlpy's own code runs, it
-        is dropped between requests (it would end the worker and every request on it),
-        and held while user code is in erlpy's (a KeyboardInterrupt inside a write to
-        Erlang would leave the writer taken)."""
+        is dropped (between requests it would end the worker and every request on it),
+        but for one that comes while user code is in erlpy's: it is raised after that
+        job's next write to Erlang (a print's; inside the write it would leave the
+        writer taken), if there is one."""
         if self._current is None:
             return
         if frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
